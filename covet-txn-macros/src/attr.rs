@@ -1,0 +1,69 @@
+//! Parsing `#[transactional(...)]` arguments: syntax only.
+//!
+//! Each argument becomes `key` or `key = value`, keeping its tokens for
+//! spans. What the keys and values mean is `valid.rs`'s business, so that a
+//! misspelt key or a wrong value still parses and gets a precise error there.
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Expr, Ident, Lit, Token};
+
+/// One argument as written.
+pub(crate) struct RawArg {
+    pub(crate) key: Ident,
+    pub(crate) value: Option<RawValue>,
+}
+
+/// The value after `=`.
+pub(crate) enum RawValue {
+    /// A literal standing alone: `"serializable"`, `true`, `3`.
+    Lit(Lit),
+    /// Any other expression, as `manager = ...` takes.
+    Expr(Expr),
+}
+
+impl RawValue {
+    pub(crate) fn span(&self) -> Span {
+        match self {
+            RawValue::Lit(lit) => lit.span(),
+            RawValue::Expr(expr) => syn::spanned::Spanned::span(expr),
+        }
+    }
+}
+
+/// All arguments, in order.
+pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
+
+impl Parse for RawArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let args = Punctuated::<RawArg, Token![,]>::parse_terminated(input)?;
+        Ok(RawArgs(args.into_iter().collect()))
+    }
+}
+
+impl Parse for RawArg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        // `crate` is a keyword; `Ident::parse_any` accepts it as a key.
+        let key = Ident::parse_any(input).map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                "expected an argument such as `isolation = \"serializable\"`",
+            )
+        })?;
+        if !input.peek(Token![=]) {
+            return Ok(RawArg { key, value: None });
+        }
+        input.parse::<Token![=]>()?;
+        let value = if input.peek(Lit) && (input.peek2(Token![,]) || input.peek2(syn::parse::End)) {
+            RawValue::Lit(input.parse()?)
+        } else {
+            RawValue::Expr(input.parse()?)
+        };
+        Ok(RawArg {
+            key,
+            value: Some(value),
+        })
+    }
+}

@@ -1,0 +1,351 @@
+//! Checking what the arguments and the function mean, and turning them into
+//! a [`Config`] for expansion.
+//!
+//! Every problem becomes a `syn::Error` spanned on the token the user has to
+//! change, with the fix in the message. All problems are collected and
+//! reported together.
+
+use proc_macro2::Span;
+use syn::{Expr, Ident, ItemFn, Lit, LitStr, Path, ReturnType, Type};
+
+use crate::attr::{RawArg, RawArgs, RawValue};
+
+/// The isolation levels: attribute name and runtime variant.
+const ISOLATIONS: [(&str, &str); 4] = [
+    ("read_uncommitted", "ReadUncommitted"),
+    ("read_committed", "ReadCommitted"),
+    ("repeatable_read", "RepeatableRead"),
+    ("serializable", "Serializable"),
+];
+
+/// The propagation modes: attribute name and runtime variant.
+const PROPAGATIONS: [(&str, &str); 6] = [
+    ("nested", "Nested"),
+    ("required", "Required"),
+    ("requires_new", "RequiresNew"),
+    ("mandatory", "Mandatory"),
+    ("never", "Never"),
+    ("supports", "Supports"),
+];
+
+/// Every argument `#[transactional]` takes.
+const KEYS: [&str; 6] = [
+    "manager",
+    "isolation",
+    "read_only",
+    "propagation",
+    "name",
+    "crate",
+];
+
+/// Validated arguments.
+pub(crate) struct Config {
+    /// The path the generated code reaches the runtime through.
+    pub(crate) krate: Path,
+    pub(crate) manager: Option<Expr>,
+    /// The runtime's `Isolation` variant.
+    pub(crate) isolation: Option<Ident>,
+    pub(crate) read_only: Option<bool>,
+    /// The runtime's `Propagation` variant.
+    pub(crate) propagation: Option<Ident>,
+    pub(crate) name: Option<LitStr>,
+}
+
+/// Collects errors so that all of them are reported at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(existing) => existing.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    fn at(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, message));
+    }
+
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, syn::Error> {
+        match self.0 {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+}
+
+/// An argument that may be given once, remembering where it was given.
+struct Once<T> {
+    value: Option<(T, Span)>,
+}
+
+impl<T> Once<T> {
+    fn new() -> Self {
+        Once { value: None }
+    }
+
+    fn set(&mut self, key: &Ident, value: T, errors: &mut Errors) {
+        if self.value.is_some() {
+            errors.at(
+                key.span(),
+                format!("`{key}` is set more than once; keep one of them"),
+            );
+        } else {
+            self.value = Some((value, key.span()));
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.value.map(|(value, _)| value)
+    }
+
+    fn span(&self) -> Option<Span> {
+        self.value.as_ref().map(|(_, span)| *span)
+    }
+}
+
+/// Checks the arguments and the function, returning the configuration or
+/// every error found.
+pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::Error> {
+    let mut errors = Errors::default();
+    check_function(function, &mut errors);
+
+    let mut krate = Once::new();
+    let mut manager = Once::new();
+    let mut isolation = Once::new();
+    let mut read_only = Once::new();
+    let mut propagation = Once::new();
+    let mut runs_without_transaction = false;
+    let mut name = Once::new();
+
+    for RawArg { key, value } in args.0 {
+        let key_text = key.to_string();
+        match key_text.as_str() {
+            "manager" => match value {
+                Some(RawValue::Expr(expr)) => manager.set(&key, expr, &mut errors),
+                Some(RawValue::Lit(lit)) => manager.set(
+                    &key,
+                    Expr::Lit(syn::ExprLit {
+                        attrs: Vec::new(),
+                        lit,
+                    }),
+                    &mut errors,
+                ),
+                None => errors.at(
+                    key.span(),
+                    "`manager` needs a value, for example `manager = DB` or `manager = self.db`",
+                ),
+            },
+            "isolation" => {
+                if let Some(text) =
+                    string_value(&key, value, "isolation = \"serializable\"", &mut errors)
+                {
+                    match lookup(&ISOLATIONS, &text.value()) {
+                        Some(variant) => isolation.set(&key, variant, &mut errors),
+                        None => errors.at(
+                            text.span(),
+                            format!(
+                                "unknown isolation level `{}`; expected one of {} (the SQL spellings, such as \"REPEATABLE READ\", work too)",
+                                text.value(),
+                                list(&ISOLATIONS)
+                            ),
+                        ),
+                    }
+                }
+            }
+            "read_only" => match value {
+                None => read_only.set(&key, true, &mut errors),
+                Some(RawValue::Lit(Lit::Bool(flag))) => {
+                    read_only.set(&key, flag.value, &mut errors)
+                }
+                Some(other) => errors.at(
+                    other.span(),
+                    "`read_only` takes `true` or `false`, for example `read_only = true`",
+                ),
+            },
+            "propagation" => {
+                if let Some(text) =
+                    string_value(&key, value, "propagation = \"requires_new\"", &mut errors)
+                {
+                    match lookup(&PROPAGATIONS, &text.value()) {
+                        Some(variant) => {
+                            runs_without_transaction |= variant == "Never";
+                            propagation.set(&key, variant, &mut errors);
+                        }
+                        None => errors.at(
+                            text.span(),
+                            format!(
+                                "unknown propagation `{}`; expected one of {}",
+                                text.value(),
+                                list(&PROPAGATIONS)
+                            ),
+                        ),
+                    }
+                }
+            }
+            "name" => {
+                if let Some(text) = string_value(&key, value, "name = \"checkout\"", &mut errors) {
+                    if text.value().trim().is_empty() {
+                        errors.at(text.span(), "`name` cannot be empty");
+                    } else {
+                        name.set(&key, text, &mut errors);
+                    }
+                }
+            }
+            "crate" => {
+                if let Some(text) = string_value(&key, value, "crate = \"my_covet\"", &mut errors) {
+                    match text.parse::<Path>() {
+                        Ok(path) => krate.set(&key, path, &mut errors),
+                        Err(_) => errors.at(text.span(), format!("`{}` is not a path; give the name the covet-txn dependency is renamed to, for example `crate = \"my_covet\"`", text.value())),
+                    }
+                }
+            }
+            _ => errors.at(key.span(), unknown_key_message(&key_text)),
+        }
+    }
+
+    if runs_without_transaction {
+        for (given, what) in [
+            (isolation.span(), "an isolation level"),
+            (read_only.span(), "an access mode"),
+        ] {
+            if let Some(span) = given {
+                errors.at(span, format!("`propagation = \"never\"` runs without a transaction, so {what} has no effect; remove one of them"));
+            }
+        }
+    }
+
+    errors.finish(Config {
+        krate: krate
+            .get()
+            .unwrap_or_else(|| syn::parse_quote!(::covet_txn)),
+        manager: manager.get(),
+        isolation: isolation
+            .get()
+            .map(|variant| Ident::new(variant, Span::call_site())),
+        read_only: read_only.get(),
+        propagation: propagation
+            .get()
+            .map(|variant| Ident::new(variant, Span::call_site())),
+        name: name.get(),
+    })
+}
+
+fn check_function(function: &ItemFn, errors: &mut Errors) {
+    let signature = &function.sig;
+    if signature.asyncness.is_none() {
+        errors.at(
+            signature.fn_token.span,
+            "#[transactional] works on `async fn` only: write `async fn`",
+        );
+    }
+    match &signature.output {
+        ReturnType::Default => errors.at(
+            signature.paren_token.span.join(),
+            "a #[transactional] function must return `Result<T, E>` with `E: From<covet_txn::Error>`, so that a failure can roll the transaction back: add `-> Result<(), MyError>`",
+        ),
+        ReturnType::Type(_, returned) if !is_result(returned) => errors.at(
+            syn::spanned::Spanned::span(returned),
+            "a #[transactional] function must return `Result<T, E>` with `E: From<covet_txn::Error>`, so that a failure can roll the transaction back",
+        ),
+        ReturnType::Type(..) => {}
+    }
+}
+
+/// Whether the type is spelled as a `Result` (or an alias ending in `Result`,
+/// such as `anyhow::Result<T>` or `AppResult<T>`).
+fn is_result(returned: &Type) -> bool {
+    match returned {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident.to_string().ends_with("Result")),
+        Type::Group(group) => is_result(&group.elem),
+        Type::Paren(paren) => is_result(&paren.elem),
+        _ => false,
+    }
+}
+
+fn string_value(
+    key: &Ident,
+    value: Option<RawValue>,
+    example: &str,
+    errors: &mut Errors,
+) -> Option<LitStr> {
+    match value {
+        Some(RawValue::Lit(Lit::Str(text))) => Some(text),
+        Some(other) => {
+            errors.at(
+                other.span(),
+                format!("`{key}` takes a string, for example `{example}`"),
+            );
+            None
+        }
+        None => {
+            errors.at(
+                key.span(),
+                format!("`{key}` needs a value, for example `{example}`"),
+            );
+            None
+        }
+    }
+}
+
+/// Finds a name in a table, folding case, spaces, dashes and underscores.
+fn lookup(table: &[(&str, &'static str)], text: &str) -> Option<&'static str> {
+    let wanted = text
+        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+        .filter(|word| !word.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join("_");
+    table
+        .iter()
+        .find(|(name, _)| *name == wanted)
+        .map(|(_, variant)| *variant)
+}
+
+fn list(table: &[(&str, &str)]) -> String {
+    table
+        .iter()
+        .map(|(name, _)| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unknown_key_message(key: &str) -> String {
+    let nearest = KEYS
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), candidate))
+        .min()
+        .filter(|(distance, candidate)| *distance <= candidate.len().max(key.len()) / 2);
+    match nearest {
+        Some((_, candidate)) => {
+            format!("unknown argument `{key}`; did you mean `{candidate}`?")
+        }
+        None => format!(
+            "unknown argument `{key}`; expected one of {}",
+            KEYS.iter()
+                .map(|key| format!("`{key}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Levenshtein distance, for suggesting the argument the user meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, left) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, right) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(left != *right);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}

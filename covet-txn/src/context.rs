@@ -1,0 +1,233 @@
+//! The task-local context: which transactional scopes are open in the
+//! current task, innermost first, and the functions that reach into them
+//! ([`conn`], [`current`]).
+//!
+//! Each scope installs its frame with tokio's `LocalKey::scope` for exactly
+//! the life of its body, so frames follow the task's futures: two branches of
+//! a `join!` each see their own frames, and a spawned task sees none.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::manager::ManagerHandle;
+use crate::options::Propagation;
+use crate::transaction::{ErasedSession, Session, TxConn, TxInfo};
+
+tokio::task_local! {
+    static CURRENT: Arc<Frame>;
+}
+
+/// How a scope relates to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    /// Began the session's transaction.
+    Root,
+    /// Runs inside a SAVEPOINT of the session's transaction.
+    Savepoint,
+    /// Joined the session as it is, with no statement of its own.
+    Joined,
+    /// Opened an autocommit session (`supports`/`never` without a transaction).
+    Autocommit,
+}
+
+/// One open transactional scope.
+pub(crate) struct Frame {
+    pub(crate) manager: ManagerHandle,
+    pub(crate) session: Arc<dyn ErasedSession>,
+    pub(crate) kind: FrameKind,
+    /// 1 for the outermost transaction, one more per savepoint; 0 in autocommit.
+    pub(crate) depth: u32,
+    pub(crate) name: &'static str,
+    pub(crate) propagation: Propagation,
+    pub(crate) parent: Option<Arc<Frame>>,
+    /// Set while a nested scope of this frame runs, so that the frame's own
+    /// code (a `join!` branch next to the nested call) cannot slip statements
+    /// into the nested scope's savepoint.
+    child_open: AtomicBool,
+}
+
+impl Frame {
+    pub(crate) fn new(
+        manager: ManagerHandle,
+        session: Arc<dyn ErasedSession>,
+        kind: FrameKind,
+        depth: u32,
+        name: &'static str,
+        propagation: Propagation,
+        parent: Option<Arc<Frame>>,
+    ) -> Arc<Frame> {
+        Arc::new(Frame {
+            manager,
+            session,
+            kind,
+            depth,
+            name,
+            propagation,
+            parent,
+            child_open: AtomicBool::new(false),
+        })
+    }
+
+    /// This frame and its ancestors, innermost first.
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Frame> {
+        std::iter::successors(Some(self), |frame| frame.parent.as_deref())
+    }
+
+    /// The innermost open frame of the given manager.
+    pub(crate) fn innermost_of(head: &Arc<Frame>, manager_id: u64) -> Option<Arc<Frame>> {
+        let mut frame = Some(head);
+        while let Some(current) = frame {
+            if current.session.core().manager_id == manager_id {
+                return Some(Arc::clone(current));
+            }
+            frame = current.parent.as_ref();
+        }
+        None
+    }
+
+    /// Pool connections this task holds from the given manager.
+    pub(crate) fn connections_held(&self, manager_id: u64) -> u32 {
+        let held = self
+            .chain()
+            .filter(|frame| {
+                matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit)
+                    && frame.session.core().manager_id == manager_id
+                    && !frame.session.core().borrows_connection
+            })
+            .count();
+        u32::try_from(held).unwrap_or(u32::MAX)
+    }
+
+    /// Marks a nested scope as running until the claim is dropped.
+    pub(crate) fn claim_child(self: &Arc<Frame>) -> Result<ChildClaim, Error> {
+        self.child_open
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| Error::ConcurrentScope)?;
+        Ok(ChildClaim(Arc::clone(self)))
+    }
+
+    pub(crate) fn ensure_no_child(&self) -> Result<(), Error> {
+        if self.child_open.load(Ordering::Acquire) {
+            Err(Error::ConcurrentScope)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn info(&self) -> TxInfo {
+        let core = self.session.core();
+        let transaction_name = self
+            .chain()
+            .find(|frame| matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit))
+            .map_or(self.name, |root| root.name);
+        TxInfo {
+            id: core.id,
+            name: self.name,
+            transaction_name,
+            depth: self.depth,
+            isolation: core.isolation,
+            read_only: core.read_only,
+            propagation: self.propagation,
+            state: core.state(),
+            transactional: core.transactional,
+            rollback_only: core.is_rollback_only(),
+            backend: core.backend,
+            started_at: core.started_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("transaction", &self.session.core().id)
+            .field("name", &self.name)
+            .field("depth", &self.depth)
+            .finish()
+    }
+}
+
+/// A nested scope's hold on its parent frame; released on drop.
+pub(crate) struct ChildClaim(Arc<Frame>);
+
+impl Drop for ChildClaim {
+    fn drop(&mut self) {
+        self.0.child_open.store(false, Ordering::Release);
+    }
+}
+
+/// The innermost open frame of this task.
+pub(crate) fn head() -> Option<Arc<Frame>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+/// Runs `body` with `frame` as the innermost frame.
+pub(crate) fn enter<F: Future>(frame: Arc<Frame>, body: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(frame, body)
+}
+
+/// Lends the innermost frame's connection on backend `DB` whose frame passes
+/// `select`.
+pub(crate) fn lend<DB: Backend>(select: impl Fn(&Frame) -> bool) -> Result<TxConn<DB>, Error> {
+    let head = head().ok_or(Error::NoTransaction)?;
+    let mut running = None;
+    for frame in head.chain().filter(|frame| select(frame)) {
+        let core = frame.session.core();
+        if core.backend != DB::SYSTEM {
+            running.get_or_insert(core.backend);
+            continue;
+        }
+        frame.ensure_no_child()?;
+        let session = Arc::clone(&frame.session)
+            .into_any()
+            .downcast::<Session<DB>>()
+            .map_err(|_| Error::WrongBackend {
+                requested: DB::SYSTEM,
+                running: core.backend,
+            })?;
+        return TxConn::lend_from(session);
+    }
+    Err(match running {
+        Some(running) => Error::WrongBackend {
+            requested: DB::SYSTEM,
+            running,
+        },
+        None => Error::NoTransaction,
+    })
+}
+
+/// Lends the current transaction's connection, for use as a sqlx executor.
+///
+/// Finds the innermost transactional scope of this task running on backend
+/// `DB`. Fails with [`Error::NoTransaction`] outside any scope,
+/// [`Error::WrongBackend`] if the running transactions are on other backends,
+/// [`Error::ConnectionBorrowed`] while another [`TxConn`] of the same
+/// transaction is alive, and [`Error::ConcurrentScope`] while a nested scope of
+/// this one is running alongside.
+///
+/// ```no_run
+/// use covet_txn::transactional;
+/// use sqlx::Postgres;
+///
+/// #[transactional]
+/// async fn rename(id: i64, name: &str) -> Result<u64, covet_txn::Error> {
+///     let done = sqlx::query("UPDATE users SET name = $1 WHERE id = $2")
+///         .bind(name)
+///         .bind(id)
+///         .execute(&mut *covet_txn::conn::<Postgres>()?)
+///         .await?;
+///     Ok(done.rows_affected())
+/// }
+/// ```
+pub fn conn<DB: Backend>() -> Result<TxConn<DB>, Error> {
+    lend::<DB>(|_| true)
+}
+
+/// A snapshot of the innermost transactional scope of this task, or `None`
+/// outside any.
+pub fn current() -> Option<TxInfo> {
+    head().map(|frame| frame.info())
+}

@@ -1,0 +1,242 @@
+//! The runtime's one error type.
+//!
+//! Each variant says what happened and, in its message, what to do about it.
+//! Errors of the user's own statements never pass through here: they reach the
+//! user's error type unchanged. This type carries only what the runtime itself
+//! decided or what failed in a statement the runtime sent.
+
+use std::fmt;
+
+use crate::options::{Isolation, Propagation};
+
+/// A statement the runtime sends on its own account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Taking a connection from the pool.
+    Acquire,
+    /// `BEGIN` or `START TRANSACTION`, with its isolation and access mode.
+    Begin,
+    /// `SAVEPOINT`.
+    Savepoint,
+    /// `RELEASE SAVEPOINT`.
+    ReleaseSavepoint,
+    /// `ROLLBACK TO SAVEPOINT`.
+    RollbackToSavepoint,
+    /// `COMMIT`.
+    Commit,
+    /// `ROLLBACK`.
+    Rollback,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Acquire => "acquiring a connection",
+            Operation::Begin => "BEGIN",
+            Operation::Savepoint => "SAVEPOINT",
+            Operation::ReleaseSavepoint => "RELEASE SAVEPOINT",
+            Operation::RollbackToSavepoint => "ROLLBACK TO SAVEPOINT",
+            Operation::Commit => "COMMIT",
+            Operation::Rollback => "ROLLBACK",
+        })
+    }
+}
+
+/// What went wrong in covet-txn.
+///
+/// User functions return `Result<T, E>` with `E: From<covet_txn::Error>`, so
+/// `?` carries these into the user's own error type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A statement the runtime sent failed, or no connection could be had.
+    #[error("{operation} failed: {source}")]
+    Database {
+        /// Which statement failed.
+        operation: Operation,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A statement of the user's own failed. Lets functions that return
+    /// `covet_txn::Error` use `?` on sqlx calls; the driver's error is kept
+    /// as it is.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+
+    /// The transaction's connection was needed while no transaction is open in
+    /// this task.
+    #[error(
+        "no transaction is active in this task: call this from inside a #[transactional] \
+         function or a `transaction(...)` closure"
+    )]
+    NoTransaction,
+
+    /// `propagation = "never"` was called while a transaction is running.
+    #[error(
+        "`{0}` propagation forbids a running transaction, but this task is inside one: \
+         call the function outside the transaction or choose another propagation"
+    )]
+    TransactionActive(Propagation),
+
+    /// The connection is lent out to a [`TxConn`](crate::TxConn) guard that is
+    /// still alive.
+    #[error(
+        "the transaction's connection is already borrowed: drop the `TxConn` guard (for \
+         example `let c = conn()?` held across this call) before running another \
+         statement or calling a nested transactional function"
+    )]
+    ConnectionBorrowed,
+
+    /// Two scopes tried to use one transaction at the same time, for example
+    /// two nested transactional calls polled together with `join!`.
+    #[error(
+        "a nested transactional scope of this transaction is running concurrently: one \
+         connection runs one statement at a time, so await nested calls one after another \
+         instead of joining them"
+    )]
+    ConcurrentScope,
+
+    /// The transaction was taken from its owner and can no longer be used.
+    #[error("the transaction can no longer be used: {0}")]
+    TransactionAborted(&'static str),
+
+    /// A statement was asked for on one backend while the running transaction
+    /// is on another.
+    #[error(
+        "no {requested} transaction is active in this task (the running transaction is \
+         on {running}): ask for the backend the transaction runs on"
+    )]
+    WrongBackend {
+        /// The backend asked for.
+        requested: &'static str,
+        /// The backend of the innermost running transaction.
+        running: &'static str,
+    },
+
+    /// A nested call asked for a different isolation level than the running
+    /// transaction has.
+    #[error(
+        "this nested call asks for isolation {requested} but the running transaction \
+         runs at {}: a level is fixed when a transaction begins, so ask for it on the \
+         outermost call or use `propagation = \"requires_new\"`",
+        running.map_or("the server default", Isolation::name)
+    )]
+    IsolationMismatch {
+        /// The level of the running transaction (`None`: the server default).
+        running: Option<Isolation>,
+        /// The level the nested call asked for.
+        requested: Isolation,
+    },
+
+    /// A nested call asked for a different access mode than the running
+    /// transaction has.
+    #[error(
+        "this nested call asks for a {} transaction but the running one is {}: ask for \
+         the access mode on the outermost call or use `propagation = \"requires_new\"`",
+        if *requested_read_only { "read-only" } else { "read-write" },
+        if *requested_read_only { "read-write" } else { "read-only" }
+    )]
+    AccessModeMismatch {
+        /// Whether the nested call asked for read-only.
+        requested_read_only: bool,
+    },
+
+    /// A `required` scope failed, so the whole transaction was marked
+    /// rollback-only; it was rolled back instead of committed.
+    #[error(
+        "the transaction was rolled back, not committed: a joined (`required`) scope \
+         failed and marked it rollback-only; let that error propagate, or use the default \
+         `nested` propagation to recover from it with a savepoint"
+    )]
+    RollbackOnly,
+
+    /// `requires_new` needs a second connection but this task already holds
+    /// every connection the pool may open, so waiting would never end.
+    #[error(
+        "`requires_new` needs another connection, but this task already holds {held} of the \
+         pool's {max} connections and waiting would deadlock: raise `max_connections` or \
+         use the default `nested` propagation"
+    )]
+    PoolExhaustedByNesting {
+        /// Connections this task holds from the pool.
+        held: u32,
+        /// The pool's `max_connections`.
+        max: u32,
+    },
+
+    /// A `#[transactional]` function without a `manager` argument ran, but no
+    /// default manager is installed and no transaction is running.
+    #[error(
+        "no default transaction manager: call `TxManager::install_default()` once at start-up, \
+         run inside `TxManager::scope(...)`, or name one with `#[transactional(manager = ...)]`"
+    )]
+    NoDefaultManager,
+
+    /// A default manager was already installed for this process.
+    #[error(
+        "a default transaction manager is already installed: install it once at start-up, or \
+         use `TxManager::scope(...)` for a task-scoped default"
+    )]
+    DefaultManagerAlreadySet,
+
+    /// A savepoint name is not a plain identifier, or uses a reserved prefix.
+    #[error(
+        "invalid savepoint name `{0}`: use 1 to 63 ASCII letters, digits or underscores, \
+         starting with a letter or underscore, and not starting with `covet_`"
+    )]
+    InvalidSavepointName(String),
+
+    /// A [`Savepoint`](crate::Savepoint) was used outside the transaction that
+    /// created it.
+    #[error(
+        "savepoint `{0}` belongs to another transaction, or its transaction has ended: roll \
+         back or release it inside the transaction that created it"
+    )]
+    ForeignSavepoint(String),
+
+    /// An option given as text could not be understood.
+    #[error("{0}")]
+    InvalidOption(String),
+}
+
+impl Error {
+    pub(crate) fn database(operation: Operation, source: sqlx::Error) -> Self {
+        Error::Database { operation, source }
+    }
+
+    /// The driver's error, if a statement (the runtime's or the user's) failed.
+    pub fn as_sqlx_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Database { source, .. } | Error::Query(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let message = Error::IsolationMismatch {
+            running: Some(Isolation::ReadCommitted),
+            requested: Isolation::Serializable,
+        }
+        .to_string();
+        assert!(message.contains("serializable"), "{message}");
+        assert!(message.contains("read_committed"), "{message}");
+        assert!(message.contains("requires_new"), "{message}");
+
+        let message = Error::AccessModeMismatch {
+            requested_read_only: true,
+        }
+        .to_string();
+        assert!(
+            message.contains("read-only transaction but the running one is read-write"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Declarative, correct and fast database transactions for async Rust, on
+//! sqlx over PostgreSQL, MySQL/MariaDB and SQLite.
+//!
+//! ```no_run
+//! use covet_txn::{transactional, TxManager};
+//! use sqlx::Sqlite;
+//!
+//! #[transactional(isolation = "serializable")]
+//! async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), covet_txn::Error> {
+//!     for (id, delta) in [(from, -amount), (to, amount)] {
+//!         sqlx::query("UPDATE accounts SET balance = balance + ? WHERE id = ?")
+//!             .bind(delta)
+//!             .bind(id)
+//!             .execute(&mut *covet_txn::conn::<Sqlite>()?)
+//!             .await?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! # async fn demo() -> Result<(), covet_txn::Error> {
+//! let pool = sqlx::SqlitePool::connect("sqlite://bank.db").await?;
+//! TxManager::new(pool).install_default()?;
+//! transfer(1, 2, 50).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A `#[transactional]` function begins a transaction when none is running in
+//! its task, or nests in the running one inside a SAVEPOINT; it commits when
+//! the function returns `Ok` and rolls back on `Err`, on a panic, or when its
+//! future is dropped. [`conn`] lends the current transaction's connection to
+//! any sqlx query. The same machinery without the macro is
+//! [`TxManager::transaction`].
+//!
+//! Modules, one per concept: `options` (what a call asks for), `context`
+//! (the task-local scopes), `manager` (pools and defaults), `scope` (running
+//! one call), `transaction` (a transaction's connection and state),
+//! `savepoint` (savepoints by hand), `backend` (everything that differs per
+//! database), `error`.
+
+#![warn(missing_docs)]
+
+extern crate self as covet_txn;
+
+mod backend;
+mod context;
+mod error;
+mod manager;
+mod options;
+mod savepoint;
+mod scope;
+mod transaction;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use backend::Backend;
+pub use context::{conn, current};
+pub use error::{Error, Operation};
+pub use manager::{TxManager, transaction};
+pub use options::{Isolation, Propagation, TxOptions};
+pub use savepoint::{Savepoint, named_savepoint, savepoint};
+pub use transaction::{TxConn, TxId, TxInfo, TxState};
+
+/// Runs an `async fn` in a transaction.
+///
+/// See the crate documentation and the README for the arguments.
+pub use covet_txn_macros::transactional;

@@ -1,0 +1,245 @@
+//! The transaction manager: a sqlx pool with an identity, the closure API
+//! that runs a body in a transaction, and the default manager that
+//! `#[transactional]` uses when it names none.
+//!
+//! A manager is cheap to clone and can be shared across tasks; several
+//! managers (several databases) live side by side, each scope finding the
+//! transactions of its own manager only.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use futures_util::future::BoxFuture;
+use sqlx::Pool;
+
+use crate::backend::Backend;
+use crate::context::{self, Frame};
+use crate::error::Error;
+use crate::options::TxOptions;
+use crate::scope;
+use crate::transaction::{ErasedSession, Opening, Session, TxConn};
+
+/// Runs transactions on one sqlx pool.
+///
+/// ```no_run
+/// use covet_txn::{TxManager, TxOptions, Isolation};
+/// # async fn demo() -> Result<(), covet_txn::Error> {
+/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+/// let manager = TxManager::new(pool);
+/// manager.install_default()?; // for `#[transactional]` without `manager = ...`
+///
+/// let options = TxOptions::new().isolation(Isolation::Serializable);
+/// let total: i64 = manager
+///     .transaction(options, || async {
+///         let total = sqlx::query_scalar("SELECT sum(balance)::bigint FROM accounts")
+///             .fetch_one(&mut *covet_txn::conn::<sqlx::Postgres>()?)
+///             .await?;
+///         Ok::<_, covet_txn::Error>(total)
+///     })
+///     .await?;
+/// # let _ = total; Ok(()) }
+/// ```
+pub struct TxManager<DB: Backend> {
+    shared: Arc<Shared<DB>>,
+}
+
+struct Shared<DB: Backend> {
+    id: u64,
+    name: String,
+    pool: Pool<DB>,
+}
+
+impl<DB: Backend> Clone for TxManager<DB> {
+    fn clone(&self) -> Self {
+        TxManager {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<DB: Backend> std::fmt::Debug for TxManager<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxManager")
+            .field("name", &self.shared.name)
+            .field(
+                "backend",
+                &<DB as crate::backend::sealed::BackendOps>::SYSTEM,
+            )
+            .finish()
+    }
+}
+
+impl<DB: Backend> TxManager<DB> {
+    /// A manager for `pool`, named after its backend.
+    pub fn new(pool: Pool<DB>) -> Self {
+        let name = <DB as crate::backend::sealed::BackendOps>::SYSTEM;
+        TxManager::named(pool, name)
+    }
+
+    /// A manager for `pool` with a name for logs and metrics (for example the
+    /// database it serves).
+    pub fn named(pool: Pool<DB>, name: impl Into<String>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        TxManager {
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                name: name.into(),
+                pool,
+            }),
+        }
+    }
+
+    /// The pool transactions are taken from.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.shared.pool
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Makes this manager the process-wide default for `#[transactional]`
+    /// functions that name none. Call it once at start-up; a second call fails
+    /// with [`Error::DefaultManagerAlreadySet`].
+    pub fn install_default(&self) -> Result<(), Error> {
+        DEFAULT
+            .set(self.handle())
+            .map_err(|_| Error::DefaultManagerAlreadySet)
+    }
+
+    /// Runs `body` with this manager as the default of the current task,
+    /// ahead of the process-wide default. Useful in tests and for
+    /// per-tenant databases.
+    pub fn scope<F: Future>(&self, body: F) -> impl Future<Output = F::Output> {
+        SCOPED_DEFAULT.scope(self.handle(), body)
+    }
+
+    /// Runs `body` in a transaction of this manager with `options`: begins one
+    /// (or nests, joins, per the propagation), commits if `body` returns `Ok`,
+    /// rolls back if it returns `Err` or panics. What `#[transactional]`
+    /// expands to.
+    pub async fn transaction<T, E, F, Fut>(&self, options: TxOptions, body: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        scope::run(Some(self.handle()), options, body()).await
+    }
+
+    /// Lends the connection of this manager's innermost running transaction;
+    /// [`conn`](crate::conn) picks the innermost of any manager.
+    pub fn conn(&self) -> Result<TxConn<DB>, Error> {
+        let id = self.shared.id;
+        context::lend::<DB>(|frame| frame.session.core().manager_id == id)
+    }
+
+    #[doc(hidden)]
+    pub fn handle(&self) -> ManagerHandle {
+        ManagerHandle(Arc::clone(&self.shared) as Arc<dyn ErasedManager>)
+    }
+}
+
+/// Runs `body` in a transaction of the default manager. See
+/// [`TxManager::transaction`].
+pub async fn transaction<T, E, F, Fut>(options: TxOptions, body: F) -> Result<T, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    scope::run(None, options, body()).await
+}
+
+/// A manager with its backend erased, as scopes and defaults hold it.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ManagerHandle(Arc<dyn ErasedManager>);
+
+/// What the scope runner needs of a manager.
+pub(crate) struct ErasedOpening {
+    pub(crate) name: &'static str,
+    pub(crate) options: TxOptions,
+    pub(crate) transactional: bool,
+    pub(crate) lent_from: Option<Arc<dyn ErasedSession>>,
+}
+
+trait ErasedManager: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    fn max_connections(&self) -> u32;
+    fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>>;
+}
+
+impl<DB: Backend> ErasedManager for Shared<DB> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
+        Box::pin(async move {
+            let lent_from = match opening.lent_from {
+                Some(session) => {
+                    Some(session.into_any().downcast::<Session<DB>>().map_err(|_| {
+                        Error::TransactionAborted("its connection belongs to another backend")
+                    })?)
+                }
+                None => None,
+            };
+            let session = Session::open(
+                &self.pool,
+                Opening {
+                    manager_id: self.id,
+                    name: opening.name,
+                    options: opening.options,
+                    transactional: opening.transactional,
+                    lent_from,
+                },
+            )
+            .await?;
+            Ok(session as Arc<dyn ErasedSession>)
+        })
+    }
+}
+
+impl ManagerHandle {
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id()
+    }
+
+    pub(crate) fn max_connections(&self) -> u32 {
+        self.0.max_connections()
+    }
+
+    pub(crate) async fn open(
+        &self,
+        opening: ErasedOpening,
+    ) -> Result<Arc<dyn ErasedSession>, Error> {
+        self.0.open(opening).await
+    }
+
+    /// The manager a scope without an explicit one runs on: the task's scoped
+    /// default, else the process-wide default, else the manager of the
+    /// innermost running transaction.
+    pub(crate) fn resolve_default(head: Option<&Arc<Frame>>) -> Result<ManagerHandle, Error> {
+        if let Ok(scoped) = SCOPED_DEFAULT.try_with(ManagerHandle::clone) {
+            return Ok(scoped);
+        }
+        if let Some(global) = DEFAULT.get() {
+            return Ok(global.clone());
+        }
+        head.map(|frame| frame.manager.clone())
+            .ok_or(Error::NoDefaultManager)
+    }
+}
+
+static DEFAULT: OnceLock<ManagerHandle> = OnceLock::new();
+
+tokio::task_local! {
+    static SCOPED_DEFAULT: ManagerHandle;
+}

@@ -1,0 +1,295 @@
+//! What a transactional call asks for: isolation level, access mode and
+//! propagation, gathered in [`TxOptions`].
+//!
+//! This module owns the vocabulary and its spelling rules. It knows nothing of
+//! SQL: each backend module maps these values to its own statements.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// The SQL isolation levels, weakest first.
+///
+/// Parsed from either spelling, in any case: `"serializable"`,
+/// `"repeatable_read"`, `"REPEATABLE READ"`, `"Read Committed"`.
+///
+/// ```
+/// use covet_txn::Isolation;
+/// assert_eq!("REPEATABLE READ".parse::<Isolation>().unwrap(), Isolation::RepeatableRead);
+/// assert_eq!("read_committed".parse::<Isolation>().unwrap(), Isolation::ReadCommitted);
+/// assert!("snapshot".parse::<Isolation>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isolation {
+    /// `READ UNCOMMITTED`. PostgreSQL runs it as `READ COMMITTED`.
+    ReadUncommitted,
+    /// `READ COMMITTED`.
+    ReadCommitted,
+    /// `REPEATABLE READ`.
+    RepeatableRead,
+    /// `SERIALIZABLE`.
+    Serializable,
+}
+
+impl Isolation {
+    /// Every level, weakest first.
+    pub const ALL: [Isolation; 4] = [
+        Isolation::ReadUncommitted,
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+
+    /// The level as SQL writes it, for example `REPEATABLE READ`.
+    pub const fn sql(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "READ UNCOMMITTED",
+            Isolation::ReadCommitted => "READ COMMITTED",
+            Isolation::RepeatableRead => "REPEATABLE READ",
+            Isolation::Serializable => "SERIALIZABLE",
+        }
+    }
+
+    /// The level as the attribute writes it, for example `repeatable_read`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "read_uncommitted",
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::RepeatableRead => "repeatable_read",
+            Isolation::Serializable => "serializable",
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Isolation {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let wanted = normalize(text);
+        Isolation::ALL
+            .into_iter()
+            .find(|level| level.name() == wanted)
+            .ok_or_else(|| {
+                Error::InvalidOption(format!(
+                    "unknown isolation level `{text}`; expected one of read_uncommitted, \
+                     read_committed, repeatable_read, serializable"
+                ))
+            })
+    }
+}
+
+/// How a transactional call relates to a transaction already running in the
+/// same task. The names and meanings are Spring's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Propagation {
+    /// Nest inside the running transaction in a SAVEPOINT, or begin one.
+    /// An error rolls back to the savepoint only.
+    #[default]
+    Nested,
+    /// Join the running transaction without a savepoint, or begin one. An
+    /// error marks the whole transaction rollback-only.
+    Required,
+    /// Suspend the running transaction and run a new one on a second pooled
+    /// connection.
+    RequiresNew,
+    /// Join the running transaction; fail with [`Error::NoTransaction`] if
+    /// there is none.
+    Mandatory,
+    /// Run without a transaction; fail with [`Error::TransactionActive`] if
+    /// one is running.
+    Never,
+    /// Join the running transaction if there is one, else run on a pooled
+    /// connection in autocommit mode.
+    Supports,
+}
+
+impl Propagation {
+    /// Every mode.
+    pub const ALL: [Propagation; 6] = [
+        Propagation::Nested,
+        Propagation::Required,
+        Propagation::RequiresNew,
+        Propagation::Mandatory,
+        Propagation::Never,
+        Propagation::Supports,
+    ];
+
+    /// The mode as the attribute writes it, for example `requires_new`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Propagation::Nested => "nested",
+            Propagation::Required => "required",
+            Propagation::RequiresNew => "requires_new",
+            Propagation::Mandatory => "mandatory",
+            Propagation::Never => "never",
+            Propagation::Supports => "supports",
+        }
+    }
+}
+
+impl fmt::Display for Propagation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Propagation {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let wanted = normalize(text);
+        Propagation::ALL
+            .into_iter()
+            .find(|mode| mode.name() == wanted)
+            .ok_or_else(|| {
+                Error::InvalidOption(format!(
+                    "unknown propagation `{text}`; expected one of nested, required, \
+                     requires_new, mandatory, never, supports"
+                ))
+            })
+    }
+}
+
+/// Lower-case, with runs of spaces, dashes and underscores folded to one `_`.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text
+        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+        .filter(|word| !word.is_empty())
+    {
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    out
+}
+
+/// Everything a transactional call asks of the runtime.
+///
+/// Built with `const` methods so that `#[transactional]` can place its options
+/// in a `const` and pay nothing to build them per call.
+///
+/// ```
+/// use covet_txn::{Isolation, Propagation, TxOptions};
+/// const OPTIONS: TxOptions = TxOptions::new()
+///     .isolation(Isolation::Serializable)
+///     .read_only(true)
+///     .propagation(Propagation::Required);
+/// assert_eq!(OPTIONS.isolation_level(), Some(Isolation::Serializable));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxOptions {
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: Option<bool>,
+    pub(crate) propagation: Propagation,
+    pub(crate) name: Option<&'static str>,
+}
+
+impl TxOptions {
+    /// The defaults: the server's isolation level, read-write, [`Propagation::Nested`].
+    pub const fn new() -> Self {
+        TxOptions {
+            isolation: None,
+            read_only: None,
+            propagation: Propagation::Nested,
+            name: None,
+        }
+    }
+
+    /// Ask for an isolation level. Inside a running transaction, asking for a
+    /// different one is an error ([`Error::IsolationMismatch`]).
+    pub const fn isolation(mut self, level: Isolation) -> Self {
+        self.isolation = Some(level);
+        self
+    }
+
+    /// Ask for a read-only (`true`) or read-write (`false`) transaction.
+    pub const fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = Some(read_only);
+        self
+    }
+
+    /// Choose how the call relates to a transaction already running.
+    pub const fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// Name the transaction for logs and metrics; `#[transactional]` uses the
+    /// function's path.
+    pub const fn name(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// The isolation level asked for, if any.
+    pub const fn isolation_level(&self) -> Option<Isolation> {
+        self.isolation
+    }
+
+    /// Whether read-only (`Some(true)`) or read-write (`Some(false)`) was asked for.
+    pub const fn access_mode(&self) -> Option<bool> {
+        self.read_only
+    }
+
+    /// The propagation asked for.
+    pub const fn propagation_mode(&self) -> Propagation {
+        self.propagation
+    }
+
+    /// The name given, if any.
+    pub const fn given_name(&self) -> Option<&'static str> {
+        self.name
+    }
+}
+
+impl Default for TxOptions {
+    fn default() -> Self {
+        TxOptions::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_accepts_sql_and_attribute_spellings_in_any_case() {
+        for (text, level) in [
+            ("serializable", Isolation::Serializable),
+            ("SERIALIZABLE", Isolation::Serializable),
+            ("read uncommitted", Isolation::ReadUncommitted),
+            ("Read_Committed", Isolation::ReadCommitted),
+            ("  repeatable   read ", Isolation::RepeatableRead),
+            ("repeatable-read", Isolation::RepeatableRead),
+        ] {
+            assert_eq!(text.parse::<Isolation>().unwrap(), level, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_isolation_lists_the_valid_names() {
+        let message = "snapshot".parse::<Isolation>().unwrap_err().to_string();
+        assert!(message.contains("`snapshot`"), "{message}");
+        assert!(message.contains("repeatable_read"), "{message}");
+    }
+
+    #[test]
+    fn propagation_round_trips_through_its_name() {
+        for mode in Propagation::ALL {
+            assert_eq!(mode.name().parse::<Propagation>().unwrap(), mode);
+        }
+        assert_eq!(
+            "REQUIRES NEW".parse::<Propagation>().unwrap(),
+            Propagation::RequiresNew
+        );
+    }
+}

@@ -1,0 +1,644 @@
+//! One transaction (or one autocommit session) and the connection it owns:
+//! the state machine, who holds the connection at each moment, and how the
+//! transaction ends.
+//!
+//! The connection lives in a slot. It leaves the slot only for one statement
+//! at a time, inside a guard, and every guard that is dropped before its
+//! statement is known to be finished hands the connection to the backend's
+//! `abandon` instead of back to the pool. That is what keeps a cancelled
+//! future from ever returning a connection to the pool inside a transaction.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+
+use crate::backend::{Backend, SavepointAction};
+use crate::error::{Error, Operation};
+use crate::options::{Isolation, Propagation, TxOptions};
+
+/// A transaction's process-unique id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(u64);
+
+impl TxId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TxId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tx-{}", self.0)
+    }
+}
+
+/// Where a transaction is in its life.
+///
+/// `Active → Committing → Committed`, `Active → RollingBack → RolledBack`; a
+/// transaction whose COMMIT or ROLLBACK failed, or that was abandoned, ends
+/// `Failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TxState {
+    /// Begun; statements may run.
+    Active = 0,
+    /// COMMIT is in flight.
+    Committing = 1,
+    /// COMMIT succeeded.
+    Committed = 2,
+    /// ROLLBACK is in flight.
+    RollingBack = 3,
+    /// ROLLBACK succeeded.
+    RolledBack = 4,
+    /// Ended badly: COMMIT or ROLLBACK failed, or the transaction was
+    /// abandoned and its connection closed.
+    Failed = 5,
+}
+
+impl TxState {
+    fn from_u8(value: u8) -> TxState {
+        match value {
+            0 => TxState::Active,
+            1 => TxState::Committing,
+            2 => TxState::Committed,
+            3 => TxState::RollingBack,
+            4 => TxState::RolledBack,
+            _ => TxState::Failed,
+        }
+    }
+
+    /// The state's lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxState::Active => "active",
+            TxState::Committing => "committing",
+            TxState::Committed => "committed",
+            TxState::RollingBack => "rolling_back",
+            TxState::RolledBack => "rolled_back",
+            TxState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for TxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The backend-independent part of a session: identity, options, state.
+#[derive(Debug)]
+pub(crate) struct SessionCore {
+    pub(crate) id: TxId,
+    pub(crate) manager_id: u64,
+    pub(crate) name: &'static str,
+    pub(crate) backend: &'static str,
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: bool,
+    /// `false` for the autocommit session of `supports`/`never` without a
+    /// running transaction.
+    pub(crate) transactional: bool,
+    /// Whether the connection is borrowed from an autocommit session rather
+    /// than taken from the pool.
+    pub(crate) borrows_connection: bool,
+    pub(crate) started_at: Instant,
+    state: AtomicU8,
+    rollback_only: AtomicBool,
+    aborted: OnceLock<&'static str>,
+}
+
+impl SessionCore {
+    pub(crate) fn state(&self) -> TxState {
+        TxState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: TxState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    pub(crate) fn mark_rollback_only(&self) {
+        self.rollback_only.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_rollback_only(&self) -> bool {
+        self.rollback_only.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn aborted(&self) -> Option<&'static str> {
+        self.aborted.get().copied()
+    }
+}
+
+/// Who has the connection right now.
+enum Slot<DB: Backend> {
+    /// In the slot, ready for the next statement.
+    Idle(PoolConnection<DB>),
+    /// Lent to a guard for one statement (or to a `TxConn`).
+    Borrowed,
+    /// Gone: the session ended or was abandoned. A connection handed back now
+    /// is abandoned too.
+    Closed,
+}
+
+/// Where the session's connection came from, and so where it goes back to.
+enum Origin<DB: Backend> {
+    Pool,
+    /// Borrowed from an autocommit session of the same manager; given back to
+    /// it when this transaction ends.
+    Lent(Arc<Session<DB>>),
+}
+
+/// A transaction or autocommit session on one connection.
+pub(crate) struct Session<DB: Backend> {
+    pub(crate) core: SessionCore,
+    options: TxOptions,
+    slot: Mutex<Slot<DB>>,
+    origin: Origin<DB>,
+}
+
+/// What a new session is opened on.
+pub(crate) struct Opening<DB: Backend> {
+    pub(crate) manager_id: u64,
+    pub(crate) name: &'static str,
+    pub(crate) options: TxOptions,
+    pub(crate) transactional: bool,
+    pub(crate) lent_from: Option<Arc<Session<DB>>>,
+}
+
+impl<DB: Backend> Session<DB> {
+    /// Takes a connection (from `pool`, or from the session it is lent from),
+    /// begins the transaction if there is to be one, and returns the session.
+    pub(crate) async fn open(
+        pool: &sqlx::Pool<DB>,
+        opening: Opening<DB>,
+    ) -> Result<Arc<Session<DB>>, Error> {
+        let Opening {
+            manager_id,
+            name,
+            options,
+            transactional,
+            lent_from,
+        } = opening;
+        let (conn, origin) = match lent_from {
+            Some(parent) => (parent.lend()?, Origin::Lent(parent)),
+            None => (
+                pool.acquire()
+                    .await
+                    .map_err(|source| Error::database(Operation::Acquire, source))?,
+                Origin::Pool,
+            ),
+        };
+        let mut held = Held::new(conn, &options, &origin);
+        if transactional {
+            let begun = DB::execute(held.conn(), DB::begin_sql(&options)).await;
+            if let Err(source) = begun {
+                held.discard_after_failed_begin().await;
+                return Err(Error::database(Operation::Begin, source));
+            }
+        }
+        let conn = held.disarm();
+        Ok(Arc::new(Session {
+            core: SessionCore {
+                id: TxId::next(),
+                manager_id,
+                name,
+                backend: DB::SYSTEM,
+                isolation: options.isolation,
+                read_only: options.read_only == Some(true),
+                transactional,
+                borrows_connection: matches!(origin, Origin::Lent(_)),
+                started_at: Instant::now(),
+                state: AtomicU8::new(TxState::Active as u8),
+                rollback_only: AtomicBool::new(false),
+                aborted: OnceLock::new(),
+            },
+            options,
+            slot: Mutex::new(Slot::Idle(conn)),
+            origin,
+        }))
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot<DB>> {
+        // The slot holds no invariant a panic could break half-way: recover it.
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the connection out of the slot for one use.
+    pub(crate) fn lend(&self) -> Result<PoolConnection<DB>, Error> {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, Slot::Borrowed) {
+            Slot::Idle(conn) => Ok(conn),
+            Slot::Borrowed => Err(Error::ConnectionBorrowed),
+            Slot::Closed => {
+                *slot = Slot::Closed;
+                Err(Error::TransactionAborted(
+                    self.core.aborted().unwrap_or("it has already ended"),
+                ))
+            }
+        }
+    }
+
+    /// Puts a lent connection back, or abandons it if the session ended
+    /// meanwhile.
+    pub(crate) fn give_back(&self, conn: PoolConnection<DB>) {
+        let mut slot = self.slot();
+        match *slot {
+            Slot::Borrowed => *slot = Slot::Idle(conn),
+            Slot::Idle(_) | Slot::Closed => {
+                drop(slot);
+                self.abandon_connection(conn);
+            }
+        }
+    }
+
+    /// Ends the session's use of its connection at once: the connection is
+    /// abandoned (now, or when its borrower hands it back) and every later use
+    /// fails with `reason`.
+    pub(crate) fn abort(&self, reason: &'static str) {
+        let _ = self.core.aborted.set(reason);
+        let state = self.core.state();
+        if !matches!(state, TxState::Committed | TxState::RolledBack) {
+            self.core.set_state(TxState::Failed);
+        }
+        let previous = std::mem::replace(&mut *self.slot(), Slot::Closed);
+        if let Slot::Idle(conn) = previous {
+            self.abandon_connection(conn);
+        }
+    }
+
+    fn abandon_connection(&self, conn: PoolConnection<DB>) {
+        abandon(conn, &self.options, &self.origin);
+    }
+
+    /// Runs one trusted statement inside the transaction.
+    pub(crate) async fn run_statement(
+        &self,
+        operation: Operation,
+        sql: Cow<'static, str>,
+    ) -> Result<(), Error> {
+        let mut lease = Lease {
+            session: self,
+            conn: Some(self.lend()?),
+        };
+        let result = DB::execute(lease.conn(), sql).await;
+        lease.finish();
+        result.map_err(|source| Error::database(operation, source))
+    }
+
+    /// Commits or rolls back (for a transaction) and gives the connection back
+    /// to where it came from.
+    pub(crate) async fn end(&self, commit: bool) -> Result<(), Error> {
+        let conn = {
+            let mut slot = self.slot();
+            match std::mem::replace(&mut *slot, Slot::Closed) {
+                Slot::Idle(conn) => conn,
+                Slot::Borrowed => {
+                    drop(slot);
+                    let _ = self
+                        .core
+                        .aborted
+                        .set("a `TxConn` guard outlived the transaction's body");
+                    self.core.set_state(TxState::Failed);
+                    return Err(Error::ConnectionBorrowed);
+                }
+                Slot::Closed => {
+                    self.core.set_state(TxState::Failed);
+                    return Err(Error::TransactionAborted(
+                        self.core.aborted().unwrap_or("it has already ended"),
+                    ));
+                }
+            }
+        };
+        if let Some(reason) = self.core.aborted() {
+            self.abandon_connection(conn);
+            return Err(Error::TransactionAborted(reason));
+        }
+        let mut held = Held::new(conn, &self.options, &self.origin);
+        if !self.core.transactional {
+            held.release();
+            return Ok(());
+        }
+        let (operation, sql, in_flight, done) = if commit {
+            (
+                Operation::Commit,
+                "COMMIT",
+                TxState::Committing,
+                TxState::Committed,
+            )
+        } else {
+            (
+                Operation::Rollback,
+                "ROLLBACK",
+                TxState::RollingBack,
+                TxState::RolledBack,
+            )
+        };
+        self.core.set_state(in_flight);
+        match DB::execute(held.conn(), Cow::Borrowed(sql)).await {
+            Ok(()) => {
+                let restored = held.restore_session().await;
+                self.core.set_state(done);
+                if restored {
+                    held.release();
+                }
+                Ok(())
+            }
+            Err(source) => {
+                self.core.set_state(TxState::Failed);
+                if commit
+                    && DB::execute(held.conn(), Cow::Borrowed("ROLLBACK"))
+                        .await
+                        .is_ok()
+                    && held.restore_session().await
+                {
+                    held.release();
+                }
+                // Otherwise `held` drops armed and abandons the connection.
+                Err(Error::database(operation, source))
+            }
+        }
+    }
+}
+
+/// A connection in the runtime's hands outside the slot: being begun or
+/// ended. Dropped while armed (its future was cancelled, or a statement
+/// failed in a way that leaves the connection's state unknown), it abandons
+/// the connection.
+struct Held<'s, DB: Backend> {
+    conn: Option<PoolConnection<DB>>,
+    options: &'s TxOptions,
+    origin: &'s Origin<DB>,
+}
+
+impl<'s, DB: Backend> Held<'s, DB> {
+    fn new(conn: PoolConnection<DB>, options: &'s TxOptions, origin: &'s Origin<DB>) -> Self {
+        Held {
+            conn: Some(conn),
+            options,
+            origin,
+        }
+    }
+
+    fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_deref_mut()
+            .expect("a held connection is present until released")
+    }
+
+    fn disarm(mut self) -> PoolConnection<DB> {
+        self.conn
+            .take()
+            .expect("a held connection is present until released")
+    }
+
+    /// Undoes session state the BEGIN set; `false` if that failed, in which
+    /// case the connection stays armed to be abandoned.
+    async fn restore_session(&mut self) -> bool {
+        match DB::restore_sql(self.options) {
+            Some(sql) => DB::execute(self.conn(), Cow::Borrowed(sql)).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// After a failed BEGIN the transaction may or may not be open (the BEGIN
+    /// request can hold several statements): roll back to be sure, and keep
+    /// the connection only if that and the session restore succeed.
+    async fn discard_after_failed_begin(&mut self) {
+        let rolled_back = DB::execute(self.conn(), Cow::Borrowed("ROLLBACK"))
+            .await
+            .is_ok();
+        if self.restore_session().await && rolled_back {
+            self.release();
+        }
+    }
+
+    /// Gives the connection back, clean, to where it came from.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            match self.origin {
+                Origin::Pool => drop(conn),
+                Origin::Lent(parent) => parent.give_back(conn),
+            }
+        }
+    }
+}
+
+impl<DB: Backend> Drop for Held<'_, DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            abandon(conn, self.options, self.origin);
+        }
+    }
+}
+
+/// Abandons a connection and, if it was lent by an autocommit session, that
+/// session too: its connection is gone.
+fn abandon<DB: Backend>(conn: PoolConnection<DB>, options: &TxOptions, origin: &Origin<DB>) {
+    DB::abandon(conn, options);
+    if let Origin::Lent(parent) = origin {
+        parent.abort("a transaction begun on this session's connection was abandoned");
+    }
+}
+
+/// The connection lent out of the slot for one statement the runtime runs.
+/// Dropped before `finish` (the statement's future was cancelled), it aborts
+/// the session: what the server did with the statement is unknown.
+struct Lease<'s, DB: Backend> {
+    session: &'s Session<DB>,
+    conn: Option<PoolConnection<DB>>,
+}
+
+impl<DB: Backend> Lease<'_, DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_deref_mut()
+            .expect("a leased connection is present until finished")
+    }
+
+    fn finish(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.session.give_back(conn);
+        }
+    }
+}
+
+impl<DB: Backend> Drop for Lease<'_, DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.session
+                .abort("a statement of the transaction was cancelled while in flight");
+            self.session.abandon_connection(conn);
+        }
+    }
+}
+
+/// The current transaction's connection, lent to the caller.
+///
+/// Get one with [`conn`](crate::conn); use `&mut *guard` wherever sqlx takes
+/// an executor. While it is alive the transaction cannot run anything else
+/// (a nested transactional call fails with [`Error::ConnectionBorrowed`]), so
+/// keep it for a statement or a few, not across other transactional calls.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), covet_txn::Error> {
+/// use sqlx::Postgres;
+/// let count: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+///     .fetch_one(&mut *covet_txn::conn::<Postgres>()?)
+///     .await?;
+/// # let _ = count; Ok(()) }
+/// ```
+pub struct TxConn<DB: Backend> {
+    session: Arc<Session<DB>>,
+    conn: Option<PoolConnection<DB>>,
+}
+
+impl<DB: Backend> TxConn<DB> {
+    pub(crate) fn lend_from(session: Arc<Session<DB>>) -> Result<Self, Error> {
+        let conn = session.lend()?;
+        Ok(TxConn {
+            session,
+            conn: Some(conn),
+        })
+    }
+}
+
+impl<DB: Backend> Deref for TxConn<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        self.conn
+            .as_deref()
+            .expect("a TxConn holds its connection until dropped")
+    }
+}
+
+impl<DB: Backend> DerefMut for TxConn<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_deref_mut()
+            .expect("a TxConn holds its connection until dropped")
+    }
+}
+
+impl<DB: Backend> Drop for TxConn<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.session.give_back(conn);
+        }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for TxConn<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxConn")
+            .field("transaction", &self.session.core.id)
+            .field("backend", &DB::SYSTEM)
+            .finish()
+    }
+}
+
+/// A session with its backend type erased, as the scope runner and the
+/// task-local context see it.
+pub(crate) trait ErasedSession: Send + Sync + 'static {
+    fn core(&self) -> &SessionCore;
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+
+    fn savepoint<'a>(
+        &'a self,
+        action: SavepointAction,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    fn end(&self, commit: bool) -> BoxFuture<'_, Result<(), Error>>;
+
+    fn abort(&self, reason: &'static str);
+}
+
+impl<DB: Backend> ErasedSession for Session<DB> {
+    fn core(&self) -> &SessionCore {
+        &self.core
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn savepoint<'a>(
+        &'a self,
+        action: SavepointAction,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let operation = match action {
+            SavepointAction::Create => Operation::Savepoint,
+            SavepointAction::Release => Operation::ReleaseSavepoint,
+            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
+                Operation::RollbackToSavepoint
+            }
+        };
+        Box::pin(self.run_statement(operation, Cow::Owned(DB::savepoint_sql(action, name))))
+    }
+
+    fn end(&self, commit: bool) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Session::end(self, commit))
+    }
+
+    fn abort(&self, reason: &'static str) {
+        Session::abort(self, reason);
+    }
+}
+
+/// A snapshot of the running transaction, as seen from inside it.
+///
+/// ```no_run
+/// # async fn demo() {
+/// if let Some(info) = covet_txn::current() {
+///     println!("{} `{}` at depth {} is {}", info.id, info.name, info.depth, info.state);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TxInfo {
+    /// The transaction's id; a savepoint scope shares its transaction's id.
+    pub id: TxId,
+    /// The name of the scope (the function's path under `#[transactional]`).
+    pub name: &'static str,
+    /// The name of the outermost scope, which began the transaction.
+    pub transaction_name: &'static str,
+    /// 1 for the outermost transaction, one more per savepoint scope.
+    pub depth: u32,
+    /// The isolation level asked for when the transaction began (`None`: the
+    /// server's default).
+    pub isolation: Option<Isolation>,
+    /// Whether the transaction is read-only.
+    pub read_only: bool,
+    /// The propagation of the current scope.
+    pub propagation: Propagation,
+    /// The transaction's state.
+    pub state: TxState,
+    /// Whether a transaction is open at all: `false` in the autocommit
+    /// session of `supports` or `never` when none was running.
+    pub transactional: bool,
+    /// Whether the transaction has been marked rollback-only.
+    pub rollback_only: bool,
+    /// The backend's OpenTelemetry `db.system` name.
+    pub backend: &'static str,
+    /// When the transaction began.
+    pub started_at: Instant,
+}
