@@ -112,7 +112,7 @@ impl<DB: Backend> TxManager<DB> {
     /// Runs `body` with this manager as the default of the current task,
     /// ahead of the process-wide default. Useful in tests and for
     /// per-tenant databases.
-    pub fn scope<F: Future>(&self, body: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(&self, body: F) -> impl Future<Output = F::Output> + use<DB, F> {
         SCOPED_DEFAULT.scope(self.handle(), body)
     }
 
@@ -126,7 +126,7 @@ impl<DB: Backend> TxManager<DB> {
         Fut: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        scope::run(Some(self.handle()), options, body()).await
+        scope::run(Some(self.handle()), options, Box::pin(body())).await
     }
 
     /// Lends the connection of this manager's innermost running transaction;
@@ -150,7 +150,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    scope::run(None, options, body()).await
+    scope::run(None, options, Box::pin(body())).await
 }
 
 /// A manager with its backend erased, as scopes and defaults hold it.

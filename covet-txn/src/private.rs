@@ -15,16 +15,16 @@ pub use core::result::Result;
 pub use core::{concat, module_path, stringify};
 
 /// Runs one call of a `#[transactional]` function.
-pub async fn run<T, E, Fut>(
+pub fn run<T, E, Fut>(
     manager: Option<ManagerHandle>,
     options: TxOptions,
     body: Fut,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    scope::run(manager, options, body).await
+    scope::run(manager, options, Box::pin(body))
 }
 
 /// The manager of a function without `manager = ...`: found at run time.

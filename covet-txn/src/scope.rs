@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, resume_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -33,10 +34,14 @@ enum Plan {
 }
 
 /// Runs `body` as one transactional call on `manager` (the default if `None`).
+///
+/// Callers box the body: nested calls would otherwise store each level's
+/// future inside the next several times over, and the size would grow
+/// geometrically with the depth.
 pub(crate) async fn run<T, E, Fut>(
     manager: Option<ManagerHandle>,
     options: TxOptions,
-    body: Fut,
+    body: Pin<Box<Fut>>,
 ) -> Result<T, E>
 where
     Fut: Future<Output = Result<T, E>>,

@@ -1,1 +1,273 @@
+//! Helpers shared by the integration tests: connecting to the real servers
+//! (or skipping when one is unreachable), per-test tables, and
+//! [`each_backend!`], which writes a test once and runs it on PostgreSQL,
+//! MariaDB and SQLite.
 
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
+
+/// Where PostgreSQL is, unless `COVET_PG_URL` says otherwise.
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Where MariaDB is, unless `COVET_MYSQL_URL` says otherwise.
+pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// Whether an unreachable server fails the test (`COVET_REQUIRE_BACKENDS=1`)
+/// instead of skipping it.
+pub fn backends_required() -> bool {
+    std::env::var("COVET_REQUIRE_BACKENDS").is_ok_and(|value| value == "1")
+}
+
+fn unreachable(server: &str, url: &str, error: &sqlx::Error) {
+    assert!(
+        !backends_required(),
+        "{server} at {url} is unreachable ({error}) and COVET_REQUIRE_BACKENDS=1"
+    );
+    eprintln!(
+        "notice: skipping: {server} at {url} is unreachable ({error}); set \
+         COVET_REQUIRE_BACKENDS=1 to fail instead"
+    );
+}
+
+/// How long a test waits for a pooled connection before failing: long
+/// enough for a loaded CI machine, short enough that a leaked connection
+/// fails the test instead of hanging it.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A pool on the test PostgreSQL server, or `None` (after a notice) when it
+/// is unreachable.
+pub async fn postgres(max_connections: u32) -> Option<PgPool> {
+    let url = std::env::var("COVET_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+    let options = match PgConnectOptions::from_str(&url) {
+        Ok(options) => options,
+        Err(error) => panic!("COVET_PG_URL `{url}` is not a PostgreSQL URL: {error}"),
+    };
+    let connected = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await;
+    match connected {
+        Ok(pool) => Some(pool),
+        Err(error) => {
+            unreachable("PostgreSQL", &url, &error);
+            None
+        }
+    }
+}
+
+/// A pool on the test MariaDB/MySQL server, or `None` (after a notice) when
+/// it is unreachable.
+pub async fn mysql(max_connections: u32) -> Option<MySqlPool> {
+    let url = std::env::var("COVET_MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_owned());
+    let options = match MySqlConnectOptions::from_str(&url) {
+        Ok(options) => options,
+        Err(error) => panic!("COVET_MYSQL_URL `{url}` is not a MySQL URL: {error}"),
+    };
+    let connected = MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await;
+    match connected {
+        Ok(pool) => Some(pool),
+        Err(error) => {
+            unreachable("MariaDB", &url, &error);
+            None
+        }
+    }
+}
+
+/// A fresh SQLite database file for one test (WAL, 10 s busy timeout).
+pub async fn sqlite(test: &str, max_connections: u32) -> Option<SqlitePool> {
+    let path = sqlite_path(test);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await;
+    match pool {
+        Ok(pool) => Some(pool),
+        Err(error) => panic!("cannot open SQLite file {}: {error}", path.display()),
+    }
+}
+
+/// The SQLite file a test uses.
+pub fn sqlite_path(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("covet-txn-tests");
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {error}", dir.display());
+    }
+    dir.join(format!("{test}.db"))
+}
+
+/// Writes the enclosed tests once and runs them on every backend: it expands
+/// them into modules `postgres`, `mysql` and `sqlite`, each with
+///
+/// - `Db`, the backend's sqlx database type;
+/// - `pool(test, max_connections)`, a pool or `None` to skip;
+/// - `manager(test, max_connections)`, a `TxManager` or `None` to skip;
+/// - `conn()`, the current transaction's connection;
+/// - `exec(sql)` and `scalar(sql)`, running SQL in the current transaction;
+/// - `reset_table(pool, name, columns)`, a fresh table;
+/// - `pool_scalar(pool, sql)`, a query outside any transaction;
+/// - `BACKEND`, the backend's name.
+///
+/// SQL in the tests is written to run unchanged on all three servers.
+#[macro_export]
+macro_rules! each_backend {
+    ($($body:tt)*) => {
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            pub type Db = ::sqlx::Postgres;
+            pub const BACKEND: &str = "postgresql";
+            pub async fn pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::postgres(max_connections).await
+            }
+            $crate::__backend_helpers!();
+            $($body)*
+        }
+        mod mysql {
+            #[allow(unused_imports)]
+            use super::*;
+            pub type Db = ::sqlx::MySql;
+            pub const BACKEND: &str = "mysql";
+            pub async fn pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::mysql(max_connections).await
+            }
+            $crate::__backend_helpers!();
+            $($body)*
+        }
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            pub type Db = ::sqlx::Sqlite;
+            pub const BACKEND: &str = "sqlite";
+            pub async fn pool(test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::sqlite(test, max_connections).await
+            }
+            $crate::__backend_helpers!();
+            $($body)*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_helpers {
+    () => {
+        #[allow(dead_code)]
+        pub async fn manager(
+            test: &str,
+            max_connections: u32,
+        ) -> Option<::covet_txn::TxManager<Db>> {
+            pool(test, max_connections)
+                .await
+                .map(::covet_txn::TxManager::new)
+        }
+
+        #[allow(dead_code)]
+        pub fn conn() -> Result<::covet_txn::TxConn<Db>, ::covet_txn::Error> {
+            ::covet_txn::conn::<Db>()
+        }
+
+        #[allow(dead_code)]
+        pub async fn exec(sql: impl Into<String>) -> Result<(), ::covet_txn::Error> {
+            ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql.into()))
+                .execute(&mut *conn()?)
+                .await?;
+            Ok(())
+        }
+
+        #[allow(dead_code)]
+        pub async fn scalar(sql: impl Into<String>) -> Result<i64, ::covet_txn::Error> {
+            let value: i64 = ::sqlx::query_scalar(::sqlx::AssertSqlSafe(sql.into()))
+                .fetch_one(&mut *conn()?)
+                .await?;
+            Ok(value)
+        }
+
+        #[allow(dead_code)]
+        pub async fn pool_scalar(pool: &::sqlx::Pool<Db>, sql: impl Into<String>) -> i64 {
+            let sql = sql.into();
+            match ::sqlx::query_scalar::<_, i64>(::sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(pool)
+                .await
+            {
+                Ok(value) => value,
+                Err(error) => panic!("`{sql}` failed: {error}"),
+            }
+        }
+
+        #[allow(dead_code)]
+        pub async fn reset_table(pool: &::sqlx::Pool<Db>, name: &str, columns: &str) {
+            let sql = format!("DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns})");
+            if let Err(error) = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+            {
+                panic!("cannot create table {name}: {error}");
+            }
+        }
+    };
+}
+
+/// An application error type as users write them: the runtime's errors, the
+/// driver's errors, and the application's own refusals.
+#[derive(Debug)]
+pub enum AppError {
+    /// From covet-txn.
+    Tx(covet_txn::Error),
+    /// From sqlx, unchanged.
+    Db(sqlx::Error),
+    /// The application said no.
+    Refused(&'static str),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Tx(error) => write!(f, "transaction: {error}"),
+            AppError::Db(error) => write!(f, "database: {error}"),
+            AppError::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppError::Tx(error) => Some(error),
+            AppError::Db(error) => Some(error),
+            AppError::Refused(_) => None,
+        }
+    }
+}
+
+impl From<covet_txn::Error> for AppError {
+    fn from(error: covet_txn::Error) -> Self {
+        AppError::Tx(error)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        AppError::Db(error)
+    }
+}

@@ -1,0 +1,215 @@
+//! Nesting: the outermost call begins a transaction, nested calls run in
+//! savepoints, and an error, a panic or a borrowed connection is handled at
+//! the right level.
+
+use covet_txn::{Error, TxState, transactional};
+use covet_txn_tests::{AppError, each_backend};
+
+each_backend! {
+    const COLUMNS: &str = "id BIGINT PRIMARY KEY, v BIGINT NOT NULL";
+
+    async fn ids(pool: &sqlx::Pool<Db>, table: &str) -> Vec<i64> {
+        let sql = format!("SELECT id FROM {table} ORDER BY id");
+        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await {
+            Ok(ids) => ids,
+            Err(error) => panic!("cannot read {table}: {error}"),
+        }
+    }
+
+    #[transactional]
+    async fn insert(table: &str, id: i64) -> Result<(), AppError> {
+        exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
+        Ok(())
+    }
+
+    #[transactional]
+    async fn insert_then_fail(table: &str, id: i64) -> Result<(), AppError> {
+        insert(table, id).await?;
+        Err(AppError::Refused("insert_then_fail"))
+    }
+
+    #[tokio::test]
+    async fn ok_commits_and_err_rolls_back() {
+        let Some(manager) = manager("nest_basic", 2).await else { return };
+        reset_table(manager.pool(), "nest_basic", COLUMNS).await;
+        manager.scope(insert("nest_basic", 1)).await.expect("insert commits");
+        let failed = manager.scope(insert_then_fail("nest_basic", 2)).await;
+        assert!(matches!(failed, Err(AppError::Refused(_))), "{failed:?}");
+        assert_eq!(ids(manager.pool(), "nest_basic").await, [1]);
+    }
+
+    #[transactional]
+    async fn outer_recovers_from_nested_failure(table: &str) -> Result<(), AppError> {
+        insert(table, 1).await?;
+        let nested = insert_then_fail(table, 2).await;
+        assert!(matches!(nested, Err(AppError::Refused(_))), "{nested:?}");
+        insert(table, 3).await
+    }
+
+    #[tokio::test]
+    async fn nested_error_rolls_back_its_savepoint_only_and_the_outer_commits() {
+        let Some(manager) = manager("nest_recover", 2).await else { return };
+        reset_table(manager.pool(), "nest_recover", COLUMNS).await;
+        manager.scope(outer_recovers_from_nested_failure("nest_recover")).await.expect("outer commits");
+        assert_eq!(ids(manager.pool(), "nest_recover").await, [1, 3]);
+    }
+
+    #[transactional]
+    async fn level_1(table: &str) -> Result<(), AppError> {
+        insert(table, 1).await?;
+        level_2(table).await?;
+        insert(table, 10).await
+    }
+
+    #[transactional]
+    async fn level_2(table: &str) -> Result<(), AppError> {
+        insert(table, 2).await?;
+        let middle = level_3(table).await;
+        assert!(matches!(middle, Err(AppError::Refused("level 3"))), "{middle:?}");
+        assert_eq!(covet_txn::current().map(|info| info.depth), Some(2));
+        insert(table, 20).await
+    }
+
+    #[transactional]
+    async fn level_3(table: &str) -> Result<(), AppError> {
+        insert(table, 3).await?;
+        level_4(table).await?;
+        Err(AppError::Refused("level 3"))
+    }
+
+    #[transactional]
+    async fn level_4(table: &str) -> Result<(), AppError> {
+        insert(table, 4).await?;
+        level_5(table).await
+    }
+
+    #[transactional]
+    async fn level_5(table: &str) -> Result<(), AppError> {
+        assert_eq!(covet_txn::current().map(|info| info.depth), Some(5));
+        insert(table, 5).await
+    }
+
+    #[tokio::test]
+    async fn five_levels_deep_a_rollback_in_the_middle_undoes_only_the_levels_below_it() {
+        let Some(manager) = manager("nest_five", 2).await else { return };
+        reset_table(manager.pool(), "nest_five", COLUMNS).await;
+        manager.scope(level_1("nest_five")).await.expect("level 1 commits");
+        assert_eq!(ids(manager.pool(), "nest_five").await, [1, 2, 10, 20]);
+    }
+
+    #[transactional]
+    async fn insert_then_panic(table: &str, id: i64) -> Result<(), AppError> {
+        insert(table, id).await?;
+        panic!("boom inside the transaction");
+    }
+
+    #[tokio::test]
+    async fn a_panic_rolls_back_and_resumes_unwinding() {
+        let Some(manager) = manager("nest_panic", 1).await else { return };
+        reset_table(manager.pool(), "nest_panic", COLUMNS).await;
+        let task = tokio::spawn(manager.scope(insert_then_panic("nest_panic", 1)));
+        let joined = task.await;
+        assert!(joined.as_ref().is_err_and(|error| error.is_panic()), "the panic reaches the caller");
+        // A pool of one: the next transaction gets the same connection, clean.
+        manager.scope(insert("nest_panic", 2)).await.expect("the pool's connection is usable");
+        assert_eq!(ids(manager.pool(), "nest_panic").await, [2]);
+    }
+
+    #[transactional]
+    async fn nested_panic_is_caught_by_outer(table: &str) -> Result<(), AppError> {
+        insert(table, 1).await?;
+        let inner = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(insert_then_panic(table, 100))).await;
+        assert!(inner.is_err(), "the nested panic propagates");
+        insert(table, 2).await
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_nested_scope_rolls_back_its_savepoint() {
+        let Some(manager) = manager("nest_inner_panic", 1).await else { return };
+        reset_table(manager.pool(), "nest_inner_panic", COLUMNS).await;
+        manager.scope(nested_panic_is_caught_by_outer("nest_inner_panic")).await.expect("outer commits");
+        assert_eq!(ids(manager.pool(), "nest_inner_panic").await, [1, 2]);
+    }
+
+    #[transactional]
+    async fn nest_while_holding_the_connection(table: &str) -> Result<(), AppError> {
+        let mut held = conn()?;
+        sqlx::raw_sql("SELECT 1").execute(&mut *held).await?;
+        let nested = insert(table, 1).await;
+        assert!(matches!(nested, Err(AppError::Tx(Error::ConnectionBorrowed))), "{nested:?}");
+        let second = conn();
+        assert!(matches!(second, Err(Error::ConnectionBorrowed)), "{second:?}");
+        drop(held);
+        insert(table, 2).await
+    }
+
+    #[tokio::test]
+    async fn a_nested_call_while_the_connection_is_borrowed_is_a_clear_error() {
+        let Some(manager) = manager("nest_borrowed", 1).await else { return };
+        reset_table(manager.pool(), "nest_borrowed", COLUMNS).await;
+        manager.scope(nest_while_holding_the_connection("nest_borrowed")).await.expect("commits");
+        assert_eq!(ids(manager.pool(), "nest_borrowed").await, [2]);
+        let message = Error::ConnectionBorrowed.to_string();
+        assert!(message.contains("drop the `TxConn` guard"), "{message}");
+    }
+
+    #[transactional]
+    async fn nested_calls_joined_concurrently(table: &str) -> Result<(), AppError> {
+        let (first, second) = tokio::join!(insert(table, 1), insert(table, 2));
+        let concurrent = |result: &Result<(), AppError>| matches!(result, Err(AppError::Tx(Error::ConcurrentScope)));
+        assert!(
+            first.is_ok() && concurrent(&second) || second.is_ok() && concurrent(&first),
+            "one runs, the other is refused: {first:?} {second:?}"
+        );
+        // The outer statement takes the connection first; the nested scope
+        // then finds it lent out, whichever of the two guards notices.
+        let (outer_statement, nested) = tokio::join!(exec("SELECT 1"), insert(table, 3));
+        assert!(outer_statement.is_ok(), "{outer_statement:?}");
+        assert!(
+            matches!(nested, Err(AppError::Tx(Error::ConnectionBorrowed | Error::ConcurrentScope))),
+            "{nested:?}"
+        );
+        insert(table, 3).await
+    }
+
+    #[tokio::test]
+    async fn nested_scopes_polled_together_cannot_interleave_on_one_connection() {
+        let Some(manager) = manager("nest_join", 1).await else { return };
+        reset_table(manager.pool(), "nest_join", COLUMNS).await;
+        manager.scope(nested_calls_joined_concurrently("nest_join")).await.expect("commits");
+        let committed = ids(manager.pool(), "nest_join").await;
+        assert!(committed == [1, 3] || committed == [2, 3], "{committed:?}");
+    }
+
+    #[tokio::test]
+    async fn conn_outside_any_transaction_is_a_clear_error() {
+        let outside = conn();
+        assert!(matches!(outside, Err(Error::NoTransaction)), "{outside:?}");
+    }
+
+    #[transactional(name = "describe")]
+    async fn describe() -> Result<covet_txn::TxInfo, AppError> {
+        covet_txn::current().ok_or(AppError::Refused("no transaction"))
+    }
+
+    #[transactional]
+    async fn describe_nested() -> Result<(covet_txn::TxInfo, covet_txn::TxInfo), AppError> {
+        let outer = covet_txn::current().ok_or(AppError::Refused("no transaction"))?;
+        Ok((outer, describe().await?))
+    }
+
+    #[tokio::test]
+    async fn the_running_scope_is_observable_from_inside() {
+        let Some(manager) = manager("nest_info", 1).await else { return };
+        let (outer, inner) = manager.scope(describe_nested()).await.expect("commits");
+        assert!(outer.name.ends_with("::describe_nested"), "{}", outer.name);
+        assert_eq!(inner.name, "describe");
+        assert_eq!(inner.transaction_name, outer.name);
+        assert_eq!((outer.depth, inner.depth), (1, 2));
+        assert_eq!(outer.id, inner.id);
+        assert_eq!(outer.state, TxState::Active);
+        assert_eq!(outer.backend, BACKEND);
+        assert!(outer.transactional && !outer.read_only);
+        assert!(covet_txn::current().is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! Propagation: how a call relates to the transaction already running, with
+//! Spring's names and stricter failure reporting.
+
+use covet_txn::{Error, Propagation, transactional};
+use covet_txn_tests::{AppError, each_backend};
+
+each_backend! {
+    const COLUMNS: &str = "id BIGINT PRIMARY KEY, v BIGINT NOT NULL";
+
+    async fn count(pool: &sqlx::Pool<Db>, table: &str) -> i64 {
+        pool_scalar(pool, format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    async fn insert_row(table: &str, id: i64) -> Result<(), AppError> {
+        exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
+        Ok(())
+    }
+
+    #[transactional]
+    async fn outer(table: &str) -> Result<(), AppError> {
+        insert_row(table, 1).await
+    }
+
+    #[transactional(propagation = "required")]
+    async fn required_then_fail(table: &str) -> Result<(), AppError> {
+        insert_row(table, 2).await?;
+        Err(AppError::Refused("required"))
+    }
+
+    #[transactional]
+    async fn outer_swallowing_required_failure(table: &str) -> Result<(), AppError> {
+        insert_row(table, 1).await?;
+        let joined = required_then_fail(table).await;
+        assert!(matches!(joined, Err(AppError::Refused(_))), "{joined:?}");
+        assert!(covet_txn::current().is_some_and(|info| info.rollback_only));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_required_scope_makes_the_outer_commit_fail_loudly() {
+        let Some(manager) = manager("prop_required", 1).await else { return };
+        reset_table(manager.pool(), "prop_required", COLUMNS).await;
+        let result = manager.scope(outer_swallowing_required_failure("prop_required")).await;
+        assert!(matches!(result, Err(AppError::Tx(Error::RollbackOnly))), "{result:?}");
+        assert_eq!(count(manager.pool(), "prop_required").await, 0, "nothing was committed");
+    }
+
+    #[transactional(propagation = "required")]
+    async fn required_insert(table: &str, id: i64) -> Result<i64, AppError> {
+        insert_row(table, id).await?;
+        Ok(covet_txn::current().map_or(0, |info| i64::from(info.depth)))
+    }
+
+    #[transactional]
+    async fn outer_joined_by_required(table: &str) -> Result<i64, AppError> {
+        insert_row(table, 1).await?;
+        required_insert(table, 2).await
+    }
+
+    #[tokio::test]
+    async fn required_joins_the_running_transaction_at_its_depth() {
+        let Some(manager) = manager("prop_join", 1).await else { return };
+        reset_table(manager.pool(), "prop_join", COLUMNS).await;
+        let depth = manager.scope(outer_joined_by_required("prop_join")).await.expect("commits");
+        assert_eq!(depth, 1, "no savepoint");
+        assert_eq!(count(manager.pool(), "prop_join").await, 2);
+        let alone = manager.scope(required_insert("prop_join", 3)).await.expect("begins its own");
+        assert_eq!(alone, 1);
+        assert_eq!(count(manager.pool(), "prop_join").await, 3);
+    }
+
+    #[transactional(propagation = "requires_new")]
+    async fn independent_insert(table: &str, id: i64) -> Result<(), AppError> {
+        insert_row(table, id).await
+    }
+
+    // The outer touches the database only after the independent transaction:
+    // SQLite has one writer, so an independent write after the outer's own
+    // would wait for the outer's lock until the busy timeout, and an outer
+    // read before it would leave the outer a stale snapshot to write from.
+    #[transactional]
+    async fn outer_fails_after_requires_new(table: &str) -> Result<(), AppError> {
+        independent_insert(table, 2).await?;
+        insert_row(table, 1).await?;
+        Err(AppError::Refused("outer"))
+    }
+
+    #[tokio::test]
+    async fn requires_new_commits_on_its_own_connection_whatever_the_outer_does() {
+        let Some(manager) = manager("prop_new", 2).await else { return };
+        reset_table(manager.pool(), "prop_new", COLUMNS).await;
+        let result = manager.scope(outer_fails_after_requires_new("prop_new")).await;
+        assert!(matches!(result, Err(AppError::Refused("outer"))), "{result:?}");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM prop_new")
+            .fetch_all(manager.pool())
+            .await
+            .expect("reads");
+        assert_eq!(ids, [2]);
+    }
+
+    #[tokio::test]
+    async fn requires_new_on_a_pool_of_one_is_an_error_not_a_hang() {
+        let Some(manager) = manager("prop_new_one", 1).await else { return };
+        reset_table(manager.pool(), "prop_new_one", COLUMNS).await;
+        let started = std::time::Instant::now();
+        let result = manager.scope(outer_fails_after_requires_new("prop_new_one")).await;
+        assert!(
+            matches!(result, Err(AppError::Tx(Error::PoolExhaustedByNesting { held: 1, max: 1 }))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(count(manager.pool(), "prop_new_one").await, 0);
+    }
+
+    #[transactional(propagation = "mandatory")]
+    async fn mandatory_insert(table: &str, id: i64) -> Result<(), AppError> {
+        insert_row(table, id).await
+    }
+
+    #[transactional]
+    async fn outer_with_mandatory(table: &str) -> Result<(), AppError> {
+        insert_row(table, 1).await?;
+        mandatory_insert(table, 2).await
+    }
+
+    #[tokio::test]
+    async fn mandatory_needs_a_running_transaction_and_joins_it() {
+        let Some(manager) = manager("prop_mandatory", 1).await else { return };
+        reset_table(manager.pool(), "prop_mandatory", COLUMNS).await;
+        let alone = manager.scope(mandatory_insert("prop_mandatory", 9)).await;
+        assert!(matches!(alone, Err(AppError::Tx(Error::NoTransaction))), "{alone:?}");
+        manager.scope(outer_with_mandatory("prop_mandatory")).await.expect("commits");
+        assert_eq!(count(manager.pool(), "prop_mandatory").await, 2);
+    }
+
+    #[transactional(propagation = "never")]
+    async fn never_insert_then_fail(table: &str, id: i64) -> Result<(), AppError> {
+        assert!(covet_txn::current().is_some_and(|info| !info.transactional));
+        insert_row(table, id).await?;
+        Err(AppError::Refused("never"))
+    }
+
+    #[transactional]
+    async fn outer_calling_never(table: &str) -> Result<(), AppError> {
+        never_insert_then_fail(table, 2).await
+    }
+
+    #[tokio::test]
+    async fn never_refuses_a_running_transaction_and_otherwise_autocommits() {
+        let Some(manager) = manager("prop_never", 1).await else { return };
+        reset_table(manager.pool(), "prop_never", COLUMNS).await;
+        let inside = manager.scope(outer_calling_never("prop_never")).await;
+        assert!(
+            matches!(inside, Err(AppError::Tx(Error::TransactionActive(Propagation::Never)))),
+            "{inside:?}"
+        );
+        let alone = manager.scope(never_insert_then_fail("prop_never", 1)).await;
+        assert!(matches!(alone, Err(AppError::Refused(_))), "{alone:?}");
+        assert_eq!(count(manager.pool(), "prop_never").await, 1, "autocommit keeps the row");
+    }
+
+    #[transactional(propagation = "supports")]
+    async fn supports_count(table: &str) -> Result<i64, AppError> {
+        Ok(scalar(format!("SELECT COUNT(*) FROM {table}")).await?)
+    }
+
+    #[transactional]
+    async fn outer_then_supports(table: &str) -> Result<i64, AppError> {
+        insert_row(table, 1).await?;
+        supports_count(table).await
+    }
+
+    #[transactional(propagation = "supports")]
+    async fn supports_then_nested(table: &str) -> Result<i64, AppError> {
+        let failed = outer_then_fail(table, 5).await;
+        assert!(failed.is_err());
+        outer(table).await?;
+        supports_count(table).await
+    }
+
+    #[transactional]
+    async fn outer_then_fail(table: &str, id: i64) -> Result<(), AppError> {
+        insert_row(table, id).await?;
+        Err(AppError::Refused("outer_then_fail"))
+    }
+
+    #[tokio::test]
+    async fn supports_joins_a_running_transaction_and_sees_its_work() {
+        let Some(manager) = manager("prop_supports", 1).await else { return };
+        reset_table(manager.pool(), "prop_supports", COLUMNS).await;
+        let seen = manager.scope(outer_then_supports("prop_supports")).await.expect("commits");
+        assert_eq!(seen, 1);
+        let alone = manager.scope(supports_count("prop_supports")).await.expect("autocommit");
+        assert_eq!(alone, 1);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_inside_a_supports_session_begins_on_its_connection() {
+        // A pool of one: the nested transactions must reuse the session's
+        // connection, or they would wait for ever.
+        let Some(manager) = manager("prop_supports_nested", 1).await else { return };
+        reset_table(manager.pool(), "prop_supports_nested", COLUMNS).await;
+        let seen = manager.scope(supports_then_nested("prop_supports_nested")).await.expect("runs");
+        assert_eq!(seen, 1, "the failed transaction rolled back, the other committed");
+    }
+}
