@@ -137,20 +137,20 @@ fn plan(
 /// level or access mode: the server fixed both at BEGIN.
 fn check_compatible(session: &dyn ErasedSession, options: &TxOptions) -> Result<(), Error> {
     let core = session.core();
-    if let Some(requested) = options.isolation {
-        if core.isolation != Some(requested) {
-            return Err(Error::IsolationMismatch {
-                running: core.isolation,
-                requested,
-            });
-        }
+    if let Some(requested) = options.isolation
+        && core.isolation != Some(requested)
+    {
+        return Err(Error::IsolationMismatch {
+            running: core.isolation,
+            requested,
+        });
     }
-    if let Some(read_only) = options.read_only {
-        if read_only != core.read_only {
-            return Err(Error::AccessModeMismatch {
-                requested_read_only: read_only,
-            });
-        }
+    if let Some(read_only) = options.read_only
+        && read_only != core.read_only
+    {
+        return Err(Error::AccessModeMismatch {
+            requested_read_only: read_only,
+        });
     }
     Ok(())
 }

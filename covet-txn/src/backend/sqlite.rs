@@ -62,13 +62,12 @@ impl BackendOps for Sqlite {
                 runtime.spawn(async move {
                     // Fails harmlessly when the transaction never began.
                     let _ = Sqlite::execute(&mut conn, Cow::Borrowed("ROLLBACK")).await;
-                    if let Some(restore) = restore {
-                        if Sqlite::execute(&mut conn, Cow::Borrowed(restore))
+                    if let Some(restore) = restore
+                        && Sqlite::execute(&mut conn, Cow::Borrowed(restore))
                             .await
                             .is_err()
-                        {
-                            drop(conn.detach());
-                        }
+                    {
+                        drop(conn.detach());
                     }
                 });
             }

@@ -1,0 +1,175 @@
+//! Cancellation: a transaction's future dropped at any await point (while
+//! BEGIN, a statement, a savepoint or COMMIT is in flight) never leaves its
+//! connection in the pool inside a transaction, and none of its work shows
+//! unless COMMIT had already been sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use covet_txn::transactional;
+use covet_txn_tests::{AppError, each_backend};
+
+/// Polls a future at most `polls` times, then gives up on it (the caller
+/// drops it). With `at_once`, it gives up right after the last poll, when the
+/// request just sent cannot have been answered; otherwise only when woken,
+/// when the answer may be waiting unread.
+struct CancelAfterPolls<F> {
+    inner: Pin<Box<F>>,
+    polls_left: u32,
+    at_once: bool,
+}
+
+impl<F: Future> Future for CancelAfterPolls<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.polls_left == 0 {
+            return Poll::Ready(None);
+        }
+        self.polls_left -= 1;
+        match self.inner.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => {
+                if self.polls_left == 0 && self.at_once {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A small deterministic generator; the seed is printed so a failure can be
+/// replayed with `COVET_CANCEL_SEED`.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Self {
+        let seed = std::env::var("COVET_CANCEL_SEED")
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |now| now.as_nanos() as u64)
+                    | 1
+            });
+        eprintln!("COVET_CANCEL_SEED={seed}");
+        Random(seed)
+    }
+
+    fn below(&mut self, bound: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % u64::from(bound)) as u32
+    }
+}
+
+/// Where the cancelled transactions were when they were dropped.
+#[derive(Debug, Default)]
+struct Tally {
+    committed: u32,
+    before_body: u32,
+    in_body: u32,
+    during_commit: u32,
+}
+
+each_backend! {
+    const ITERATIONS: u32 = 500;
+
+    #[transactional]
+    async fn nested_update(table: &str, id: i64) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = {id}")).await?;
+        Ok(())
+    }
+
+    #[transactional(isolation = "repeatable_read")]
+    async fn work(table: &str, id: i64, began: &AtomicBool, finished: &AtomicBool) -> Result<(), AppError> {
+        began.store(true, Ordering::SeqCst);
+        exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
+        nested_update(table, id).await?;
+        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = {id}")).await?;
+        finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the connection is outside any transaction, asked the way each
+    /// server can answer truthfully.
+    async fn idle(conn: &mut <Db as sqlx::Database>::Connection) -> bool {
+        use sqlx::Row;
+        match BACKEND {
+            // Over the simple protocol the probe starts its own implicit
+            // transaction, so it started with the query unless one was open.
+            "postgresql" => sqlx::raw_sql(
+                "SELECT CASE WHEN xact_start = query_start THEN 1 ELSE 0 END::int8 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map(|row| row.get::<i64, _>(0) == 1)
+            .expect("asks pg_stat_activity"),
+            "mysql" => sqlx::raw_sql("SELECT CAST(@@in_transaction AS SIGNED)")
+                .fetch_one(&mut *conn)
+                .await
+                .map(|row| row.get::<i64, _>(0) == 0)
+                .expect("asks @@in_transaction"),
+            // SQLite refuses BEGIN inside a transaction.
+            _ => sqlx::raw_sql("BEGIN; ROLLBACK").execute(&mut *conn).await.is_ok(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_cancelled_at_any_point_leaves_a_clean_connection_and_no_work() {
+        let table = format!("cancel_{BACKEND}");
+        let Some(manager) = manager(&table, 1).await else { return };
+        reset_table(manager.pool(), &table, "id BIGINT PRIMARY KEY, v BIGINT NOT NULL").await;
+        let mut random = Random::seeded();
+        let mut tally = Tally::default();
+        let mut ambiguous = Vec::new();
+
+        for id in 0..i64::from(ITERATIONS) {
+            let began = AtomicBool::new(false);
+            let finished = AtomicBool::new(false);
+            let attempt = CancelAfterPolls {
+                inner: Box::pin(manager.scope(work(&table, id, &began, &finished))),
+                polls_left: 1 + random.below(9),
+                at_once: random.below(2) == 0,
+            };
+            let outcome = attempt.await;
+            let (began, finished) = (began.load(Ordering::SeqCst), finished.load(Ordering::SeqCst));
+            match outcome {
+                Some(Ok(())) => tally.committed += 1,
+                Some(Err(error)) => panic!("transaction {id} failed instead of running: {error}"),
+                None if finished => {
+                    tally.during_commit += 1;
+                    ambiguous.push(id);
+                }
+                None if began => tally.in_body += 1,
+                None => tally.before_body += 1,
+            }
+
+            let mut next_user = manager.pool().acquire().await.expect("the pool hands out a connection");
+            assert!(idle(&mut next_user).await, "iteration {id}: the next user got a connection inside a transaction ({tally:?})");
+            let visible: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE id = {id}")))
+                .fetch_one(&mut *next_user)
+                .await
+                .expect("reads");
+            match outcome {
+                Some(_) => assert_eq!(visible, 1, "iteration {id} committed"),
+                None if finished => {}
+                None => assert_eq!(visible, 0, "iteration {id} was cancelled before COMMIT, yet its work shows"),
+            }
+        }
+
+        eprintln!("{BACKEND}: {tally:?}; {} cancelled while COMMIT was in flight", ambiguous.len());
+        assert!(tally.before_body > 0 && tally.in_body > 0 && tally.during_commit > 0 && tally.committed > 0, "{tally:?}");
+        let rows = pool_scalar(manager.pool(), format!("SELECT COUNT(*) FROM {table}")).await;
+        let committed = i64::from(tally.committed);
+        assert!(rows >= committed && rows <= committed + ambiguous.len() as i64, "{rows} rows for {tally:?}");
+        let torn = pool_scalar(manager.pool(), format!("SELECT COUNT(*) FROM {table} WHERE v <> 2")).await;
+        assert_eq!(torn, 0, "every committed transaction is whole");
+    }
+}

@@ -1,0 +1,194 @@
+//! No extra round trips: the exact statements each backend is sent, captured
+//! from sqlx's own statement log.
+
+use std::sync::{Mutex, OnceLock};
+
+use covet_txn::transactional;
+use covet_txn_tests::{AppError, each_backend};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+/// Records the SQL of every `sqlx::query` event in the process.
+struct StatementLog;
+
+static STATEMENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct Sql {
+    summary: String,
+    statement: String,
+}
+
+impl Visit for Sql {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "summary" => self.summary = value.to_owned(),
+            "db.statement" => self.statement = value.trim().to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl Subscriber for StatementLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == "sqlx::query"
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut sql = Sql::default();
+        event.record(&mut sql);
+        let text = if sql.statement.is_empty() {
+            sql.summary
+        } else {
+            sql.statement
+        };
+        STATEMENTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(text);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// Installs the log once; holding the returned guard keeps the other tests
+/// of this file from writing into it meanwhile.
+async fn capture() -> tokio::sync::MutexGuard<'static, ()> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    INSTALLED.get_or_init(|| {
+        tracing::subscriber::set_global_default(StatementLog).expect("no other subscriber");
+    });
+    SERIAL.lock().await
+}
+
+/// The statements logged while `work` ran.
+async fn statements_of<F: std::future::Future>(work: F) -> (F::Output, Vec<String>) {
+    STATEMENTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clear();
+    let output = work.await;
+    let logged = std::mem::take(
+        &mut *STATEMENTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    (output, logged)
+}
+
+each_backend! {
+    /// What each backend sends to begin: plain, serializable, read-only.
+    fn begins() -> [&'static str; 3] {
+        match BACKEND {
+            "postgresql" => ["BEGIN", "BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN READ ONLY"],
+            "mysql" => [
+                "START TRANSACTION",
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION",
+                "START TRANSACTION READ ONLY",
+            ],
+            _ => ["BEGIN DEFERRED", "BEGIN IMMEDIATE", "PRAGMA query_only = ON; BEGIN DEFERRED"],
+        }
+    }
+
+    #[transactional]
+    async fn plain(table: &str) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = 1")).await?;
+        Ok(())
+    }
+
+    #[transactional(isolation = "serializable")]
+    async fn serializable(table: &str) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = 1")).await?;
+        Ok(())
+    }
+
+    #[transactional(read_only = true)]
+    async fn read_only(table: &str) -> Result<i64, AppError> {
+        Ok(scalar(format!("SELECT v FROM {table} WHERE id = 1")).await?)
+    }
+
+    #[transactional]
+    async fn level_1(table: &str) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = 1 WHERE id = 1")).await?;
+        let middle = level_2(table).await;
+        assert!(middle.is_err());
+        Ok(())
+    }
+
+    #[transactional]
+    async fn level_2(table: &str) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = 2 WHERE id = 1")).await?;
+        level_3(table).await?;
+        Err(AppError::Refused("level 2"))
+    }
+
+    #[transactional]
+    async fn level_3(table: &str) -> Result<(), AppError> {
+        exec(format!("UPDATE {table} SET v = 3 WHERE id = 1")).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn each_transaction_shape_sends_exactly_the_statements_a_careful_hand_would() {
+        let _serial = capture().await;
+        let table = format!("stmts_{BACKEND}");
+        let Some(manager) = manager(&table, 1).await else { return };
+        reset_table(manager.pool(), &table, "id BIGINT PRIMARY KEY, v BIGINT NOT NULL").await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("INSERT INTO {table} VALUES (1, 0)")))
+            .execute(manager.pool())
+            .await
+            .expect("setup");
+        let [begin, begin_serializable, begin_read_only] = begins();
+        let update = format!("UPDATE {table} SET v = v + 1 WHERE id = 1");
+
+        let (result, sent) = statements_of(manager.scope(plain(&table))).await;
+        result.expect("commits");
+        assert_eq!(sent, [begin, update.as_str(), "COMMIT"]);
+
+        let (result, sent) = statements_of(manager.scope(serializable(&table))).await;
+        result.expect("commits");
+        assert_eq!(sent, [begin_serializable, update.as_str(), "COMMIT"]);
+
+        let (result, sent) = statements_of(manager.scope(read_only(&table))).await;
+        result.expect("commits");
+        let select = format!("SELECT v FROM {table} WHERE id = 1");
+        let mut expected = vec![begin_read_only, select.as_str(), "COMMIT"];
+        if BACKEND == "sqlite" {
+            expected.push("PRAGMA query_only = OFF");
+        }
+        assert_eq!(sent, expected);
+
+        let (result, sent) = statements_of(manager.scope(level_1(&table))).await;
+        result.expect("commits");
+        let set = |v: i64| format!("UPDATE {table} SET v = {v} WHERE id = 1");
+        assert_eq!(
+            sent,
+            [
+                begin.to_owned(),
+                set(1),
+                "SAVEPOINT covet_sp_2".to_owned(),
+                set(2),
+                "SAVEPOINT covet_sp_3".to_owned(),
+                set(3),
+                "RELEASE SAVEPOINT covet_sp_3".to_owned(),
+                "ROLLBACK TO SAVEPOINT covet_sp_2; RELEASE SAVEPOINT covet_sp_2".to_owned(),
+                "COMMIT".to_owned(),
+            ]
+        );
+        assert_eq!(pool_scalar(manager.pool(), format!("SELECT v FROM {table} WHERE id = 1")).await, 1);
+    }
+}
