@@ -24,10 +24,20 @@ use crate::valid::Config;
 //             ::covet_txn::__private::TxOptions::new()
 //                 .isolation(::covet_txn::__private::Isolation::Serializable)
 //                 .name(concat!(module_path!(), "::", "transfer")),
-//             ::covet_txn::__private::returning::<Result<(), AppError>, _>(async move { body }),
+//             async move {
+//                 if false {
+//                     let __covet_return: Result<(), AppError> = loop {};
+//                     return __covet_return;
+//                 }
+//                 { body }
+//             },
 //         )
 //         .await
 //     }
+//
+// The unreachable `if false` fixes the async block's output type before the
+// body is checked, so that `?` converts into the declared error type and a
+// type error points into the body, as it would without the macro.
 pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     let Config {
         krate,
@@ -69,19 +79,63 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         sig,
         block,
     } = function;
-    let body = match &sig.output {
-        ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => {
-            quote!(#private::returning::<#returned, _>(async move #block))
-        }
-        _ => quote!(async move #block),
+    let (body, span) = match &sig.output {
+        ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => (
+            quote! {
+                async move {
+                    #[allow(
+                        unknown_lints,
+                        unreachable_code,
+                        clippy::diverging_sub_expression,
+                        clippy::empty_loop,
+                        clippy::needless_return,
+                        clippy::unreachable
+                    )]
+                    if false {
+                        let __covet_return: #returned = loop {};
+                        return __covet_return;
+                    }
+                    #block
+                }
+            },
+            returned.span(),
+        ),
+        _ => (quote!(async move #block), proc_macro2::Span::call_site()),
     };
+    // The call is spanned on the return type, so that an error type that
+    // cannot hold the runtime's errors is reported there.
+    let run = respan(quote!(#private::run), span);
+    let mut arguments = proc_macro2::Group::new(
+        proc_macro2::Delimiter::Parenthesis,
+        quote!(#manager, #options, #body),
+    );
+    arguments.set_span(span);
 
     quote! {
         #(#attrs)*
         #vis #sig {
-            #private::run(#manager, #options, #body).await
+            #run #arguments .await
         }
     }
+}
+
+/// Gives every token the same span, so that errors about the tokens point
+/// at that place in the user's code.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut respanned =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = proc_macro2::TokenTree::Group(respanned);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// `impl Trait` cannot be named in a turbofish, so such return types go

@@ -32,13 +32,6 @@ pub const fn default_manager() -> Option<ManagerHandle> {
     None
 }
 
-/// Pins the output type of the function body to the function's declared
-/// return type, so that `?` and type errors in the body read as they would
-/// without the macro.
-pub fn returning<R, F: Future<Output = R>>(body: F) -> F {
-    body
-}
-
 /// The manager of a function with `manager = <expr>`.
 pub fn manager<M: ManagerArg + ?Sized>(manager: &M) -> Option<ManagerHandle> {
     manager.covet_manager_handle()

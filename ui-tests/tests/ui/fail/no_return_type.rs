@@ -1,0 +1,6 @@
+use covet_txn::transactional;
+
+#[transactional]
+async fn save() {}
+
+fn main() {}

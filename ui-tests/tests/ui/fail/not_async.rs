@@ -1,0 +1,8 @@
+use covet_txn::transactional;
+
+#[transactional]
+fn save() -> Result<(), covet_txn::Error> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use covet_txn::transactional;
+
+#[transactional]
+async fn count() -> Option<i64> {
+    Some(1)
+}
+
+fn main() {}
