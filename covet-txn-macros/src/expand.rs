@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{ItemFn, ReturnType};
 
-use crate::valid::Config;
+use crate::valid::{Config, Retry, Reuse};
 
 // Input:
 //
@@ -46,6 +46,9 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         read_only,
         propagation,
         name,
+        retry,
+        timeout,
+        resolve_ambiguous_commit,
     } = config;
     let private = quote!(#krate::__private);
 
@@ -72,6 +75,26 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         }
     };
     options.extend(quote!(.name(#name)));
+    if let Some(timeout) = timeout {
+        let timeout = duration(&private, timeout);
+        options.extend(quote!(.timeout(#timeout)));
+    }
+    if let Some(flag) = resolve_ambiguous_commit {
+        options.extend(quote!(.resolve_ambiguous_commit(#flag)));
+    }
+    if let Some(retry) = &retry {
+        options.extend(retry_options(&private, retry));
+    }
+
+    // Finds a `std::error::Error` inside whatever error type the function
+    // returns, for the retry classification.
+    let inspect = quote! {
+        |__covet_error| {
+            #[allow(unused_imports)]
+            use #private::{ViaDeref as _, ViaNothing as _, ViaStdError as _};
+            (&&&#private::Probe(__covet_error)).covet_error()
+        }
+    };
 
     let ItemFn {
         attrs,
@@ -79,44 +102,103 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         sig,
         block,
     } = function;
-    let (body, span) = match &sig.output {
+    let (hint, span) = match &sig.output {
         ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => (
             quote! {
-                async move {
-                    #[allow(
-                        unknown_lints,
-                        unreachable_code,
-                        clippy::diverging_sub_expression,
-                        clippy::empty_loop,
-                        clippy::needless_return,
-                        clippy::unreachable
-                    )]
-                    if false {
-                        let __covet_return: #returned = loop {};
-                        return __covet_return;
-                    }
-                    #block
+                #[allow(
+                    unknown_lints,
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::empty_loop,
+                    clippy::needless_return,
+                    clippy::unreachable
+                )]
+                if false {
+                    let __covet_return: #returned = loop {};
+                    return __covet_return;
                 }
             },
             returned.span(),
         ),
-        _ => (quote!(async move #block), proc_macro2::Span::call_site()),
+        _ => (TokenStream::new(), proc_macro2::Span::call_site()),
     };
-    // The call is spanned on the return type, so that an error type that
-    // cannot hold the runtime's errors is reported there.
-    let run = respan(quote!(#private::run), span);
-    let mut arguments = proc_macro2::Group::new(
-        proc_macro2::Delimiter::Parenthesis,
-        quote!(#manager, #options, #body),
-    );
-    arguments.set_span(span);
+
+    let call = match &retry {
+        None => {
+            let body = quote!(async move { #hint #block });
+            // Spanned on the return type, so that an error type that cannot
+            // hold the runtime's errors is reported there.
+            let run = respan(quote!(#private::run), span);
+            let arguments = spanned_group(quote!(#manager, #options, #inspect, #body), span);
+            quote!(#run #arguments .await)
+        }
+        Some(retry) => {
+            let reuse = retry.arguments.iter().map(|(ident, reuse)| match reuse {
+                Reuse::Clone => {
+                    quote_spanned!(ident.span()=> let #ident = #private::reuse(&#ident);)
+                }
+                Reuse::Reborrow => quote_spanned!(ident.span()=> let #ident = &mut *#ident;),
+            });
+            let body = quote!(async { #hint #(#reuse)* #block });
+            let attempts = respan(quote!(#private::Attempts::new), span);
+            let arguments = spanned_group(quote!(#manager, #options), span);
+            quote! {
+                let mut __covet_attempts = #attempts #arguments;
+                loop {
+                    if let #private::Option::Some(__covet_result) =
+                        __covet_attempts.attempt(#inspect, #body).await
+                    {
+                        return __covet_result;
+                    }
+                }
+            }
+        }
+    };
 
     quote! {
         #(#attrs)*
         #vis #sig {
-            #run #arguments .await
+            #call
         }
     }
+}
+
+/// The options a retrying function adds.
+fn retry_options(private: &TokenStream, retry: &Retry) -> TokenStream {
+    let mut options = match retry.retries {
+        Some(count) => quote!(.retries(#count)),
+        None => quote!(.retry()),
+    };
+    if let Some(backoff) = retry.backoff {
+        let backoff = duration(private, backoff);
+        options.extend(quote!(.backoff(#backoff)));
+    }
+    if let Some(cap) = retry.max_backoff {
+        let cap = duration(private, cap);
+        options.extend(quote!(.max_backoff(#cap)));
+    }
+    if let Some(factor) = retry.multiplier {
+        options.extend(quote!(.backoff_multiplier(#factor)));
+    }
+    if let Some(predicate) = &retry.predicate {
+        options.extend(quote_spanned!(predicate.span()=> .retry_if(#predicate)));
+    }
+    options
+}
+
+/// A duration checked at compile time, as a constant expression.
+fn duration(private: &TokenStream, duration: std::time::Duration) -> TokenStream {
+    let seconds = duration.as_secs();
+    let nanos = duration.subsec_nanos();
+    quote!(#private::Duration::new(#seconds, #nanos))
+}
+
+/// Parentheses around `tokens` carrying `span`, so that errors about the
+/// call they belong to point there.
+fn spanned_group(tokens: TokenStream, span: proc_macro2::Span) -> proc_macro2::Group {
+    let mut group = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, tokens);
+    group.set_span(span);
+    group
 }
 
 /// Gives every token the same span, so that errors about the tokens point

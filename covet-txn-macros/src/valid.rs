@@ -5,8 +5,10 @@
 //! change, with the fix in the message. All problems are collected and
 //! reported together.
 
+use std::time::Duration;
+
 use proc_macro2::Span;
-use syn::{Expr, Ident, ItemFn, Lit, LitStr, Path, ReturnType, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, Path, ReturnType, Type};
 
 use crate::attr::{RawArg, RawArgs, RawValue};
 
@@ -29,14 +31,42 @@ const PROPAGATIONS: [(&str, &str); 6] = [
 ];
 
 /// Every argument `#[transactional]` takes.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 13] = [
     "manager",
     "isolation",
     "read_only",
     "propagation",
     "name",
     "crate",
+    "retry",
+    "backoff",
+    "max_backoff",
+    "backoff_multiplier",
+    "retry_if",
+    "timeout",
+    "resolve_ambiguous_commit",
 ];
+
+/// How a by-value argument is made available to each attempt of a retrying
+/// function.
+pub(crate) enum Reuse {
+    /// Cloned (by-value arguments).
+    Clone,
+    /// Reborrowed (`&mut T`).
+    Reborrow,
+}
+
+/// The retry settings a function asked for.
+pub(crate) struct Retry {
+    /// `None`: bare `retry`, the manager's policy.
+    pub(crate) retries: Option<u32>,
+    pub(crate) backoff: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+    pub(crate) multiplier: Option<f64>,
+    pub(crate) predicate: Option<Expr>,
+    /// The arguments each attempt re-uses, and how.
+    pub(crate) arguments: Vec<(Ident, Reuse)>,
+}
 
 /// Validated arguments.
 pub(crate) struct Config {
@@ -49,6 +79,9 @@ pub(crate) struct Config {
     /// The runtime's `Propagation` variant.
     pub(crate) propagation: Option<Ident>,
     pub(crate) name: Option<LitStr>,
+    pub(crate) retry: Option<Retry>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) resolve_ambiguous_commit: Option<bool>,
 }
 
 /// Collects errors so that all of them are reported at once.
@@ -118,6 +151,13 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
     let mut propagation = Once::new();
     let mut runs_without_transaction = false;
     let mut name = Once::new();
+    let mut retry: Once<Option<u32>> = Once::new();
+    let mut backoff = Once::new();
+    let mut max_backoff = Once::new();
+    let mut multiplier = Once::new();
+    let mut predicate = Once::new();
+    let mut timeout = Once::new();
+    let mut resolve = Once::new();
 
     for RawArg { key, value } in args.0 {
         let key_text = key.to_string();
@@ -201,9 +241,83 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
                     }
                 }
             }
+            "retry" => match value {
+                None => retry.set(&key, None, &mut errors),
+                Some(RawValue::Lit(Lit::Int(count))) => match count.base10_parse::<u32>() {
+                    Ok(0) => errors.at(count.span(), "`retry = 0` would never retry: remove `retry`, or give the number of retries after the first attempt"),
+                    Ok(count) => retry.set(&key, Some(count), &mut errors),
+                    Err(_) => errors.at(count.span(), "`retry` takes a whole number of retries, for example `retry = 3`"),
+                },
+                Some(other) => errors.at(other.span(), "`retry` takes a whole number of retries, for example `retry = 3`, or stands alone to use the manager's policy"),
+            },
+            "backoff" | "max_backoff" | "timeout" => {
+                let example = format!("{key_text} = \"{}\"", if key_text == "timeout" { "30s" } else { "5ms" });
+                if let Some(text) = string_value(&key, value, &example, &mut errors) {
+                    match parse_duration(&text.value()) {
+                        Ok(duration) => match key_text.as_str() {
+                            "backoff" => backoff.set(&key, (duration, text.span()), &mut errors),
+                            "max_backoff" => max_backoff.set(&key, (duration, text.span()), &mut errors),
+                            _ => timeout.set(&key, duration, &mut errors),
+                        },
+                        Err(problem) => errors.at(text.span(), format!("`{key_text}`: {problem}")),
+                    }
+                }
+            }
+            "backoff_multiplier" => match value {
+                Some(RawValue::Lit(Lit::Float(number))) => match number.base10_parse::<f64>() {
+                    Ok(factor) if factor >= 1.0 && factor.is_finite() => multiplier.set(&key, factor, &mut errors),
+                    _ => errors.at(number.span(), "`backoff_multiplier` must be a number of at least 1, for example `backoff_multiplier = 2.0`"),
+                },
+                Some(RawValue::Lit(Lit::Int(number))) => match number.base10_parse::<u32>() {
+                    Ok(factor) if factor >= 1 => multiplier.set(&key, f64::from(factor), &mut errors),
+                    _ => errors.at(number.span(), "`backoff_multiplier` must be a number of at least 1, for example `backoff_multiplier = 2.0`"),
+                },
+                Some(other) => errors.at(other.span(), "`backoff_multiplier` takes a number, for example `backoff_multiplier = 2.0`"),
+                None => errors.at(key.span(), "`backoff_multiplier` needs a value, for example `backoff_multiplier = 2.0`"),
+            },
+            "retry_if" => match value {
+                Some(RawValue::Expr(expr)) => predicate.set(&key, expr, &mut errors),
+                Some(other) => errors.at(other.span(), "`retry_if` takes a function `fn(&covet_txn::Failure<'_>) -> bool`, for example `retry_if = retry_unique_violations`"),
+                None => errors.at(key.span(), "`retry_if` needs a function, for example `retry_if = retry_unique_violations`"),
+            },
+            "resolve_ambiguous_commit" => match value {
+                None => resolve.set(&key, true, &mut errors),
+                Some(RawValue::Lit(Lit::Bool(flag))) => resolve.set(&key, flag.value, &mut errors),
+                Some(other) => errors.at(other.span(), "`resolve_ambiguous_commit` takes `true` or `false`"),
+            },
             _ => errors.at(key.span(), unknown_key_message(&key_text)),
         }
     }
+
+    let wants_retry = retry.span().is_some();
+    for (given, key) in [
+        (backoff.span(), "backoff"),
+        (max_backoff.span(), "max_backoff"),
+        (multiplier.span(), "backoff_multiplier"),
+        (predicate.span(), "retry_if"),
+    ] {
+        if let Some(span) = given.filter(|_| !wants_retry) {
+            errors.at(span, format!("`{key}` has no effect without `retry`: add `retry = 3` (or bare `retry` for the manager's policy)"));
+        }
+    }
+    let backoff = backoff.get();
+    let max_backoff = max_backoff.get();
+    if let (Some((low, _)), Some((high, high_span))) = (backoff, max_backoff)
+        && high < low
+    {
+        errors.at(
+            high_span,
+            "`max_backoff` is shorter than `backoff`: the cap must be at least the first wait",
+        );
+    }
+    let retry = retry.get().map(|retries| Retry {
+        retries,
+        backoff: backoff.map(|(duration, _)| duration),
+        max_backoff: max_backoff.map(|(duration, _)| duration),
+        multiplier: multiplier.get(),
+        predicate: predicate.get(),
+        arguments: reusable_arguments(function, &mut errors),
+    });
 
     if runs_without_transaction {
         for (given, what) in [
@@ -229,7 +343,81 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
             .get()
             .map(|variant| Ident::new(variant, Span::call_site())),
         name: name.get(),
+        retry,
+        timeout: timeout.get(),
+        resolve_ambiguous_commit: resolve.get(),
     })
+}
+
+/// The arguments each attempt of a retrying function re-uses. An argument
+/// that cannot be re-used is an error naming it.
+fn reusable_arguments(function: &ItemFn, errors: &mut Errors) -> Vec<(Ident, Reuse)> {
+    let mut arguments = Vec::new();
+    for input in &function.sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                if receiver.reference.is_none() {
+                    errors.at(
+                        receiver.self_token.span,
+                        "`retry` runs the body once per attempt, but `self` is taken by value and is gone after the first: take `&self` or `&mut self`",
+                    );
+                }
+            }
+            FnArg::Typed(typed) => {
+                let ident = match &*typed.pat {
+                    Pat::Ident(binding) if binding.by_ref.is_none() && binding.subpat.is_none() => {
+                        binding.ident.clone()
+                    }
+                    Pat::Wild(_) => continue,
+                    other => {
+                        errors.at(
+                            syn::spanned::Spanned::span(other),
+                            "`retry` re-uses every argument for each attempt: bind this argument to a plain name",
+                        );
+                        continue;
+                    }
+                };
+                match &*typed.ty {
+                    Type::Reference(reference) if reference.mutability.is_some() => {
+                        arguments.push((ident, Reuse::Reborrow));
+                    }
+                    // A shared reference is `Copy`: each attempt uses it as it is.
+                    Type::Reference(_) => {}
+                    _ => arguments.push((ident, Reuse::Clone)),
+                }
+            }
+        }
+    }
+    arguments
+}
+
+/// Parses `"250ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const EXAMPLES: &str = "write for example \"250ms\", \"30s\", \"2m\" or \"1h\"";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{text}` has no unit; {EXAMPLES}")),
+        other => return Err(format!("unknown unit `{other}`; use `ms`, `s`, `m` or `h`")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; {EXAMPLES}"))?;
+    let duration = Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("`{text}` is too long"))?;
+    if duration.is_zero() {
+        return Err(format!(
+            "`{text}` is zero and would expire at once; give a positive duration"
+        ));
+    }
+    Ok(duration)
 }
 
 fn check_function(function: &ItemFn, errors: &mut Errors) {

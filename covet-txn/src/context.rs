@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::Error;
@@ -33,6 +34,18 @@ pub(crate) enum FrameKind {
     Autocommit,
 }
 
+/// Everything a new frame is made of.
+pub(crate) struct FrameSpec {
+    pub(crate) manager: ManagerHandle,
+    pub(crate) session: Arc<dyn ErasedSession>,
+    pub(crate) kind: FrameKind,
+    pub(crate) depth: u32,
+    pub(crate) name: &'static str,
+    pub(crate) propagation: Propagation,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) parent: Option<Arc<Frame>>,
+}
+
 /// One open transactional scope.
 pub(crate) struct Frame {
     pub(crate) manager: ManagerHandle,
@@ -42,6 +55,9 @@ pub(crate) struct Frame {
     pub(crate) depth: u32,
     pub(crate) name: &'static str,
     pub(crate) propagation: Propagation,
+    /// When the scope must be over, if it has a deadline (its own or an
+    /// enclosing scope's).
+    pub(crate) deadline: Option<Instant>,
     pub(crate) parent: Option<Arc<Frame>>,
     /// Set while a nested scope of this frame runs, so that the frame's own
     /// code (a `join!` branch next to the nested call) cannot slip statements
@@ -50,15 +66,17 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    pub(crate) fn new(
-        manager: ManagerHandle,
-        session: Arc<dyn ErasedSession>,
-        kind: FrameKind,
-        depth: u32,
-        name: &'static str,
-        propagation: Propagation,
-        parent: Option<Arc<Frame>>,
-    ) -> Arc<Frame> {
+    pub(crate) fn new(spec: FrameSpec) -> Arc<Frame> {
+        let FrameSpec {
+            manager,
+            session,
+            kind,
+            depth,
+            name,
+            propagation,
+            deadline,
+            parent,
+        } = spec;
         Arc::new(Frame {
             manager,
             session,
@@ -66,6 +84,7 @@ impl Frame {
             depth,
             name,
             propagation,
+            deadline,
             parent,
             child_open: AtomicBool::new(false),
         })
@@ -135,7 +154,9 @@ impl Frame {
             transactional: core.transactional,
             rollback_only: core.is_rollback_only(),
             backend: core.backend,
+            attempt: core.attempt,
             started_at: core.started_at,
+            deadline: self.deadline,
         }
     }
 }

@@ -6,8 +6,10 @@
 //! decided or what failed in a statement the runtime sent.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::options::{Isolation, Propagation};
+use crate::retry::{self, FailureKind};
 
 /// A statement the runtime sends on its own account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,11 +201,148 @@ pub enum Error {
     /// An option given as text could not be understood.
     #[error("{0}")]
     InvalidOption(String),
+
+    /// The call's deadline passed: the body was stopped and the transaction
+    /// rolled back.
+    #[error(
+        "the transaction timed out after {timeout:?} ({attempts} attempt(s)) and was rolled \
+         back: make it shorter, or give it a longer `timeout`"
+    )]
+    Timeout {
+        /// The `timeout` the call was given.
+        timeout: Duration,
+        /// Attempts started before the deadline.
+        attempts: u32,
+    },
+
+    /// Every attempt failed with a retryable error.
+    #[error(
+        "gave up after {attempts} attempts; the last failed with {last}: lower the contention \
+         (shorter transactions, rows touched in a consistent order) or allow more `retry`"
+    )]
+    RetriesExhausted {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// The last attempt's database failure.
+        #[source]
+        last: LastFailure,
+    },
+
+    /// The connection failed while COMMIT was in flight: the transaction may
+    /// or may not have committed. Never retried automatically.
+    #[error(
+        "the connection failed while COMMIT was in flight; outcome: {outcome}{}: check \
+         the data before running it again",
+        transaction_id.as_deref().map(|id| format!(" (transaction {id})")).unwrap_or_default()
+    )]
+    AmbiguousCommit {
+        /// What could be found out afterwards.
+        outcome: CommitOutcome,
+        /// The server's transaction id, when it was taken before COMMIT.
+        transaction_id: Option<String>,
+    },
+
+    /// A nested scope hit a failure that only a retry of the whole
+    /// transaction can fix; the transaction was rolled back.
+    #[error(
+        "the transaction was rolled back because a nested scope hit a {0}, which only running \
+         the whole transaction again can fix: let the error propagate, or add `retry` to the \
+         outermost function"
+    )]
+    Doomed(FailureKind),
 }
+
+/// What became of a transaction whose COMMIT was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommitOutcome {
+    /// The server committed it.
+    Committed,
+    /// The server did not commit it.
+    Aborted,
+    /// It could not be found out.
+    Unknown,
+}
+
+impl fmt::Display for CommitOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommitOutcome::Committed => "committed",
+            CommitOutcome::Aborted => "not committed",
+            CommitOutcome::Unknown => "unknown",
+        })
+    }
+}
+
+/// The database failure of the last attempt, kept when retries run out.
+#[derive(Debug, Clone)]
+pub struct LastFailure {
+    kind: Option<FailureKind>,
+    code: Option<String>,
+    message: String,
+}
+
+impl LastFailure {
+    pub(crate) fn new(failure: &retry::Failure<'_>) -> Self {
+        let database = failure.database_error();
+        LastFailure {
+            kind: failure.kind(),
+            code: database.and_then(|database| database.code().map(|code| code.into_owned())),
+            message: database.map_or_else(
+                || failure.error().to_string(),
+                |database| database.message().to_owned(),
+            ),
+        }
+    }
+
+    /// The classification of the failure.
+    pub fn kind(&self) -> Option<FailureKind> {
+        self.kind
+    }
+
+    /// The database's error code (SQLSTATE on PostgreSQL).
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The database's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for LastFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Some(kind) => write!(f, "{kind}")?,
+            None => f.write_str("an error")?,
+        }
+        if let Some(code) = &self.code {
+            write!(f, " ({code})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for LastFailure {}
 
 impl Error {
     pub(crate) fn database(operation: Operation, source: sqlx::Error) -> Self {
         Error::Database { operation, source }
+    }
+
+    /// The retryable failure this error stands for, if any.
+    pub(crate) fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            Error::Database { source, .. } | Error::Query(source) => {
+                crate::backend::classify(source)
+            }
+            Error::Doomed(kind) => Some(*kind),
+            Error::AmbiguousCommit {
+                outcome: CommitOutcome::Aborted,
+                ..
+            } => Some(FailureKind::ConnectionLost),
+            _ => None,
+        }
     }
 
     /// The driver's error, if a statement (the runtime's or the user's) failed.

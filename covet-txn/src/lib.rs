@@ -33,7 +33,7 @@
 //!
 //! Modules, one per concept: `options` (what a call asks for), `context`
 //! (the task-local scopes), `manager` (pools and defaults), `scope` (running
-//! one call), `transaction` (a transaction's connection and state),
+//! one call), `retry` (whether and when to run a call again), `transaction` (a transaction's connection and state),
 //! `savepoint` (savepoints by hand), `backend` (everything that differs per
 //! database), `error`.
 
@@ -46,6 +46,7 @@ mod context;
 mod error;
 mod manager;
 mod options;
+mod retry;
 mod savepoint;
 mod scope;
 mod transaction;
@@ -56,9 +57,10 @@ pub mod __private;
 
 pub use backend::Backend;
 pub use context::{conn, current};
-pub use error::{Error, Operation};
-pub use manager::{TxManager, transaction};
+pub use error::{CommitOutcome, Error, LastFailure, Operation};
+pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
 pub use options::{Isolation, Propagation, TxOptions};
+pub use retry::{Failure, FailureKind, RetryPolicy, RetryPredicate};
 pub use savepoint::{Savepoint, named_savepoint, savepoint};
 pub use transaction::{TxConn, TxId, TxInfo, TxState};
 

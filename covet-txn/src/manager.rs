@@ -6,9 +6,11 @@
 //! managers (several databases) live side by side, each scope finding the
 //! transactions of its own manager only.
 
+use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::Pool;
@@ -17,7 +19,8 @@ use crate::backend::Backend;
 use crate::context::{self, Frame};
 use crate::error::Error;
 use crate::options::TxOptions;
-use crate::scope;
+use crate::retry::RetryPolicy;
+use crate::scope::{self, Attempts};
 use crate::transaction::{ErasedSession, Opening, Session, TxConn};
 
 /// Runs transactions on one sqlx pool.
@@ -48,6 +51,7 @@ struct Shared<DB: Backend> {
     id: u64,
     name: String,
     pool: Pool<DB>,
+    retry_policy: RetryPolicy,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
@@ -71,22 +75,28 @@ impl<DB: Backend> std::fmt::Debug for TxManager<DB> {
 }
 
 impl<DB: Backend> TxManager<DB> {
-    /// A manager for `pool`, named after its backend.
+    /// A manager for `pool` with the default settings.
     pub fn new(pool: Pool<DB>) -> Self {
-        let name = <DB as crate::backend::sealed::BackendOps>::SYSTEM;
-        TxManager::named(pool, name)
+        TxManager::builder(pool).build()
     }
 
-    /// A manager for `pool` with a name for logs and metrics (for example the
-    /// database it serves).
-    pub fn named(pool: Pool<DB>, name: impl Into<String>) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        TxManager {
-            shared: Arc::new(Shared {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                name: name.into(),
-                pool,
-            }),
+    /// A manager for `pool`, configured step by step.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use covet_txn::{RetryPolicy, TxManager};
+    /// # fn demo(pool: sqlx::PgPool) {
+    /// let manager = TxManager::builder(pool)
+    ///     .name("orders")
+    ///     .retry_policy(RetryPolicy::new().retries(5).backoff(Duration::from_millis(2)))
+    ///     .build();
+    /// # }
+    /// ```
+    pub fn builder(pool: Pool<DB>) -> TxManagerBuilder<DB> {
+        TxManagerBuilder {
+            pool,
+            name: None,
+            retry_policy: RetryPolicy::new(),
         }
     }
 
@@ -116,17 +126,47 @@ impl<DB: Backend> TxManager<DB> {
         SCOPED_DEFAULT.scope(self.handle(), body)
     }
 
+    /// The retry policy of calls that ask for `retry` without saying how.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.shared.retry_policy
+    }
+
     /// Runs `body` in a transaction of this manager with `options`: begins one
     /// (or nests, joins, per the propagation), commits if `body` returns `Ok`,
     /// rolls back if it returns `Err` or panics. What `#[transactional]`
     /// expands to.
+    ///
+    /// The body runs once; for retries use
+    /// [`transaction_with_retry`](Self::transaction_with_retry).
     pub async fn transaction<T, E, F, Fut>(&self, options: TxOptions, body: F) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
+        E: From<Error> + StdError + 'static,
     {
-        scope::run(Some(self.handle()), options, Box::pin(body())).await
+        scope::run(
+            Some(self.handle()),
+            options,
+            inspect_std_error,
+            Box::pin(body()),
+        )
+        .await
+    }
+
+    /// Like [`transaction`](Self::transaction), but runs `body` again (a fresh
+    /// future each time) when an attempt fails in a way a retry can fix, as
+    /// the options' retry settings (or this manager's policy) allow.
+    pub async fn transaction_with_retry<T, E, F, Fut>(
+        &self,
+        options: TxOptions,
+        body: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error> + StdError + 'static,
+    {
+        retry_loop(Some(self.handle()), options.retry(), body).await
     }
 
     /// Lends the connection of this manager's innermost running transaction;
@@ -142,15 +182,88 @@ impl<DB: Backend> TxManager<DB> {
     }
 }
 
+/// Builds a [`TxManager`].
+#[must_use]
+pub struct TxManagerBuilder<DB: Backend> {
+    pool: Pool<DB>,
+    name: Option<String>,
+    retry_policy: RetryPolicy,
+}
+
+impl<DB: Backend> TxManagerBuilder<DB> {
+    /// A name for logs and metrics (for example the database it serves); by
+    /// default the backend's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The retry policy for calls that ask for `retry` without saying how;
+    /// what a call does say overrides it.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = policy;
+        self
+    }
+
+    /// The manager.
+    pub fn build(self) -> TxManager<DB> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let name = self
+            .name
+            .unwrap_or_else(|| <DB as crate::backend::sealed::BackendOps>::SYSTEM.to_owned());
+        TxManager {
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                name,
+                pool: self.pool,
+                retry_policy: self.retry_policy,
+            }),
+        }
+    }
+}
+
 /// Runs `body` in a transaction of the default manager. See
 /// [`TxManager::transaction`].
 pub async fn transaction<T, E, F, Fut>(options: TxOptions, body: F) -> Result<T, E>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error>,
+    E: From<Error> + StdError + 'static,
 {
-    scope::run(None, options, Box::pin(body())).await
+    scope::run(None, options, inspect_std_error, Box::pin(body())).await
+}
+
+/// Runs `body` in a transaction of the default manager, retrying. See
+/// [`TxManager::transaction_with_retry`].
+pub async fn transaction_with_retry<T, E, F, Fut>(options: TxOptions, body: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error> + StdError + 'static,
+{
+    retry_loop(None, options.retry(), body).await
+}
+
+async fn retry_loop<T, E, F, Fut>(
+    manager: Option<ManagerHandle>,
+    options: TxOptions,
+    mut body: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error> + StdError + 'static,
+{
+    let mut attempts = Attempts::new(manager, options);
+    loop {
+        if let Some(result) = attempts.attempt(inspect_std_error, Box::pin(body())).await {
+            return result;
+        }
+    }
+}
+
+fn inspect_std_error<E: StdError + 'static>(error: &E) -> Option<&(dyn StdError + 'static)> {
+    Some(error)
 }
 
 /// A manager with its backend erased, as scopes and defaults hold it.
@@ -164,11 +277,14 @@ pub(crate) struct ErasedOpening {
     pub(crate) options: TxOptions,
     pub(crate) transactional: bool,
     pub(crate) lent_from: Option<Arc<dyn ErasedSession>>,
+    pub(crate) attempt: u32,
+    pub(crate) server_timeout: Option<Duration>,
 }
 
 trait ErasedManager: Send + Sync + 'static {
     fn id(&self) -> u64;
     fn max_connections(&self) -> u32;
+    fn retry_policy(&self) -> RetryPolicy;
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>>;
 }
 
@@ -179,6 +295,10 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
 
     fn max_connections(&self) -> u32 {
         self.pool.options().get_max_connections()
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.retry_policy
     }
 
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
@@ -199,6 +319,8 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
                     options: opening.options,
                     transactional: opening.transactional,
                     lent_from,
+                    attempt: opening.attempt,
+                    server_timeout: opening.server_timeout,
                 },
             )
             .await?;
@@ -214,6 +336,10 @@ impl ManagerHandle {
 
     pub(crate) fn max_connections(&self) -> u32 {
         self.0.max_connections()
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.0.retry_policy()
     }
 
     pub(crate) async fn open(

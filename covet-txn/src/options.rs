@@ -6,8 +6,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::Error;
+use crate::retry::{RetryCount, RetryOverrides, RetryPredicate};
 
 /// The SQL isolation levels, weakest first.
 ///
@@ -185,12 +187,15 @@ fn normalize(text: &str) -> String {
 ///     .propagation(Propagation::Required);
 /// assert_eq!(OPTIONS.isolation_level(), Some(Isolation::Serializable));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct TxOptions {
     pub(crate) isolation: Option<Isolation>,
     pub(crate) read_only: Option<bool>,
     pub(crate) propagation: Propagation,
     pub(crate) name: Option<&'static str>,
+    pub(crate) retry: RetryOverrides,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) resolve_ambiguous_commit: bool,
 }
 
 impl TxOptions {
@@ -201,6 +206,9 @@ impl TxOptions {
             read_only: None,
             propagation: Propagation::Nested,
             name: None,
+            retry: RetryOverrides::NONE,
+            timeout: None,
+            resolve_ambiguous_commit: false,
         }
     }
 
@@ -230,6 +238,66 @@ impl TxOptions {
         self
     }
 
+    /// Retry the transaction with the manager's retry policy (see
+    /// [`RetryPolicy`](crate::RetryPolicy)). Only the outermost transaction
+    /// retries; inside a running one, retryable errors propagate to it.
+    pub const fn retry(mut self) -> Self {
+        if matches!(self.retry.retries, RetryCount::Off) {
+            self.retry.retries = RetryCount::ManagerDefault;
+        }
+        self
+    }
+
+    /// Retry up to `retries` times after the first attempt.
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.retry.retries = RetryCount::Exactly(retries);
+        self
+    }
+
+    /// The wait before the first retry, before jitter.
+    pub const fn backoff(mut self, backoff: Duration) -> Self {
+        self.retry.backoff = Some(backoff);
+        self
+    }
+
+    /// The longest wait between attempts, before jitter.
+    pub const fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.retry.max_backoff = Some(max_backoff);
+        self
+    }
+
+    /// How much each wait grows over the previous one.
+    pub const fn backoff_multiplier(mut self, multiplier: f64) -> Self {
+        self.retry.multiplier = Some(multiplier);
+        self
+    }
+
+    /// Decide for each failure whether to retry, instead of the built-in
+    /// classification (which the predicate can consult).
+    pub const fn retry_if(mut self, predicate: RetryPredicate) -> Self {
+        self.retry.predicate = Some(predicate);
+        self
+    }
+
+    /// A deadline for the whole call, retries and waits included. On expiry
+    /// the body is dropped, the transaction rolled back and
+    /// [`Error::Timeout`] returned; PostgreSQL and MariaDB are told to stop
+    /// the transaction's statements and lock waits by then too. Inside a
+    /// running transaction it can only shorten the deadline.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// If the connection fails while COMMIT is in flight, find out whether
+    /// the transaction committed (PostgreSQL: one more statement before
+    /// COMMIT takes the transaction id, and a fresh connection asks
+    /// `pg_xact_status` about it). Elsewhere the outcome stays unknown.
+    pub const fn resolve_ambiguous_commit(mut self, resolve: bool) -> Self {
+        self.resolve_ambiguous_commit = resolve;
+        self
+    }
+
     /// The isolation level asked for, if any.
     pub const fn isolation_level(&self) -> Option<Isolation> {
         self.isolation
@@ -248,6 +316,16 @@ impl TxOptions {
     /// The name given, if any.
     pub const fn given_name(&self) -> Option<&'static str> {
         self.name
+    }
+
+    /// The timeout given, if any.
+    pub const fn timeout_duration(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Whether the call retries.
+    pub const fn retries_enabled(&self) -> bool {
+        !matches!(self.retry.retries, RetryCount::Off)
     }
 }
 

@@ -1,22 +1,35 @@
 //! Running one transactional call: choosing what the call does from its
 //! propagation and what is already running (begin, savepoint, join,
-//! autocommit), running the body inside its frame, and settling the outcome
-//! (commit, release, roll back) after a return, an error, a panic or a
-//! cancellation.
+//! autocommit), running the body inside its frame under its deadline,
+//! settling the outcome (commit, release, roll back) after a return, an
+//! error, a panic, a timeout or a cancellation, and running the whole
+//! transaction again when a retryable failure allows it.
 
+use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use crate::backend::SavepointAction;
-use crate::context::{self, Frame, FrameKind};
-use crate::error::Error;
+use crate::backend::{SERVER_TIMEOUT_GRACE, SavepointAction};
+use crate::context::{self, Frame, FrameKind, FrameSpec};
+use crate::error::{CommitOutcome, Error, LastFailure};
 use crate::manager::{ErasedOpening, ManagerHandle};
 use crate::options::{Propagation, TxOptions};
+use crate::retry::{self, RetryPolicy};
 use crate::transaction::ErasedSession;
+
+/// Finds the error (for the retry classification) inside a user's error
+/// type; `#[transactional]` builds one for any error type.
+pub(crate) type Inspect<E> = fn(&E) -> Option<&(dyn StdError + 'static)>;
+
+/// A body, boxed: nested calls would otherwise store each level's future
+/// inside the next several times over, and the size would grow
+/// geometrically with the depth.
+pub(crate) type Body<Fut> = Pin<Box<Fut>>;
 
 /// What a call does, decided before anything is sent.
 enum Plan {
@@ -33,48 +46,468 @@ enum Plan {
     Join(Arc<Frame>),
 }
 
-/// Runs `body` as one transactional call on `manager` (the default if `None`).
-///
-/// Callers box the body: nested calls would otherwise store each level's
-/// future inside the next several times over, and the size would grow
-/// geometrically with the depth.
+/// One transactional call, planned.
+pub(crate) struct Call {
+    manager: ManagerHandle,
+    options: TxOptions,
+    name: &'static str,
+    head: Option<Arc<Frame>>,
+    plan: Plan,
+    /// When the call must be over: its own timeout, or the enclosing scope's
+    /// deadline if that comes first.
+    deadline: Option<Instant>,
+}
+
+impl Call {
+    fn prepare(manager: Option<ManagerHandle>, options: TxOptions) -> Result<Call, Error> {
+        let head = context::head();
+        let manager = match manager {
+            Some(manager) => manager,
+            None => ManagerHandle::resolve_default(head.as_ref())?,
+        };
+        let plan = plan(&manager, &options, head.as_ref())?;
+        let own = options.timeout.map(|timeout| Instant::now() + timeout);
+        let inherited = head.as_ref().and_then(|head| head.deadline);
+        let deadline = match (own, inherited) {
+            (Some(own), Some(inherited)) => Some(own.min(inherited)),
+            (own, inherited) => own.or(inherited),
+        };
+        Ok(Call {
+            manager,
+            options,
+            name: options.name.unwrap_or("transaction"),
+            head,
+            plan,
+            deadline,
+        })
+    }
+
+    /// Whether this call begins the transaction, and so may retry it.
+    fn begins_transaction(&self) -> bool {
+        matches!(
+            self.plan,
+            Plan::Open {
+                transactional: true,
+                ..
+            }
+        )
+    }
+
+    fn timeout_error(&self, attempts: u32) -> Error {
+        Error::Timeout {
+            timeout: self.options.timeout.unwrap_or_default(),
+            attempts,
+        }
+    }
+
+    async fn run<T, E, Fut>(
+        &self,
+        inspect: Inspect<E>,
+        body: Body<Fut>,
+        attempt: u32,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        match &self.plan {
+            Plan::Open {
+                transactional,
+                lent_from,
+            } => {
+                let opening = ErasedOpening {
+                    name: self.name,
+                    options: self.options,
+                    transactional: *transactional,
+                    lent_from: lent_from.clone(),
+                    attempt,
+                    server_timeout: self.deadline.map(|deadline| {
+                        deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE
+                    }),
+                };
+                self.run_session(opening, body, attempt).await
+            }
+            Plan::Savepoint(parent) => self.run_savepoint(parent, inspect, body).await,
+            Plan::Join(parent) => self.run_joined(parent, inspect, body).await,
+        }
+    }
+
+    /// A frame for this call's scope.
+    fn frame(
+        &self,
+        session: &Arc<dyn ErasedSession>,
+        kind: FrameKind,
+        depth: u32,
+        parent: Option<Arc<Frame>>,
+    ) -> Arc<Frame> {
+        Frame::new(FrameSpec {
+            manager: self.manager.clone(),
+            session: Arc::clone(session),
+            kind,
+            depth,
+            name: self.name,
+            propagation: self.options.propagation,
+            deadline: self.deadline,
+            parent,
+        })
+    }
+
+    /// Runs the body in its frame, under the call's deadline if the
+    /// enclosing scope does not already impose it. `None`: the deadline
+    /// passed and the body was dropped.
+    async fn run_body<T, E, Fut>(
+        &self,
+        frame: Arc<Frame>,
+        body: Body<Fut>,
+    ) -> Option<std::thread::Result<Result<T, E>>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inherited = frame.parent.as_ref().and_then(|parent| parent.deadline);
+        let scoped = context::enter(frame, AssertUnwindSafe(body).catch_unwind());
+        match self.deadline {
+            // An enclosing scope with the same deadline already enforces it.
+            Some(deadline) if inherited.is_none_or(|inherited| deadline < inherited) => {
+                tokio::time::timeout_at(deadline.into(), scoped).await.ok()
+            }
+            _ => Some(scoped.await),
+        }
+    }
+
+    /// Opens a session (a transaction or an autocommit session), runs the
+    /// body in it and ends it.
+    async fn run_session<T, E, Fut>(
+        &self,
+        opening: ErasedOpening,
+        body: Body<Fut>,
+        attempt: u32,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let transactional = opening.transactional;
+        let opened = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.manager.open(opening))
+                .await
+                .unwrap_or_else(|_| Err(self.timeout_error(attempt))),
+            None => self.manager.open(opening).await,
+        };
+        let session = match opened {
+            Ok(session) => session,
+            Err(error) => return Err(error.into()),
+        };
+        let guard = CancelGuard::new(
+            session.as_ref(),
+            "the transactional call was cancelled before it finished",
+        );
+        let (kind, depth) = if transactional {
+            (FrameKind::Root, 1)
+        } else {
+            (FrameKind::Autocommit, 0)
+        };
+        let frame = self.frame(&session, kind, depth, self.head.clone());
+        let Some(outcome) = self.run_body(frame, body).await else {
+            session.abort("the transaction's deadline passed");
+            guard.disarm();
+            return Err(self.timeout_error(attempt).into());
+        };
+        let core = session.core();
+        let settled = match outcome {
+            Ok(Ok(value)) => {
+                if let Some(kind) = core.doomed() {
+                    end_quietly(session.as_ref(), self.name).await;
+                    Err(Error::Doomed(kind).into())
+                } else if core.is_rollback_only() {
+                    end_quietly(session.as_ref(), self.name).await;
+                    Err(Error::RollbackOnly.into())
+                } else {
+                    match session.end(true).await {
+                        Ok(()) => Ok(value),
+                        Err(Error::AmbiguousCommit {
+                            outcome: CommitOutcome::Committed,
+                            transaction_id,
+                        }) => {
+                            tracing::warn!(
+                                target: "covet_txn",
+                                transaction = self.name,
+                                transaction_id,
+                                "the connection failed during COMMIT; the server confirms the transaction committed"
+                            );
+                            Ok(value)
+                        }
+                        Err(error) => Err(error.into()),
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                end_quietly(session.as_ref(), self.name).await;
+                Err(error)
+            }
+            Err(panic) => {
+                end_quietly(session.as_ref(), self.name).await;
+                guard.disarm();
+                resume_unwind(panic);
+            }
+        };
+        guard.disarm();
+        settled
+    }
+
+    /// Runs the body in a savepoint of `parent`'s transaction.
+    async fn run_savepoint<T, E, Fut>(
+        &self,
+        parent: &Arc<Frame>,
+        inspect: Inspect<E>,
+        body: Body<Fut>,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let claim = match parent.claim_child() {
+            Ok(claim) => claim,
+            Err(error) => return Err(error.into()),
+        };
+        let session = Arc::clone(&parent.session);
+        let depth = parent.depth + 1;
+        let savepoint = format!("covet_sp_{depth}");
+        let guard = CancelGuard::new(
+            session.as_ref(),
+            "a nested transactional scope was cancelled before it finished, leaving the \
+             transaction in an unknown state",
+        );
+        if let Err(error) = session.savepoint(SavepointAction::Create, &savepoint).await {
+            guard.disarm();
+            return Err(error.into());
+        }
+        let frame = self.frame(
+            &session,
+            FrameKind::Savepoint,
+            depth,
+            Some(Arc::clone(parent)),
+        );
+        let Some(outcome) = self.run_body(frame, body).await else {
+            session.abort("a nested scope's deadline passed while it ran");
+            guard.disarm();
+            return Err(self.timeout_error(1).into());
+        };
+        let settled = match outcome {
+            Ok(Ok(value)) => match session
+                .savepoint(SavepointAction::Release, &savepoint)
+                .await
+            {
+                Ok(()) => Ok(value),
+                Err(error) => Err(error.into()),
+            },
+            Ok(Err(error)) => {
+                match retryable(inspect, &error) {
+                    // After a deadlock MySQL has already rolled the whole
+                    // transaction back, and only a new attempt can fix a
+                    // serialization failure: leave it to the outermost call.
+                    Some(kind) => session.core().doom(kind),
+                    None => roll_back_savepoint(session.as_ref(), &savepoint).await,
+                }
+                Err(error)
+            }
+            Err(panic) => {
+                roll_back_savepoint(session.as_ref(), &savepoint).await;
+                guard.disarm();
+                drop(claim);
+                resume_unwind(panic);
+            }
+        };
+        guard.disarm();
+        drop(claim);
+        settled
+    }
+
+    /// Runs the body in `parent`'s session as it is (`required`,
+    /// `mandatory`, `supports`). A failure marks a transaction rollback-only.
+    async fn run_joined<T, E, Fut>(
+        &self,
+        parent: &Arc<Frame>,
+        inspect: Inspect<E>,
+        body: Body<Fut>,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let session = Arc::clone(&parent.session);
+        let guard = CancelGuard::new(
+            session.as_ref(),
+            "a joined transactional scope was cancelled before it finished, leaving the \
+             transaction in an unknown state",
+        );
+        let frame = self.frame(
+            &session,
+            FrameKind::Joined,
+            parent.depth,
+            Some(Arc::clone(parent)),
+        );
+        let Some(outcome) = self.run_body(frame, body).await else {
+            session.abort("a joined scope's deadline passed while it ran");
+            guard.disarm();
+            return Err(self.timeout_error(1).into());
+        };
+        guard.disarm();
+        let core = session.core();
+        if core.transactional {
+            match &outcome {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => match retryable(inspect, error) {
+                    Some(kind) => core.doom(kind),
+                    None => core.mark_rollback_only(),
+                },
+                Err(_) => core.mark_rollback_only(),
+            }
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => resume_unwind(panic),
+        }
+    }
+}
+
+/// The retryable failure inside a user's error, if any.
+fn retryable<E>(inspect: Inspect<E>, error: &E) -> Option<retry::FailureKind> {
+    inspect(error).and_then(retry::classify)
+}
+
+/// Runs `body` as one transactional call on `manager` (the default if
+/// `None`), without retrying.
 pub(crate) async fn run<T, E, Fut>(
     manager: Option<ManagerHandle>,
     options: TxOptions,
-    body: Pin<Box<Fut>>,
+    inspect: Inspect<E>,
+    body: Body<Fut>,
 ) -> Result<T, E>
 where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let head = context::head();
-    let prepared = manager
-        .map_or_else(|| ManagerHandle::resolve_default(head.as_ref()), Ok)
-        .and_then(|manager| {
-            let plan = plan(&manager, &options, head.as_ref())?;
-            Ok((manager, plan))
-        });
-    let (manager, plan) = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => return Err(error.into()),
-    };
-    let name = options.name.unwrap_or("transaction");
-    match plan {
-        Plan::Open {
-            transactional,
-            lent_from,
-        } => {
-            let opening = ErasedOpening {
-                name,
-                options,
-                transactional,
-                lent_from,
-            };
-            run_session(manager, opening, head, body).await
-        }
-        Plan::Savepoint(parent) => run_savepoint(manager, name, &options, parent, body).await,
-        Plan::Join(parent) => run_joined(manager, name, &options, parent, body).await,
+    match Call::prepare(manager, options) {
+        Ok(call) => call.run(inspect, body, 1).await,
+        Err(error) => Err(error.into()),
     }
+}
+
+/// The attempts of a retrying call. The caller builds a fresh body for each
+/// attempt and calls [`Attempts::attempt`] until it returns a result.
+pub(crate) struct Attempts {
+    manager: Option<ManagerHandle>,
+    options: TxOptions,
+    call: Option<(Call, RetryPolicy)>,
+    attempts: u32,
+}
+
+impl Attempts {
+    pub(crate) fn new(manager: Option<ManagerHandle>, options: TxOptions) -> Self {
+        Attempts {
+            manager,
+            options,
+            call: None,
+            attempts: 0,
+        }
+    }
+
+    /// Runs one attempt. `None`: it failed in a way a retry may fix, and the
+    /// wait before the next attempt is over.
+    pub(crate) async fn attempt<T, E, Fut>(
+        &mut self,
+        inspect: Inspect<E>,
+        body: Body<Fut>,
+    ) -> Option<Result<T, E>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        if self.call.is_none() {
+            let prepared = Call::prepare(self.manager.take(), self.options);
+            match prepared {
+                Ok(call) => {
+                    let policy = call
+                        .manager
+                        .retry_policy()
+                        .overridden_by(&self.options.retry);
+                    self.call = Some((call, policy));
+                }
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+        let (call, policy) = self.call.as_ref()?;
+        self.attempts += 1;
+        let attempt = self.attempts;
+        if !call.begins_transaction() {
+            // Inside a running transaction only the outermost call retries:
+            // a retryable error goes up to it.
+            return Some(call.run(inspect, body, attempt).await);
+        }
+        let error = match call.run(inspect, body, attempt).await {
+            Ok(value) => return Some(Ok(value)),
+            Err(error) => error,
+        };
+        let wait = match decide(call, policy, inspect, error, attempt) {
+            Decision::Retry(wait) => wait,
+            Decision::GiveUp(error) => return Some(Err(error)),
+        };
+        tokio::time::sleep(wait).await;
+        None
+    }
+}
+
+/// What to do after a failed attempt.
+enum Decision<E> {
+    /// Run again after this wait.
+    Retry(std::time::Duration),
+    /// Return this error.
+    GiveUp(E),
+}
+
+/// Decides, without awaiting anything (the error is borrowed throughout, and
+/// a borrowed `dyn Error` must not live across an await point of a future
+/// that is to be `Send`).
+fn decide<E: From<Error>>(
+    call: &Call,
+    policy: &RetryPolicy,
+    inspect: Inspect<E>,
+    error: E,
+    attempt: u32,
+) -> Decision<E> {
+    let Some(source) = inspect(&error) else {
+        return Decision::GiveUp(error);
+    };
+    let failure = retry::failure(source, attempt);
+    if !policy.should_retry(&failure) {
+        return Decision::GiveUp(error);
+    }
+    if attempt > policy.max_retries() {
+        let last = LastFailure::new(&failure);
+        return Decision::GiveUp(
+            Error::RetriesExhausted {
+                attempts: attempt,
+                last,
+            }
+            .into(),
+        );
+    }
+    let wait = policy.delay(attempt);
+    if call
+        .deadline
+        .is_some_and(|deadline| Instant::now() + wait >= deadline)
+    {
+        return Decision::GiveUp(call.timeout_error(attempt).into());
+    }
+    tracing::info!(
+        target: "covet_txn",
+        transaction = call.name,
+        attempt,
+        cause = failure.kind().map_or("predicate", |kind| kind.name()),
+        wait_ms = wait.as_secs_f64() * 1000.0,
+        "retrying the transaction"
+    );
+    Decision::Retry(wait)
 }
 
 fn plan(
@@ -184,67 +617,6 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
-/// Opens a session (a transaction or an autocommit session), runs the body in
-/// it and ends it.
-async fn run_session<T, E, Fut>(
-    manager: ManagerHandle,
-    opening: ErasedOpening,
-    head: Option<Arc<Frame>>,
-    body: Fut,
-) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    E: From<Error>,
-{
-    let name = opening.name;
-    let propagation = opening.options.propagation;
-    let transactional = opening.transactional;
-    let session = match manager.open(opening).await {
-        Ok(session) => session,
-        Err(error) => return Err(error.into()),
-    };
-    let guard = CancelGuard::new(
-        session.as_ref(),
-        "the transactional call was cancelled before it finished",
-    );
-    let (kind, depth) = if transactional {
-        (FrameKind::Root, 1)
-    } else {
-        (FrameKind::Autocommit, 0)
-    };
-    let frame = Frame::new(
-        manager,
-        Arc::clone(&session),
-        kind,
-        depth,
-        name,
-        propagation,
-        head,
-    );
-    let outcome = context::enter(frame, AssertUnwindSafe(body).catch_unwind()).await;
-    let settled = match outcome {
-        Ok(Ok(_)) if session.core().is_rollback_only() => {
-            end_quietly(session.as_ref(), name).await;
-            Err(Error::RollbackOnly.into())
-        }
-        Ok(Ok(value)) => match session.end(true).await {
-            Ok(()) => Ok(value),
-            Err(error) => Err(error.into()),
-        },
-        Ok(Err(error)) => {
-            end_quietly(session.as_ref(), name).await;
-            Err(error)
-        }
-        Err(panic) => {
-            end_quietly(session.as_ref(), name).await;
-            guard.disarm();
-            resume_unwind(panic);
-        }
-    };
-    guard.disarm();
-    settled
-}
-
 /// Rolls back after the body failed. A failure to roll back must not hide
 /// the body's own error; the connection is abandoned either way.
 async fn end_quietly(session: &dyn ErasedSession, name: &'static str) {
@@ -256,68 +628,6 @@ async fn end_quietly(session: &dyn ErasedSession, name: &'static str) {
             "rollback failed; the connection was closed, so the server rolls back"
         );
     }
-}
-
-/// Runs the body in a savepoint of `parent`'s transaction.
-async fn run_savepoint<T, E, Fut>(
-    manager: ManagerHandle,
-    name: &'static str,
-    options: &TxOptions,
-    parent: Arc<Frame>,
-    body: Fut,
-) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    E: From<Error>,
-{
-    let claim = match parent.claim_child() {
-        Ok(claim) => claim,
-        Err(error) => return Err(error.into()),
-    };
-    let session = Arc::clone(&parent.session);
-    let depth = parent.depth + 1;
-    let savepoint = format!("covet_sp_{depth}");
-    let guard = CancelGuard::new(
-        session.as_ref(),
-        "a nested transactional scope was cancelled before it finished, leaving the \
-         transaction in an unknown state",
-    );
-    if let Err(error) = session.savepoint(SavepointAction::Create, &savepoint).await {
-        guard.disarm();
-        return Err(error.into());
-    }
-    let frame = Frame::new(
-        manager,
-        Arc::clone(&session),
-        FrameKind::Savepoint,
-        depth,
-        name,
-        options.propagation,
-        Some(parent),
-    );
-    let outcome = context::enter(frame, AssertUnwindSafe(body).catch_unwind()).await;
-    let settled = match outcome {
-        Ok(Ok(value)) => match session
-            .savepoint(SavepointAction::Release, &savepoint)
-            .await
-        {
-            Ok(()) => Ok(value),
-            Err(error) => Err(error.into()),
-        },
-        Ok(Err(error)) => {
-            roll_back_savepoint(session.as_ref(), &savepoint).await;
-            Err(error)
-        }
-        Err(panic) => {
-            roll_back_savepoint(session.as_ref(), &savepoint).await;
-            guard.disarm();
-            drop(claim);
-            resume_unwind(panic);
-        }
-    };
-    guard.disarm();
-    drop(claim);
-    settled
 }
 
 /// Undoes a failed nested scope. If even that fails, the transaction can no
@@ -334,45 +644,5 @@ async fn roll_back_savepoint(session: &dyn ErasedSession, savepoint: &str) {
             %error,
             "rolling back to a savepoint failed; the transaction is marked rollback-only"
         );
-    }
-}
-
-/// Runs the body in `parent`'s session as it is (`required`, `mandatory`,
-/// `supports`). A failure marks a transaction rollback-only.
-async fn run_joined<T, E, Fut>(
-    manager: ManagerHandle,
-    name: &'static str,
-    options: &TxOptions,
-    parent: Arc<Frame>,
-    body: Fut,
-) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    E: From<Error>,
-{
-    let session = Arc::clone(&parent.session);
-    let guard = CancelGuard::new(
-        session.as_ref(),
-        "a joined transactional scope was cancelled before it finished, leaving the \
-         transaction in an unknown state",
-    );
-    let frame = Frame::new(
-        manager,
-        Arc::clone(&session),
-        FrameKind::Joined,
-        parent.depth,
-        name,
-        options.propagation,
-        Some(parent),
-    );
-    let outcome = context::enter(frame, AssertUnwindSafe(body).catch_unwind()).await;
-    guard.disarm();
-    let failed = !matches!(outcome, Ok(Ok(_)));
-    if failed && session.core().transactional {
-        session.core().mark_rollback_only();
-    }
-    match outcome {
-        Ok(result) => result,
-        Err(panic) => resume_unwind(panic),
     }
 }

@@ -14,14 +14,15 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 
 use crate::backend::{Backend, SavepointAction};
-use crate::error::{Error, Operation};
+use crate::error::{CommitOutcome, Error, Operation};
 use crate::options::{Isolation, Propagation, TxOptions};
+use crate::retry::FailureKind;
 
 /// A transaction's process-unique id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,9 +115,12 @@ pub(crate) struct SessionCore {
     /// Whether the connection is borrowed from an autocommit session rather
     /// than taken from the pool.
     pub(crate) borrows_connection: bool,
+    /// Which attempt of a retrying call this is, from 1.
+    pub(crate) attempt: u32,
     pub(crate) started_at: Instant,
     state: AtomicU8,
     rollback_only: AtomicBool,
+    doomed: OnceLock<FailureKind>,
     aborted: OnceLock<&'static str>,
 }
 
@@ -139,6 +143,17 @@ impl SessionCore {
 
     pub(crate) fn aborted(&self) -> Option<&'static str> {
         self.aborted.get().copied()
+    }
+
+    /// Marks the transaction as one that only a retry can fix; it can no
+    /// longer commit.
+    pub(crate) fn doom(&self, kind: FailureKind) {
+        let _ = self.doomed.set(kind);
+        self.mark_rollback_only();
+    }
+
+    pub(crate) fn doomed(&self) -> Option<FailureKind> {
+        self.doomed.get().copied()
     }
 }
 
@@ -165,8 +180,14 @@ enum Origin<DB: Backend> {
 pub(crate) struct Session<DB: Backend> {
     pub(crate) core: SessionCore,
     options: TxOptions,
+    /// Whether BEGIN bounded the server's statements, which on some servers
+    /// is session state to undo at the end.
+    server_timeout: bool,
     slot: Mutex<Slot<DB>>,
     origin: Origin<DB>,
+    /// For asking, on a fresh connection, what became of a COMMIT that was
+    /// cut off.
+    pool: sqlx::Pool<DB>,
 }
 
 /// What a new session is opened on.
@@ -176,6 +197,9 @@ pub(crate) struct Opening<DB: Backend> {
     pub(crate) options: TxOptions,
     pub(crate) transactional: bool,
     pub(crate) lent_from: Option<Arc<Session<DB>>>,
+    pub(crate) attempt: u32,
+    /// Bound the server's statements by this time, if set.
+    pub(crate) server_timeout: Option<Duration>,
 }
 
 impl<DB: Backend> Session<DB> {
@@ -191,6 +215,8 @@ impl<DB: Backend> Session<DB> {
             options,
             transactional,
             lent_from,
+            attempt,
+            server_timeout,
         } = opening;
         let (conn, origin) = match lent_from {
             Some(parent) => (parent.lend()?, Origin::Lent(parent)),
@@ -201,9 +227,10 @@ impl<DB: Backend> Session<DB> {
                 Origin::Pool,
             ),
         };
-        let mut held = Held::new(conn, &options, &origin);
+        let server_timeout = server_timeout.filter(|_| transactional);
+        let mut held = Held::new(conn, &options, server_timeout.is_some(), &origin);
         if transactional {
-            let begun = DB::execute(held.conn(), DB::begin_sql(&options)).await;
+            let begun = DB::execute(held.conn(), DB::begin_sql(&options, server_timeout)).await;
             if let Err(source) = begun {
                 held.discard_after_failed_begin().await;
                 return Err(Error::database(Operation::Begin, source));
@@ -220,14 +247,18 @@ impl<DB: Backend> Session<DB> {
                 read_only: options.read_only == Some(true),
                 transactional,
                 borrows_connection: matches!(origin, Origin::Lent(_)),
+                attempt,
                 started_at: Instant::now(),
                 state: AtomicU8::new(TxState::Active as u8),
                 rollback_only: AtomicBool::new(false),
+                doomed: OnceLock::new(),
                 aborted: OnceLock::new(),
             },
             options,
+            server_timeout: server_timeout.is_some(),
             slot: Mutex::new(Slot::Idle(conn)),
             origin,
+            pool: pool.clone(),
         }))
     }
 
@@ -328,31 +359,23 @@ impl<DB: Backend> Session<DB> {
             self.abandon_connection(conn);
             return Err(Error::TransactionAborted(reason));
         }
-        let mut held = Held::new(conn, &self.options, &self.origin);
+        let mut held = Held::new(conn, &self.options, self.server_timeout, &self.origin);
         if !self.core.transactional {
             held.release();
-            return Ok(());
-        }
-        let (operation, sql, in_flight, done) = if commit {
-            (
-                Operation::Commit,
-                "COMMIT",
-                TxState::Committing,
-                TxState::Committed,
-            )
+            Ok(())
+        } else if commit {
+            self.commit(held).await
         } else {
-            (
-                Operation::Rollback,
-                "ROLLBACK",
-                TxState::RollingBack,
-                TxState::RolledBack,
-            )
-        };
-        self.core.set_state(in_flight);
-        match DB::execute(held.conn(), Cow::Borrowed(sql)).await {
+            self.rollback(held).await
+        }
+    }
+
+    async fn rollback(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
+        self.core.set_state(TxState::RollingBack);
+        match DB::execute(held.conn(), Cow::Borrowed("ROLLBACK")).await {
             Ok(()) => {
                 let restored = held.restore_session().await;
-                self.core.set_state(done);
+                self.core.set_state(TxState::RolledBack);
                 if restored {
                     held.release();
                 }
@@ -360,16 +383,58 @@ impl<DB: Backend> Session<DB> {
             }
             Err(source) => {
                 self.core.set_state(TxState::Failed);
-                if commit
-                    && DB::execute(held.conn(), Cow::Borrowed("ROLLBACK"))
-                        .await
-                        .is_ok()
-                    && held.restore_session().await
-                {
+                Err(Error::database(Operation::Rollback, source))
+            }
+        }
+    }
+
+    async fn commit(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
+        self.core.set_state(TxState::Committing);
+        let token = if self.options.resolve_ambiguous_commit {
+            match DB::commit_token(held.conn()).await {
+                Ok(token) => token,
+                // The transaction cannot commit (on PostgreSQL: a swallowed
+                // error aborted it, and COMMIT would quietly roll back).
+                Err(source) => {
+                    self.core.set_state(TxState::Failed);
+                    held.roll_back_after_failed_commit().await;
+                    return Err(Error::database(Operation::Commit, source));
+                }
+            }
+        } else {
+            None
+        };
+        match DB::execute(held.conn(), Cow::Borrowed("COMMIT")).await {
+            Ok(()) => {
+                let restored = held.restore_session().await;
+                self.core.set_state(TxState::Committed);
+                if restored {
                     held.release();
                 }
-                // Otherwise `held` drops armed and abandons the connection.
-                Err(Error::database(operation, source))
+                Ok(())
+            }
+            Err(source)
+                if crate::backend::classify(&source) == Some(FailureKind::ConnectionLost) =>
+            {
+                self.core.set_state(TxState::Failed);
+                // The connection is gone; `held` drops armed and abandons it.
+                drop(held);
+                let outcome = match &token {
+                    Some(token) => DB::resolve_commit(&self.pool, token).await,
+                    None => CommitOutcome::Unknown,
+                };
+                if outcome == CommitOutcome::Committed {
+                    self.core.set_state(TxState::Committed);
+                }
+                Err(Error::AmbiguousCommit {
+                    outcome,
+                    transaction_id: token,
+                })
+            }
+            Err(source) => {
+                self.core.set_state(TxState::Failed);
+                held.roll_back_after_failed_commit().await;
+                Err(Error::database(Operation::Commit, source))
             }
         }
     }
@@ -382,14 +447,21 @@ impl<DB: Backend> Session<DB> {
 struct Held<'s, DB: Backend> {
     conn: Option<PoolConnection<DB>>,
     options: &'s TxOptions,
+    server_timeout: bool,
     origin: &'s Origin<DB>,
 }
 
 impl<'s, DB: Backend> Held<'s, DB> {
-    fn new(conn: PoolConnection<DB>, options: &'s TxOptions, origin: &'s Origin<DB>) -> Self {
+    fn new(
+        conn: PoolConnection<DB>,
+        options: &'s TxOptions,
+        server_timeout: bool,
+        origin: &'s Origin<DB>,
+    ) -> Self {
         Held {
             conn: Some(conn),
             options,
+            server_timeout,
             origin,
         }
     }
@@ -409,7 +481,7 @@ impl<'s, DB: Backend> Held<'s, DB> {
     /// Undoes session state the BEGIN set; `false` if that failed, in which
     /// case the connection stays armed to be abandoned.
     async fn restore_session(&mut self) -> bool {
-        match DB::restore_sql(self.options) {
+        match DB::restore_sql(self.options, self.server_timeout) {
             Some(sql) => DB::execute(self.conn(), Cow::Borrowed(sql)).await.is_ok(),
             None => true,
         }
@@ -423,6 +495,18 @@ impl<'s, DB: Backend> Held<'s, DB> {
             .await
             .is_ok();
         if self.restore_session().await && rolled_back {
+            self.release();
+        }
+    }
+
+    /// After a COMMIT that failed with the server's answer, the transaction
+    /// may still be open (SQLite keeps it on `SQLITE_BUSY`): roll back, and
+    /// keep the connection only if that works.
+    async fn roll_back_after_failed_commit(&mut self) {
+        let rolled_back = DB::execute(self.conn(), Cow::Borrowed("ROLLBACK"))
+            .await
+            .is_ok();
+        if rolled_back && self.restore_session().await {
             self.release();
         }
     }
@@ -639,6 +723,10 @@ pub struct TxInfo {
     pub rollback_only: bool,
     /// The backend's OpenTelemetry `db.system` name.
     pub backend: &'static str,
+    /// Which attempt of a retrying call this is, from 1.
+    pub attempt: u32,
     /// When the transaction began.
     pub started_at: Instant,
+    /// When the scope must be over, if it has a timeout.
+    pub deadline: Option<Instant>,
 }

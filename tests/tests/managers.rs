@@ -78,7 +78,9 @@ static LEDGER: LazyLock<TxManager<Sqlite>> = LazyLock::new(|| {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true);
-    TxManager::named(sqlx::SqlitePool::connect_lazy_with(options), "ledger")
+    TxManager::builder(sqlx::SqlitePool::connect_lazy_with(options))
+        .name("ledger")
+        .build()
 });
 
 #[tokio::test]

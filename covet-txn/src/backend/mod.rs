@@ -6,9 +6,14 @@
 //! `backend/` matches on the database.
 
 use std::borrow::Cow;
+use std::error::Error as StdError;
 use std::future::Future;
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
+
+use crate::error::CommitOutcome;
+use crate::retry::FailureKind;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use crate::options::Isolation;
@@ -50,13 +55,35 @@ pub(crate) mod sealed {
         const SYSTEM: &'static str;
 
         /// The statement (possibly several, sent as one request) that begins a
-        /// transaction with these options.
-        fn begin_sql(options: &TxOptions) -> Cow<'static, str>;
+        /// transaction with these options. With `server_timeout`, it also
+        /// bounds the server's statements and lock waits by that time.
+        fn begin_sql(options: &TxOptions, server_timeout: Option<Duration>) -> Cow<'static, str>;
 
         /// A statement to run after COMMIT or ROLLBACK to undo session state
         /// that `begin_sql` set, if any.
-        fn restore_sql(_options: &TxOptions) -> Option<&'static str> {
+        fn restore_sql(_options: &TxOptions, _server_timeout: bool) -> Option<&'static str> {
             None
+        }
+
+        /// The retryable failure a database error stands for, if it is this
+        /// backend's error and a retryable one.
+        fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind>;
+
+        /// Something to identify the transaction by after its COMMIT was cut
+        /// off, taken just before COMMIT (one more statement).
+        fn commit_token(
+            _conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + '_ {
+            std::future::ready(Ok(None))
+        }
+
+        /// Asks the server, on a fresh connection, what became of the
+        /// transaction `token` identifies.
+        fn resolve_commit(
+            _pool: &sqlx::Pool<Self>,
+            _token: &str,
+        ) -> impl Future<Output = CommitOutcome> + Send {
+            std::future::ready(CommitOutcome::Unknown)
         }
 
         /// The statement for a savepoint action. `name` is a validated
@@ -86,6 +113,44 @@ pub(crate) mod sealed {
         fn abandon(conn: PoolConnection<Self>, options: &TxOptions);
     }
 }
+
+/// The retryable failure an error stands for: a database error of any
+/// compiled-in backend, or a lost connection.
+pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+    if let Some(driver) = error.downcast_ref::<sqlx::Error>() {
+        return match driver {
+            sqlx::Error::Database(database) => {
+                let database: &(dyn StdError + 'static) = &**database;
+                classify(database)
+            }
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+                Some(FailureKind::ConnectionLost)
+            }
+            _ => None,
+        };
+    }
+    if error.downcast_ref::<std::io::Error>().is_some() {
+        return Some(FailureKind::ConnectionLost);
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(kind) = <sqlx::Postgres as sealed::BackendOps>::classify(error) {
+        return Some(kind);
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(kind) = <sqlx::MySql as sealed::BackendOps>::classify(error) {
+        return Some(kind);
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(kind) = <sqlx::Sqlite as sealed::BackendOps>::classify(error) {
+        return Some(kind);
+    }
+    None
+}
+
+/// How long the server may keep working past the client's deadline: the
+/// client gives up first and reports a timeout, and the server stops
+/// shortly after, freeing the transaction's locks.
+pub(crate) const SERVER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 
 /// Runs `sql` through sqlx's raw-SQL path, the one that sends several
 /// statements in one request and logs them like any other statement.

@@ -2,25 +2,78 @@
 //! so every transaction begins in one statement.
 
 use std::borrow::Cow;
+use std::error::Error as StdError;
 use std::future::Future;
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Postgres};
 
 use super::sealed::BackendOps;
 use super::{access_clause, execute_raw, isolation_sql};
+use crate::error::CommitOutcome;
 use crate::options::TxOptions;
+use crate::retry::FailureKind;
 
 impl BackendOps for Postgres {
     const SYSTEM: &'static str = "postgresql";
 
-    fn begin_sql(options: &TxOptions) -> Cow<'static, str> {
+    fn begin_sql(options: &TxOptions, server_timeout: Option<Duration>) -> Cow<'static, str> {
         let access = access_clause(options);
-        match isolation_sql(options) {
+        let begin = match isolation_sql(options) {
             None if access.is_empty() => Cow::Borrowed("BEGIN"),
             None => Cow::Owned(format!("BEGIN{access}")),
             Some(level) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level}{access}")),
+        };
+        match server_timeout {
+            // `SET LOCAL` ends with the transaction: nothing to restore.
+            Some(timeout) => {
+                let millis = timeout.as_millis().max(1);
+                Cow::Owned(format!(
+                    "{begin}; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+                ))
+            }
+            None => begin,
         }
+    }
+
+    fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+        let database = error.downcast_ref::<PgDatabaseError>()?;
+        match database.code() {
+            "40001" => Some(FailureKind::SerializationFailure),
+            "40P01" => Some(FailureKind::Deadlock),
+            // The server ended the connection (an administrator, a restart):
+            // nothing of an unfinished transaction committed.
+            "57P01" | "57P02" | "57P03" => Some(FailureKind::ConnectionLost),
+            code if code.starts_with("08") => Some(FailureKind::ConnectionLost),
+            _ => None,
+        }
+    }
+
+    async fn commit_token(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+        let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+            .fetch_one(conn)
+            .await?;
+        Ok(Some(id))
+    }
+
+    async fn resolve_commit(pool: &sqlx::Pool<Postgres>, token: &str) -> CommitOutcome {
+        // The killed backend may still be finishing: ask for a while.
+        for _ in 0..20 {
+            let status: Result<Option<String>, sqlx::Error> =
+                sqlx::query_scalar("SELECT pg_xact_status($1::xid8)")
+                    .bind(token)
+                    .fetch_one(pool)
+                    .await;
+            match status.as_ref().map(Option::as_deref) {
+                Ok(Some("committed")) => return CommitOutcome::Committed,
+                Ok(Some("aborted")) => return CommitOutcome::Aborted,
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(None) | Err(_) => return CommitOutcome::Unknown,
+            }
+        }
+        CommitOutcome::Unknown
     }
 
     fn execute<'c>(

@@ -5,19 +5,25 @@
 //! Read-only and read-uncommitted are connection pragmas, restored at the end.
 
 use std::borrow::Cow;
+use std::error::Error as StdError;
 use std::future::Future;
+use std::time::Duration;
 
+use sqlx::error::DatabaseError;
 use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteError;
 use sqlx::{Sqlite, SqliteConnection};
 
 use super::execute_raw;
 use super::sealed::BackendOps;
 use crate::options::{Isolation, TxOptions};
+use crate::retry::FailureKind;
 
 impl BackendOps for Sqlite {
     const SYSTEM: &'static str = "sqlite";
 
-    fn begin_sql(options: &TxOptions) -> Cow<'static, str> {
+    // SQLite runs in-process: there is no server to stop at the deadline.
+    fn begin_sql(options: &TxOptions, _server_timeout: Option<Duration>) -> Cow<'static, str> {
         let read_only = options.read_only == Some(true);
         Cow::Borrowed(match (options.isolation, read_only) {
             (Some(Isolation::ReadUncommitted), true) => {
@@ -32,7 +38,17 @@ impl BackendOps for Sqlite {
         })
     }
 
-    fn restore_sql(options: &TxOptions) -> Option<&'static str> {
+    fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+        let database = error.downcast_ref::<SqliteError>()?;
+        // SQLITE_BUSY, SQLITE_LOCKED and their extended codes: BUSY_RECOVERY,
+        // LOCKED_SHAREDCACHE, BUSY_SNAPSHOT, LOCKED_VTAB, BUSY_TIMEOUT.
+        match database.code()?.parse::<i32>().ok()? {
+            5 | 6 | 261 | 262 | 517 | 518 | 773 => Some(FailureKind::Busy),
+            _ => None,
+        }
+    }
+
+    fn restore_sql(options: &TxOptions, _server_timeout: bool) -> Option<&'static str> {
         let read_only = options.read_only == Some(true);
         match (options.isolation, read_only) {
             (Some(Isolation::ReadUncommitted), true) => {
@@ -56,7 +72,7 @@ impl BackendOps for Sqlite {
         // so a ROLLBACK queued now runs after whatever was cut off and leaves
         // the connection clean. Closing instead would destroy an in-memory
         // database, so close only when no runtime is left to roll back on.
-        let restore = Sqlite::restore_sql(options);
+        let restore = Sqlite::restore_sql(options, false);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {

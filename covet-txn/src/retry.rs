@@ -1,0 +1,346 @@
+//! Deciding whether a failed transaction runs again, and when.
+//!
+//! This module owns the retry policy (how many times, how long to wait) and
+//! the walk down an error's `source()` chain that finds the database failure
+//! inside whatever error type the user returns. What a failure *is* (which
+//! codes mean deadlock on which server) belongs to the backend modules; this
+//! module only asks them.
+
+use std::cell::Cell;
+use std::error::Error as StdError;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use crate::backend;
+use crate::error::Error;
+
+/// Why a transaction failed in a way that running it again can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The server could not serialize the transaction (PostgreSQL 40001).
+    SerializationFailure,
+    /// The server chose this transaction as a deadlock victim (PostgreSQL
+    /// 40P01, MySQL 1213).
+    Deadlock,
+    /// A lock wait timed out (MySQL 1205).
+    LockTimeout,
+    /// A row changed after the transaction's snapshot was taken (MariaDB 1020
+    /// with `innodb_snapshot_isolation`).
+    SnapshotConflict,
+    /// The database was busy or locked (SQLite `SQLITE_BUSY`, `SQLITE_LOCKED`
+    /// and their extended codes).
+    Busy,
+    /// The connection was lost before COMMIT was sent, so nothing committed.
+    ConnectionLost,
+}
+
+impl FailureKind {
+    /// The kind's lower-case name, as metrics and logs write it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailureKind::SerializationFailure => "serialization_failure",
+            FailureKind::Deadlock => "deadlock",
+            FailureKind::LockTimeout => "lock_timeout",
+            FailureKind::SnapshotConflict => "snapshot_conflict",
+            FailureKind::Busy => "busy",
+            FailureKind::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A failed attempt, as a [`RetryPolicy::retry_if`] predicate sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    error: &'a (dyn StdError + 'static),
+    kind: Option<FailureKind>,
+    attempt: u32,
+}
+
+impl<'a> Failure<'a> {
+    /// The error the function returned.
+    pub fn error(&self) -> &'a (dyn StdError + 'static) {
+        self.error
+    }
+
+    /// What the built-in classification found, if it is a retryable failure.
+    pub fn kind(&self) -> Option<FailureKind> {
+        self.kind
+    }
+
+    /// Whether covet-txn would retry it without a predicate.
+    pub fn retryable_by_default(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// The attempt that failed, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The database's error, found anywhere in the error's `source()` chain.
+    pub fn database_error(&self) -> Option<&'a (dyn sqlx::error::DatabaseError + 'static)> {
+        chain(self.error).find_map(|error| match error.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(database)) => Some(&**database),
+            _ => error
+                .downcast_ref::<Error>()
+                .and_then(Error::as_sqlx_error)
+                .and_then(|sqlx| match sqlx {
+                    sqlx::Error::Database(database) => Some(&**database),
+                    _ => None,
+                }),
+        })
+    }
+
+    /// Whether the database reported a unique-key violation.
+    pub fn is_unique_violation(&self) -> bool {
+        self.database_error()
+            .is_some_and(|database| database.is_unique_violation())
+    }
+}
+
+/// Decides, given the built-in classification, whether to retry.
+pub type RetryPredicate = fn(&Failure<'_>) -> bool;
+
+/// How often a transaction is retried and how long it waits in between.
+///
+/// The wait before retry *n* is drawn uniformly from zero to
+/// `min(max_backoff, backoff × multiplier^(n-1))` ("full jitter"), so that
+/// transactions that collided do not collide again in lockstep.
+///
+/// ```
+/// use std::time::Duration;
+/// use covet_txn::RetryPolicy;
+/// const POLICY: RetryPolicy = RetryPolicy::new()
+///     .retries(5)
+///     .backoff(Duration::from_millis(2))
+///     .max_backoff(Duration::from_millis(100));
+/// assert_eq!(POLICY.max_retries(), 5);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    retries: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    predicate: Option<RetryPredicate>,
+}
+
+impl RetryPolicy {
+    /// 3 retries, waits growing from 5 ms by ×2 up to 500 ms, the built-in
+    /// classification.
+    pub const fn new() -> Self {
+        RetryPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(500),
+            multiplier: 2.0,
+            predicate: None,
+        }
+    }
+
+    /// Retries after the first attempt (so `retries + 1` attempts at most).
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The wait before the first retry, before jitter.
+    pub const fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest wait, before jitter.
+    pub const fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// How much each wait grows over the previous one (at least 1).
+    pub const fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = if multiplier < 1.0 { 1.0 } else { multiplier };
+        self
+    }
+
+    /// Replaces the built-in decision: the predicate sees each failure with
+    /// its classification and says whether to retry.
+    pub const fn retry_if(mut self, predicate: RetryPredicate) -> Self {
+        self.predicate = Some(predicate);
+        self
+    }
+
+    /// The number of retries.
+    pub const fn max_retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Whether to retry this failure, which was attempt `attempt`.
+    pub(crate) fn should_retry(&self, failure: &Failure<'_>) -> bool {
+        match self.predicate {
+            Some(predicate) => predicate(failure),
+            None => failure.retryable_by_default(),
+        }
+    }
+
+    /// The wait before retry number `retry` (from 1), jittered.
+    pub(crate) fn delay(&self, retry: u32) -> Duration {
+        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
+        let grown = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let ceiling = grown.min(self.max_backoff.as_secs_f64()).max(0.0);
+        Duration::from_secs_f64(ceiling * unit_random())
+    }
+
+    /// This policy with the fields a call set explicitly.
+    pub(crate) fn overridden_by(mut self, call: &RetryOverrides) -> Self {
+        if let Some(backoff) = call.backoff {
+            self.backoff = backoff;
+        }
+        if let Some(max_backoff) = call.max_backoff {
+            self.max_backoff = max_backoff;
+        }
+        if let Some(multiplier) = call.multiplier {
+            self = self.multiplier(multiplier);
+        }
+        if let Some(predicate) = call.predicate {
+            self.predicate = Some(predicate);
+        }
+        self.retries = match call.retries {
+            RetryCount::Off => 0,
+            RetryCount::ManagerDefault => self.retries,
+            RetryCount::Exactly(retries) => retries,
+        };
+        self
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::new()
+    }
+}
+
+/// How many retries a call asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryCount {
+    Off,
+    ManagerDefault,
+    Exactly(u32),
+}
+
+/// What a call set of the retry policy; the rest comes from the manager's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryOverrides {
+    pub(crate) retries: RetryCount,
+    pub(crate) backoff: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+    pub(crate) multiplier: Option<f64>,
+    pub(crate) predicate: Option<RetryPredicate>,
+}
+
+impl RetryOverrides {
+    pub(crate) const NONE: RetryOverrides = RetryOverrides {
+        retries: RetryCount::Off,
+        backoff: None,
+        max_backoff: None,
+        multiplier: None,
+        predicate: None,
+    };
+}
+
+/// An error and its sources, outermost first.
+pub(crate) fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |error| {
+        let error: &'a (dyn StdError + 'static) = *error;
+        error.source()
+    })
+}
+
+/// The retryable failure inside an error, looking through its whole
+/// `source()` chain and through covet-txn's own wrappers.
+pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+    chain(error).find_map(|error| {
+        if let Some(own) = error.downcast_ref::<Error>() {
+            return own.failure_kind();
+        }
+        backend::classify(error)
+    })
+}
+
+/// Builds the predicate's view of a failure.
+pub(crate) fn failure<'a>(error: &'a (dyn StdError + 'static), attempt: u32) -> Failure<'a> {
+    Failure {
+        error,
+        kind: classify(error),
+        attempt,
+    }
+}
+
+/// A uniform number in `[0, 1)` from a per-thread xorshift generator: jitter
+/// needs spread, not cryptographic quality, and no lock.
+fn unit_random() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_to_the_cap_and_are_jittered_below_it() {
+        let policy = RetryPolicy::new()
+            .backoff(Duration::from_millis(10))
+            .max_backoff(Duration::from_millis(80));
+        for (retry, ceiling) in [(1, 10), (2, 20), (3, 40), (4, 80), (9, 80)] {
+            let delays: Vec<Duration> = (0..200).map(|_| policy.delay(retry)).collect();
+            assert!(
+                delays
+                    .iter()
+                    .all(|delay| *delay <= Duration::from_millis(ceiling))
+            );
+            let spread = delays.iter().max().copied().unwrap_or_default()
+                - delays.iter().min().copied().unwrap_or_default();
+            assert!(
+                spread > Duration::from_millis(ceiling / 2),
+                "retry {retry}: {spread:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_call_overrides_only_what_it_sets() {
+        let manager = RetryPolicy::new()
+            .retries(7)
+            .backoff(Duration::from_millis(9));
+        let call = RetryOverrides {
+            retries: RetryCount::ManagerDefault,
+            max_backoff: Some(Duration::from_millis(50)),
+            ..RetryOverrides::NONE
+        };
+        let merged = manager.overridden_by(&call);
+        assert_eq!(merged.max_retries(), 7);
+        assert_eq!(merged.backoff, Duration::from_millis(9));
+        assert_eq!(merged.max_backoff, Duration::from_millis(50));
+        let off = manager.overridden_by(&RetryOverrides::NONE);
+        assert_eq!(off.max_retries(), 0);
+    }
+}
