@@ -399,6 +399,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!("`{text}` is not a duration; {EXAMPLES}"));
+    }
     let seconds_per_unit = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,

@@ -3,6 +3,8 @@
 //! [`each_backend!`], which writes a test once and runs it on PostgreSQL,
 //! MariaDB and SQLite.
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,14 +41,44 @@ fn unreachable(server: &str, url: &str, error: &sqlx::Error) {
 /// fails the test instead of hanging it.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The test PostgreSQL server's URL.
+pub fn postgres_url() -> String {
+    std::env::var("COVET_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// The test MariaDB server's URL.
+pub fn mysql_url() -> String {
+    std::env::var("COVET_MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_owned())
+}
+
+/// Connect options for the test PostgreSQL server.
+pub fn postgres_options() -> PgConnectOptions {
+    let url = postgres_url();
+    match PgConnectOptions::from_str(&url) {
+        Ok(options) => options,
+        Err(error) => panic!("COVET_PG_URL `{url}` is not a PostgreSQL URL: {error}"),
+    }
+}
+
+/// Connect options for the test MariaDB server.
+pub fn mysql_options() -> MySqlConnectOptions {
+    let url = mysql_url();
+    match MySqlConnectOptions::from_str(&url) {
+        Ok(options) => options,
+        Err(error) => panic!("COVET_MYSQL_URL `{url}` is not a MySQL URL: {error}"),
+    }
+}
+
 /// A pool on the test PostgreSQL server, or `None` (after a notice) when it
 /// is unreachable.
 pub async fn postgres(max_connections: u32) -> Option<PgPool> {
-    let url = std::env::var("COVET_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
-    let options = match PgConnectOptions::from_str(&url) {
-        Ok(options) => options,
-        Err(error) => panic!("COVET_PG_URL `{url}` is not a PostgreSQL URL: {error}"),
-    };
+    postgres_with(postgres_options(), max_connections).await
+}
+
+/// A pool with these options on the test PostgreSQL server, or `None` (after
+/// a notice) when it is unreachable.
+pub async fn postgres_with(options: PgConnectOptions, max_connections: u32) -> Option<PgPool> {
+    let url = postgres_url();
     let connected = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -64,11 +96,13 @@ pub async fn postgres(max_connections: u32) -> Option<PgPool> {
 /// A pool on the test MariaDB/MySQL server, or `None` (after a notice) when
 /// it is unreachable.
 pub async fn mysql(max_connections: u32) -> Option<MySqlPool> {
-    let url = std::env::var("COVET_MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_owned());
-    let options = match MySqlConnectOptions::from_str(&url) {
-        Ok(options) => options,
-        Err(error) => panic!("COVET_MYSQL_URL `{url}` is not a MySQL URL: {error}"),
-    };
+    mysql_with(mysql_options(), max_connections).await
+}
+
+/// A pool with these options on the test MariaDB server, or `None` (after a
+/// notice) when it is unreachable.
+pub async fn mysql_with(options: MySqlConnectOptions, max_connections: u32) -> Option<MySqlPool> {
+    let url = mysql_url();
     let connected = MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -371,7 +371,7 @@ async fn increment(manager: &TxManager<sqlx::Sqlite>) -> Result<(), AppError> {
     Ok(())
 }
 
-#[transactional(retry = 50, backoff = "1ms", max_backoff = "10ms", manager = manager)]
+#[transactional(retry = 200, backoff = "1ms", max_backoff = "20ms", manager = manager)]
 async fn increment_deferred(manager: &TxManager<sqlx::Sqlite>) -> Result<(), AppError> {
     let value: i64 = sqlx::query_scalar("SELECT v FROM counter WHERE id = 2")
         .fetch_one(&mut *manager.conn()?)

@@ -1,0 +1,324 @@
+//! The hard failure cases: a backend killed mid-transaction, and a
+//! connection that fails while COMMIT is in flight.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use covet_txn::{CommitOutcome, Error, TxManager, transactional};
+use covet_txn_tests::AppError;
+use covet_txn_tests::proxy::CommitCutter;
+use sqlx::{MySql, Postgres};
+
+fn upstream(host: &str, port: u16) -> SocketAddr {
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the server's address resolves")
+}
+
+mod killed_backend {
+    use super::*;
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn postgres_write_killed_once(
+        manager: &TxManager<Postgres>,
+        admin: &sqlx::PgPool,
+        attempts: &AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query("INSERT INTO killed_pg (id) VALUES ($1)")
+            .bind(i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        if attempt == 1 {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *manager.conn()?)
+                .await?;
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(admin)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sqlx::query("INSERT INTO killed_pg (id) VALUES ($1)")
+            .bind(100 + i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn postgres_a_killed_backend_is_retried_on_a_fresh_connection() {
+        let Some(admin) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS killed_pg; CREATE TABLE killed_pg (id BIGINT PRIMARY KEY)",
+        )
+        .execute(&admin)
+        .await
+        .expect("setup");
+        let manager = TxManager::new(pool);
+        let attempts = AtomicU32::new(0);
+        let attempt = postgres_write_killed_once(&manager, &admin, &attempts)
+            .await
+            .expect("the retry succeeds");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM killed_pg ORDER BY id")
+            .fetch_all(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(
+            ids,
+            [2, 102],
+            "nothing of the killed attempt committed, nothing was replayed"
+        );
+        for _ in 0..5 {
+            sqlx::query("SELECT 1")
+                .execute(manager.pool())
+                .await
+                .expect("only live connections are pooled");
+        }
+    }
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn mariadb_write_killed_once(
+        manager: &TxManager<MySql>,
+        admin: &sqlx::MySqlPool,
+        attempts: &AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query("INSERT INTO killed_my (id) VALUES (?)")
+            .bind(i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        if attempt == 1 {
+            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *manager.conn()?)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(admin)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sqlx::query("INSERT INTO killed_my (id) VALUES (?)")
+            .bind(100 + i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn mariadb_a_killed_connection_is_retried_on_a_fresh_connection() {
+        let Some(admin) = covet_txn_tests::mysql(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::mysql(1).await else {
+            return;
+        };
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS killed_my; CREATE TABLE killed_my (id BIGINT PRIMARY KEY)",
+        )
+        .execute(&admin)
+        .await
+        .expect("setup");
+        let manager = TxManager::new(pool);
+        let attempts = AtomicU32::new(0);
+        let attempt = mariadb_write_killed_once(&manager, &admin, &attempts)
+            .await
+            .expect("the retry succeeds");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM killed_my ORDER BY id")
+            .fetch_all(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(
+            ids,
+            [2, 102],
+            "nothing of the killed attempt committed, nothing was replayed"
+        );
+        for _ in 0..5 {
+            sqlx::query("SELECT 1")
+                .execute(manager.pool())
+                .await
+                .expect("only live connections are pooled");
+        }
+    }
+}
+
+mod ambiguous_commit {
+    use super::*;
+
+    const SLOW_COMMIT: &str = "
+        DROP TABLE IF EXISTS ambiguous_pg;
+        CREATE TABLE ambiguous_pg (id BIGINT PRIMARY KEY);
+        CREATE OR REPLACE FUNCTION covet_slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER ambiguous_pg_slow AFTER INSERT ON ambiguous_pg
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION covet_slow_commit();";
+
+    #[transactional(manager = manager, resolve_ambiguous_commit, retry = 1, backoff = "1ms")]
+    async fn insert_and_report_pid(
+        manager: &TxManager<Postgres>,
+        pid: &tokio::sync::watch::Sender<i32>,
+        attempts: &AtomicU32,
+    ) -> Result<(), AppError> {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        sqlx::query("INSERT INTO ambiguous_pg (id) VALUES (1)")
+            .execute(&mut *manager.conn()?)
+            .await?;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *manager.conn()?)
+            .await?;
+        pid.send_replace(backend);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_commit_killed_in_flight_is_resolved_as_not_committed_and_retried() {
+        let Some(admin) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::postgres(2).await else {
+            return;
+        };
+        sqlx::raw_sql(SLOW_COMMIT)
+            .execute(&admin)
+            .await
+            .expect("setup");
+        let manager = TxManager::new(pool);
+        let (pid, mut reported) = tokio::sync::watch::channel(0);
+        let killer = {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let _ = reported.changed().await;
+                let backend = *reported.borrow();
+                // COMMIT is now running the deferred trigger's sleep.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(backend)
+                    .execute(&admin)
+                    .await
+            })
+        };
+        let attempts = AtomicU32::new(0);
+        let result = insert_and_report_pid(&manager, &pid, &attempts).await;
+        killer
+            .await
+            .expect("no panic")
+            .expect("terminates the backend");
+        assert!(
+            result.is_ok(),
+            "resolved as not committed, then retried: {result:?}"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ambiguous_pg")
+            .fetch_one(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(rows, 1);
+    }
+
+    #[transactional(manager = manager, resolve_ambiguous_commit)]
+    async fn postgres_insert(manager: &TxManager<Postgres>) -> Result<&'static str, AppError> {
+        sqlx::query("INSERT INTO cut_pg (id) VALUES (1)")
+            .execute(&mut *manager.conn()?)
+            .await?;
+        Ok("committed")
+    }
+
+    #[tokio::test]
+    async fn postgres_a_commit_cut_off_after_the_server_committed_is_resolved_as_committed() {
+        let Some(admin) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        sqlx::raw_sql("DROP TABLE IF EXISTS cut_pg; CREATE TABLE cut_pg (id BIGINT PRIMARY KEY)")
+            .execute(&admin)
+            .await
+            .expect("setup");
+        let options = covet_txn_tests::postgres_options();
+        let cutter = CommitCutter::start(upstream(options.get_host(), options.get_port()))
+            .await
+            .expect("proxy");
+        let through_proxy = options.host("127.0.0.1").port(cutter.addr().port());
+        let Some(pool) = covet_txn_tests::postgres_with(through_proxy, 1).await else {
+            return;
+        };
+        let manager = TxManager::new(pool);
+        cutter.arm();
+        let result = postgres_insert(&manager).await;
+        assert_eq!(result.expect("the server confirms the commit"), "committed");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cut_pg")
+            .fetch_one(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(rows, 1);
+    }
+
+    #[transactional(manager = manager, retry = 3, backoff = "1ms")]
+    async fn mariadb_insert(
+        manager: &TxManager<MySql>,
+        attempts: &AtomicU32,
+    ) -> Result<(), AppError> {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        sqlx::query("INSERT INTO cut_my (id) VALUES (1)")
+            .execute(&mut *manager.conn()?)
+            .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn mariadb_a_commit_cut_off_is_reported_as_unknown_and_never_retried() {
+        let Some(admin) = covet_txn_tests::mysql(1).await else {
+            return;
+        };
+        sqlx::raw_sql("DROP TABLE IF EXISTS cut_my; CREATE TABLE cut_my (id BIGINT PRIMARY KEY)")
+            .execute(&admin)
+            .await
+            .expect("setup");
+        let options = covet_txn_tests::mysql_options();
+        let cutter = CommitCutter::start(upstream(options.get_host(), options.get_port()))
+            .await
+            .expect("proxy");
+        let through_proxy = options.host("127.0.0.1").port(cutter.addr().port());
+        let Some(pool) = covet_txn_tests::mysql_with(through_proxy, 1).await else {
+            return;
+        };
+        let manager = TxManager::new(pool);
+        cutter.arm();
+        let attempts = AtomicU32::new(0);
+        let result = mariadb_insert(&manager, &attempts).await;
+        assert!(
+            matches!(
+                result,
+                Err(AppError::Tx(Error::AmbiguousCommit {
+                    outcome: CommitOutcome::Unknown,
+                    ..
+                }))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "an unknown outcome is never retried"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cut_my")
+            .fetch_one(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(
+            rows, 1,
+            "the server did commit: reporting it as rolled back would have been wrong"
+        );
+        sqlx::query("SELECT 1")
+            .execute(manager.pool())
+            .await
+            .expect("the pool recovers");
+    }
+}
