@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,9 +61,11 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<AtomicBool>) {
             let chunk = &buffer[..read];
             let commits = chunk.windows(6).any(|window| window == b"COMMIT");
             if commits && armed.swap(false, Ordering::SeqCst) {
-                // Stop the replies first, then let the COMMIT through.
+                // Hold back the replies first, then let the COMMIT through;
+                // keep the server side open until it has answered.
                 cut.notify_one();
                 let _ = server_writes.write_all(chunk).await;
+                let _ = client_reads.read(&mut buffer).await;
                 return;
             }
             if server_writes.write_all(chunk).await.is_err() {
@@ -72,16 +75,31 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<AtomicBool>) {
     };
     let downstream = async move {
         let mut buffer = vec![0; 64 * 1024];
+        let mut cutting = false;
         loop {
-            let read = tokio::select! {
-                _ = cut_seen.notified() => return,
-                read = server_reads.read(&mut buffer) => read,
+            let read = if cutting {
+                // The server's answer to the COMMIT: once it arrives, the
+                // server has committed; swallow it and hang up.
+                match tokio::time::timeout(Duration::from_secs(5), server_reads.read(&mut buffer))
+                    .await
+                {
+                    Ok(read) => read,
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = cut_seen.notified() => {
+                        cutting = true;
+                        continue;
+                    }
+                    read = server_reads.read(&mut buffer) => read,
+                }
             };
             let read = match read {
                 Ok(0) | Err(_) => return,
                 Ok(read) => read,
             };
-            if client_writes.write_all(&buffer[..read]).await.is_err() {
+            if cutting || client_writes.write_all(&buffer[..read]).await.is_err() {
                 return;
             }
         }
