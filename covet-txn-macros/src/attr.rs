@@ -8,7 +8,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, Ident, Lit, Token};
+use syn::{Expr, Ident, Lit, Path, Token, bracketed};
 
 /// One argument as written.
 pub(crate) struct RawArg {
@@ -20,6 +20,11 @@ pub(crate) struct RawArg {
 pub(crate) enum RawValue {
     /// A literal standing alone: `"serializable"`, `true`, `3`.
     Lit(Lit),
+    /// `[a, b::c]`: a list of paths, as the hook lists take.
+    List {
+        bracket: Span,
+        items: Punctuated<Path, Token![,]>,
+    },
     /// Any other expression, as `manager = ...` takes.
     Expr(Expr),
 }
@@ -28,6 +33,7 @@ impl RawValue {
     pub(crate) fn span(&self) -> Span {
         match self {
             RawValue::Lit(lit) => lit.span(),
+            RawValue::List { bracket, .. } => *bracket,
             RawValue::Expr(expr) => syn::spanned::Spanned::span(expr),
         }
     }
@@ -56,7 +62,14 @@ impl Parse for RawArg {
             return Ok(RawArg { key, value: None });
         }
         input.parse::<Token![=]>()?;
-        let value = if input.peek(Lit) && (input.peek2(Token![,]) || input.peek2(syn::parse::End)) {
+        let value = if input.peek(syn::token::Bracket) {
+            let content;
+            let bracket = bracketed!(content in input);
+            RawValue::List {
+                bracket: bracket.span.join(),
+                items: Punctuated::parse_terminated(&content)?,
+            }
+        } else if input.peek(Lit) && (input.peek2(Token![,]) || input.peek2(syn::parse::End)) {
             RawValue::Lit(input.parse()?)
         } else {
             RawValue::Expr(input.parse()?)

@@ -49,6 +49,7 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         retry,
         timeout,
         resolve_ambiguous_commit,
+        hooks,
     } = config;
     let private = quote!(#krate::__private);
 
@@ -84,6 +85,14 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     }
     if let Some(retry) = &retry {
         options.extend(retry_options(&private, retry));
+    }
+    if !hooks.is_empty() {
+        // Each handler is checked against the phase it is listed under, with
+        // the error on the handler's name.
+        let declared = hooks.iter().map(
+            |(check, handler)| quote_spanned!(handler.span()=> #private::#check::<#handler>()),
+        );
+        options.extend(quote!(.declared_hooks(const { &[#(#declared),*] })));
     }
 
     // Finds a `std::error::Error` inside whatever error type the function

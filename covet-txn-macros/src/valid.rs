@@ -31,7 +31,7 @@ const PROPAGATIONS: [(&str, &str); 6] = [
 ];
 
 /// Every argument `#[transactional]` takes.
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 17] = [
     "manager",
     "isolation",
     "read_only",
@@ -45,6 +45,19 @@ const KEYS: [&str; 13] = [
     "retry_if",
     "timeout",
     "resolve_ambiguous_commit",
+    "before_commit",
+    "on_commit",
+    "before_rollback",
+    "on_rollback",
+];
+
+/// The hook phases: attribute key, and the runtime's const fn that checks a
+/// handler was declared for that phase.
+const HOOK_PHASES: [(&str, &str); 4] = [
+    ("before_commit", "declared_before_commit"),
+    ("on_commit", "declared_on_commit"),
+    ("before_rollback", "declared_before_rollback"),
+    ("on_rollback", "declared_on_rollback"),
 ];
 
 /// How a by-value argument is made available to each attempt of a retrying
@@ -82,6 +95,8 @@ pub(crate) struct Config {
     pub(crate) retry: Option<Retry>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) resolve_ambiguous_commit: Option<bool>,
+    /// Declared handlers: the runtime's checking function, and the handler.
+    pub(crate) hooks: Vec<(Ident, Path)>,
 }
 
 /// Collects errors so that all of them are reported at once.
@@ -158,6 +173,7 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
     let mut predicate = Once::new();
     let mut timeout = Once::new();
     let mut resolve = Once::new();
+    let mut hook_lists: Vec<Once<Vec<Path>>> = HOOK_PHASES.iter().map(|_| Once::new()).collect();
 
     for RawArg { key, value } in args.0 {
         let key_text = key.to_string();
@@ -171,6 +187,10 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
                         lit,
                     }),
                     &mut errors,
+                ),
+                Some(list @ RawValue::List { .. }) => errors.at(
+                    list.span(),
+                    "`manager` takes one expression that evaluates to a `TxManager`, for example `manager = DB`",
                 ),
                 None => errors.at(
                     key.span(),
@@ -280,6 +300,18 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
                 Some(other) => errors.at(other.span(), "`retry_if` takes a function `fn(&covet_txn::Failure<'_>) -> bool`, for example `retry_if = retry_unique_violations`"),
                 None => errors.at(key.span(), "`retry_if` needs a function, for example `retry_if = retry_unique_violations`"),
             },
+            phase if HOOK_PHASES.iter().any(|(key, _)| *key == phase) => {
+                let index = HOOK_PHASES.iter().position(|(key, _)| *key == phase).unwrap_or_default();
+                match value {
+                    Some(RawValue::List { items, .. }) => {
+                        hook_lists[index].set(&key, items.into_iter().collect(), &mut errors);
+                    }
+                    _ => errors.at(
+                        key.span(),
+                        format!("`{phase}` takes a list of handlers declared with #[{phase}], for example `{phase} = [send_receipt, audit]`"),
+                    ),
+                }
+            }
             "resolve_ambiguous_commit" => match value {
                 None => resolve.set(&key, true, &mut errors),
                 Some(RawValue::Lit(Lit::Bool(flag))) => resolve.set(&key, flag.value, &mut errors),
@@ -346,6 +378,17 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
         retry,
         timeout: timeout.get(),
         resolve_ambiguous_commit: resolve.get(),
+        hooks: HOOK_PHASES
+            .iter()
+            .zip(hook_lists)
+            .flat_map(|((_, check), list)| {
+                let check = Ident::new(check, Span::call_site());
+                list.get()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |handler| (check.clone(), handler))
+            })
+            .collect(),
     })
 }
 

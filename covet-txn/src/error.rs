@@ -242,6 +242,18 @@ pub enum Error {
         transaction_id: Option<String>,
     },
 
+    /// A `before_commit` hook failed or panicked; the transaction was rolled
+    /// back.
+    #[error("the transaction was rolled back because its {phase} hook `{hook}` failed: {message}")]
+    HookFailed {
+        /// The phase the hook ran in.
+        phase: crate::hooks::Phase,
+        /// The hook's name (the function that declared or registered it).
+        hook: &'static str,
+        /// What it reported.
+        message: String,
+    },
+
     /// A nested scope hit a failure that only a retry of the whole
     /// transaction can fix; the transaction was rolled back.
     #[error(

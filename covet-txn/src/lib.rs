@@ -33,7 +33,8 @@
 //!
 //! Modules, one per concept: `options` (what a call asks for), `context`
 //! (the task-local scopes), `manager` (pools and defaults), `scope` (running
-//! one call), `retry` (whether and when to run a call again), `transaction` (a transaction's connection and state),
+//! one call), `retry` (whether and when to run a call again), `hooks` (side
+//! effects tied to a transaction's fate), `transaction` (a transaction's connection and state),
 //! `savepoint` (savepoints by hand), `backend` (everything that differs per
 //! database), `error`.
 
@@ -44,6 +45,7 @@ extern crate self as covet_txn;
 mod backend;
 mod context;
 mod error;
+mod hooks;
 mod manager;
 mod options;
 mod retry;
@@ -58,6 +60,10 @@ pub mod __private;
 pub use backend::Backend;
 pub use context::{conn, current};
 pub use error::{CommitOutcome, Error, LastFailure, Operation};
+pub use hooks::{
+    HookOutput, Phase, Registration, RollbackCause, TxEvent, TxOutcome, before_commit,
+    before_rollback, on_commit, on_rollback,
+};
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
 pub use options::{Isolation, Propagation, TxOptions};
 pub use retry::{Failure, FailureKind, RetryPolicy, RetryPredicate};
@@ -68,3 +74,27 @@ pub use transaction::{TxConn, TxId, TxInfo, TxState};
 ///
 /// See the crate documentation and the README for the arguments.
 pub use covet_txn_macros::transactional;
+
+/// Declare handlers that a `#[transactional]` function lists by phase:
+/// `#[transactional(on_commit = [send_receipt])]`. A handler is an `async fn`
+/// or a plain `fn` taking `&TxEvent` and returning `()` or `Result<(), E>`
+/// with `E: Display`.
+///
+/// ```no_run
+/// use covet_txn::{TxEvent, transactional};
+///
+/// #[covet_txn::on_commit]
+/// async fn send_receipt(event: &TxEvent) {
+///     println!("{} committed after {:?}", event.name, event.duration);
+/// }
+///
+/// #[transactional(on_commit = [send_receipt])]
+/// async fn place_order() -> Result<(), covet_txn::Error> {
+///     Ok(())
+/// }
+/// ```
+///
+/// The attributes share their names with the functions that register a hook
+/// from a transaction's body ([`on_commit()`] and the others): attributes
+/// and functions live in separate namespaces.
+pub use covet_txn_macros::{before_commit, before_rollback, on_commit, on_rollback};

@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::Pool;
 
 use crate::backend::Backend;
 use crate::context::{self, Frame};
 use crate::error::Error;
+use crate::hooks::{HookOutput, ManagerHooks, Phase, TxEvent};
 use crate::options::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::scope::{self, Attempts};
@@ -52,6 +54,7 @@ struct Shared<DB: Backend> {
     name: String,
     pool: Pool<DB>,
     retry_policy: RetryPolicy,
+    hooks: ManagerHooks,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
@@ -97,6 +100,7 @@ impl<DB: Backend> TxManager<DB> {
             pool,
             name: None,
             retry_policy: RetryPolicy::new(),
+            hooks: ManagerHooks::default(),
         }
     }
 
@@ -188,6 +192,7 @@ pub struct TxManagerBuilder<DB: Backend> {
     pool: Pool<DB>,
     name: Option<String>,
     retry_policy: RetryPolicy,
+    hooks: ManagerHooks,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
@@ -205,6 +210,57 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         self
     }
 
+    /// Runs `hook` after every committed transaction of this manager (audit
+    /// logs, metrics sinks), after the hooks the transaction registered.
+    pub fn on_commit<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output: HookOutput> + Send + 'static,
+    {
+        self.hook(Phase::AfterCommit, hook)
+    }
+
+    /// Runs `hook` inside every transaction of this manager just before
+    /// COMMIT; a failure rolls the transaction back.
+    pub fn before_commit<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output: HookOutput> + Send + 'static,
+    {
+        self.hook(Phase::BeforeCommit, hook)
+    }
+
+    /// Runs `hook` after every rolled-back transaction of this manager.
+    pub fn on_rollback<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output: HookOutput> + Send + 'static,
+    {
+        self.hook(Phase::AfterRollback, hook)
+    }
+
+    /// Runs `hook` inside every transaction of this manager just before it
+    /// rolls back.
+    pub fn before_rollback<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output: HookOutput> + Send + 'static,
+    {
+        self.hook(Phase::BeforeRollback, hook)
+    }
+
+    fn hook<F, Fut>(mut self, phase: Phase, hook: F) -> Self
+    where
+        F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output: HookOutput> + Send + 'static,
+    {
+        self.hooks.add(
+            phase,
+            Arc::new(move |event| Box::pin(hook(event).map(HookOutput::into_hook_result))),
+        );
+        self
+    }
+
     /// The manager.
     pub fn build(self) -> TxManager<DB> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -217,6 +273,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 name,
                 pool: self.pool,
                 retry_policy: self.retry_policy,
+                hooks: self.hooks,
             }),
         }
     }
@@ -285,6 +342,7 @@ trait ErasedManager: Send + Sync + 'static {
     fn id(&self) -> u64;
     fn max_connections(&self) -> u32;
     fn retry_policy(&self) -> RetryPolicy;
+    fn hooks(&self) -> &ManagerHooks;
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>>;
 }
 
@@ -299,6 +357,10 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.retry_policy
+    }
+
+    fn hooks(&self) -> &ManagerHooks {
+        &self.hooks
     }
 
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
@@ -340,6 +402,10 @@ impl ManagerHandle {
 
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         self.0.retry_policy()
+    }
+
+    pub(crate) fn hooks(&self) -> &ManagerHooks {
+        self.0.hooks()
     }
 
     pub(crate) async fn open(

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::hooks::DeclaredHook;
 use crate::retry::{RetryCount, RetryOverrides, RetryPredicate};
 
 /// The SQL isolation levels, weakest first.
@@ -196,6 +197,7 @@ pub struct TxOptions {
     pub(crate) retry: RetryOverrides,
     pub(crate) timeout: Option<Duration>,
     pub(crate) resolve_ambiguous_commit: bool,
+    pub(crate) hooks: &'static [DeclaredHook],
 }
 
 impl TxOptions {
@@ -209,6 +211,7 @@ impl TxOptions {
             retry: RetryOverrides::NONE,
             timeout: None,
             resolve_ambiguous_commit: false,
+            hooks: &[],
         }
     }
 
@@ -295,6 +298,14 @@ impl TxOptions {
     /// `pg_xact_status` about it). Elsewhere the outcome stays unknown.
     pub const fn resolve_ambiguous_commit(mut self, resolve: bool) -> Self {
         self.resolve_ambiguous_commit = resolve;
+        self
+    }
+
+    /// The handlers a `#[transactional]` function lists (`on_commit = [...]`
+    /// and the other phases).
+    #[doc(hidden)]
+    pub const fn declared_hooks(mut self, hooks: &'static [DeclaredHook]) -> Self {
+        self.hooks = hooks;
         self
     }
 

@@ -10,6 +10,7 @@ use crate::manager::{ManagerHandle, TxManager};
 use crate::scope::{self, Inspect};
 
 pub use crate::error::Error;
+pub use crate::hooks::{DeclaredHook, HookFuture, HookOutput, Phase, TxEvent};
 pub use crate::options::{Isolation, Propagation, TxOptions};
 pub use core::option::Option;
 pub use core::result::Result;
@@ -172,4 +173,74 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
     fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)> {
         None
     }
+}
+
+/// A handler declared with `#[on_commit]` and the other phase attributes.
+pub trait Hook {
+    /// The phase it was declared for.
+    const PHASE: Phase;
+    /// Its path, for logs.
+    const NAME: &'static str;
+    /// Calls it with the event.
+    fn run(event: TxEvent) -> HookFuture;
+}
+
+/// Boxes a handler's future.
+pub fn boxed_hook<F>(future: F) -> HookFuture
+where
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Box::pin(future)
+}
+
+/// Declared with `#[before_commit]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[before_commit] handler",
+    label = "listed under `before_commit`",
+    note = "declare it with #[before_commit], or list it under the phase it was declared for"
+)]
+pub trait BeforeCommitHook: Hook {}
+
+/// Declared with `#[on_commit]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an #[on_commit] handler",
+    label = "listed under `on_commit`",
+    note = "declare it with #[on_commit], or list it under the phase it was declared for"
+)]
+pub trait OnCommitHook: Hook {}
+
+/// Declared with `#[before_rollback]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[before_rollback] handler",
+    label = "listed under `before_rollback`",
+    note = "declare it with #[before_rollback], or list it under the phase it was declared for"
+)]
+pub trait BeforeRollbackHook: Hook {}
+
+/// Declared with `#[on_rollback]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an #[on_rollback] handler",
+    label = "listed under `on_rollback`",
+    note = "declare it with #[on_rollback], or list it under the phase it was declared for"
+)]
+pub trait OnRollbackHook: Hook {}
+
+/// A handler listed under `before_commit = [...]`.
+pub const fn declared_before_commit<H: BeforeCommitHook>() -> DeclaredHook {
+    DeclaredHook::new(H::PHASE, H::NAME, H::run)
+}
+
+/// A handler listed under `on_commit = [...]`.
+pub const fn declared_on_commit<H: OnCommitHook>() -> DeclaredHook {
+    DeclaredHook::new(H::PHASE, H::NAME, H::run)
+}
+
+/// A handler listed under `before_rollback = [...]`.
+pub const fn declared_before_rollback<H: BeforeRollbackHook>() -> DeclaredHook {
+    DeclaredHook::new(H::PHASE, H::NAME, H::run)
+}
+
+/// A handler listed under `on_rollback = [...]`.
+pub const fn declared_on_rollback<H: OnRollbackHook>() -> DeclaredHook {
+    DeclaredHook::new(H::PHASE, H::NAME, H::run)
 }

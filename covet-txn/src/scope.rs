@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use crate::backend::{SERVER_TIMEOUT_GRACE, SavepointAction};
 use crate::context::{self, Frame, FrameKind, FrameSpec};
 use crate::error::{CommitOutcome, Error, LastFailure};
+use crate::hooks::{ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
 use crate::options::{Propagation, TxOptions};
 use crate::retry::{self, RetryPolicy};
@@ -125,7 +126,7 @@ impl Call {
                         deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE
                     }),
                 };
-                self.run_session(opening, body, attempt).await
+                self.run_session(opening, inspect, body, attempt).await
             }
             Plan::Savepoint(parent) => self.run_savepoint(parent, inspect, body).await,
             Plan::Join(parent) => self.run_joined(parent, inspect, body).await,
@@ -179,6 +180,7 @@ impl Call {
     async fn run_session<T, E, Fut>(
         &self,
         opening: ErasedOpening,
+        inspect: Inspect<E>,
         body: Body<Fut>,
         attempt: u32,
     ) -> Result<T, E>
@@ -197,55 +199,72 @@ impl Call {
             Ok(session) => session,
             Err(error) => return Err(error.into()),
         };
-        let guard = CancelGuard::new(
-            session.as_ref(),
-            "the transactional call was cancelled before it finished",
-        );
         let (kind, depth) = if transactional {
             (FrameKind::Root, 1)
         } else {
             (FrameKind::Autocommit, 0)
         };
         let frame = self.frame(&session, kind, depth, self.head.clone());
-        let Some(outcome) = self.run_body(frame, body).await else {
+        let hooks = transactional.then(|| self.manager.hooks());
+        if transactional {
+            session.core().hooks.declare(depth, self.options.hooks);
+        }
+        let guard = CancelGuard {
+            session: &session,
+            reason: "the transactional call was cancelled before it finished",
+            rollback_hooks: hooks.map(|manager| (&frame, manager)),
+            armed: true,
+        };
+        let Some(outcome) = self.run_body(Arc::clone(&frame), body).await else {
             session.abort("the transaction's deadline passed");
             guard.disarm();
+            if let Some(manager) = hooks {
+                let ending = Ending {
+                    session: session.as_ref(),
+                    frame: &frame,
+                    manager,
+                };
+                ending.after_rollback(RollbackCause::Timeout).await;
+            }
             return Err(self.timeout_error(attempt).into());
+        };
+        let Some(manager) = hooks else {
+            // An autocommit session: nothing to commit or roll back.
+            guard.disarm();
+            end_quietly(session.as_ref(), self.name).await;
+            return match outcome {
+                Ok(result) => result,
+                Err(panic) => resume_unwind(panic),
+            };
+        };
+        let ending = Ending {
+            session: session.as_ref(),
+            frame: &frame,
+            manager,
         };
         let core = session.core();
         let settled = match outcome {
             Ok(Ok(value)) => {
-                if let Some(kind) = core.doomed() {
-                    end_quietly(session.as_ref(), self.name).await;
-                    Err(Error::Doomed(kind).into())
-                } else if core.is_rollback_only() {
-                    end_quietly(session.as_ref(), self.name).await;
-                    Err(Error::RollbackOnly.into())
-                } else {
-                    match session.end(true).await {
-                        Ok(()) => Ok(value),
-                        Err(Error::AmbiguousCommit {
-                            outcome: CommitOutcome::Committed,
-                            transaction_id,
-                        }) => {
-                            tracing::warn!(
-                                target: "covet_txn",
-                                transaction = self.name,
-                                transaction_id,
-                                "the connection failed during COMMIT; the server confirms the transaction committed"
-                            );
-                            Ok(value)
-                        }
-                        Err(error) => Err(error.into()),
+                let refusal = match core.doomed() {
+                    Some(kind) => Some((Error::Doomed(kind), RollbackCause::Doomed(kind))),
+                    None => core
+                        .is_rollback_only()
+                        .then_some((Error::RollbackOnly, RollbackCause::RollbackOnly)),
+                };
+                match refusal {
+                    Some((error, cause)) => {
+                        ending.roll_back(cause).await;
+                        Err(error.into())
                     }
+                    None => ending.commit(value).await.map_err(E::from),
                 }
             }
             Ok(Err(error)) => {
-                end_quietly(session.as_ref(), self.name).await;
+                ending.roll_back_lazily(|| cause_of(inspect, &error)).await;
                 Err(error)
             }
             Err(panic) => {
-                end_quietly(session.as_ref(), self.name).await;
+                ending.roll_back(RollbackCause::Panic).await;
                 guard.disarm();
                 resume_unwind(panic);
             }
@@ -272,11 +291,13 @@ impl Call {
         let session = Arc::clone(&parent.session);
         let depth = parent.depth + 1;
         let savepoint = format!("covet_sp_{depth}");
-        let guard = CancelGuard::new(
-            session.as_ref(),
-            "a nested transactional scope was cancelled before it finished, leaving the \
-             transaction in an unknown state",
-        );
+        let guard = CancelGuard {
+            session: &session,
+            reason: "a nested transactional scope was cancelled before it finished, leaving the \
+                     transaction in an unknown state",
+            rollback_hooks: None,
+            armed: true,
+        };
         if let Err(error) = session.savepoint(SavepointAction::Create, &savepoint).await {
             guard.disarm();
             return Err(error.into());
@@ -287,17 +308,26 @@ impl Call {
             depth,
             Some(Arc::clone(parent)),
         );
-        let Some(outcome) = self.run_body(frame, body).await else {
+        session.core().hooks.declare(depth, self.options.hooks);
+        let Some(outcome) = self.run_body(Arc::clone(&frame), body).await else {
             session.abort("a nested scope's deadline passed while it ran");
             guard.disarm();
             return Err(self.timeout_error(1).into());
+        };
+        let scope = ScopeEnding {
+            session: session.as_ref(),
+            frame: &frame,
+            savepoint: &savepoint,
         };
         let settled = match outcome {
             Ok(Ok(value)) => match session
                 .savepoint(SavepointAction::Release, &savepoint)
                 .await
             {
-                Ok(()) => Ok(value),
+                Ok(()) => {
+                    session.core().hooks.release_scope(depth);
+                    Ok(value)
+                }
                 Err(error) => Err(error.into()),
             },
             Ok(Err(error)) => {
@@ -306,12 +336,12 @@ impl Call {
                     // transaction back, and only a new attempt can fix a
                     // serialization failure: leave it to the outermost call.
                     Some(kind) => session.core().doom(kind),
-                    None => roll_back_savepoint(session.as_ref(), &savepoint).await,
+                    None => scope.roll_back(|| cause_of(inspect, &error)).await,
                 }
                 Err(error)
             }
             Err(panic) => {
-                roll_back_savepoint(session.as_ref(), &savepoint).await;
+                scope.roll_back(|| RollbackCause::Panic).await;
                 guard.disarm();
                 drop(claim);
                 resume_unwind(panic);
@@ -335,24 +365,29 @@ impl Call {
         E: From<Error>,
     {
         let session = Arc::clone(&parent.session);
-        let guard = CancelGuard::new(
-            session.as_ref(),
-            "a joined transactional scope was cancelled before it finished, leaving the \
-             transaction in an unknown state",
-        );
+        let guard = CancelGuard {
+            session: &session,
+            reason: "a joined transactional scope was cancelled before it finished, leaving the \
+                     transaction in an unknown state",
+            rollback_hooks: None,
+            armed: true,
+        };
         let frame = self.frame(
             &session,
             FrameKind::Joined,
             parent.depth,
             Some(Arc::clone(parent)),
         );
+        let core = session.core();
+        if core.transactional {
+            core.hooks.declare(parent.depth, self.options.hooks);
+        }
         let Some(outcome) = self.run_body(frame, body).await else {
             session.abort("a joined scope's deadline passed while it ran");
             guard.disarm();
             return Err(self.timeout_error(1).into());
         };
         guard.disarm();
-        let core = session.core();
         if core.transactional {
             match &outcome {
                 Ok(Ok(_)) => {}
@@ -367,6 +402,159 @@ impl Call {
             Ok(result) => result,
             Err(panic) => resume_unwind(panic),
         }
+    }
+}
+
+/// The end of a transaction that began in this call: hooks around COMMIT
+/// and ROLLBACK.
+struct Ending<'a> {
+    session: &'a dyn ErasedSession,
+    frame: &'a Arc<Frame>,
+    manager: &'a ManagerHooks,
+}
+
+impl Ending<'_> {
+    fn has_hooks(&self) -> bool {
+        !self.session.core().hooks.is_empty() || !self.manager.is_empty()
+    }
+
+    fn phase(&self, outcome: TxOutcome, cause: Option<RollbackCause>) -> PhaseRun<'_> {
+        PhaseRun {
+            hooks: &self.session.core().hooks,
+            manager: Some(self.manager),
+            event: TxEvent::new(&self.frame.info(), outcome, cause),
+        }
+    }
+
+    /// before_commit hooks, COMMIT, on_commit hooks.
+    async fn commit<T>(&self, value: T) -> Result<T, Error> {
+        if self.has_hooks() {
+            let before = self.phase(TxOutcome::Committed, None);
+            let ran = context::enter(
+                Arc::clone(self.frame),
+                before.run(Phase::BeforeCommit, true),
+            )
+            .await;
+            if let Err(failure) = ran {
+                self.roll_back(RollbackCause::HookFailed(failure.message.clone()))
+                    .await;
+                return Err(failure.into());
+            }
+        }
+        match self.session.end(true).await {
+            Ok(()) => {}
+            Err(Error::AmbiguousCommit {
+                outcome: CommitOutcome::Committed,
+                transaction_id,
+            }) => {
+                tracing::warn!(
+                    target: "covet_txn",
+                    transaction = self.frame.name,
+                    transaction_id,
+                    "the connection failed during COMMIT; the server confirms the transaction committed"
+                );
+            }
+            Err(
+                error @ Error::AmbiguousCommit {
+                    outcome: CommitOutcome::Unknown,
+                    ..
+                },
+            ) => {
+                // Neither committed nor rolled back, as far as anyone knows:
+                // hooks run exactly once or not at all.
+                self.session.core().hooks.clear();
+                return Err(error);
+            }
+            Err(error) => {
+                self.after_rollback(RollbackCause::CommitFailed(error.to_string()))
+                    .await;
+                return Err(error);
+            }
+        }
+        if self.has_hooks() {
+            let _ = self
+                .phase(TxOutcome::Committed, None)
+                .run(Phase::AfterCommit, false)
+                .await;
+        }
+        Ok(value)
+    }
+
+    /// before_rollback hooks, ROLLBACK, on_rollback hooks.
+    async fn roll_back(&self, cause: RollbackCause) {
+        self.roll_back_lazily(|| cause).await;
+    }
+
+    /// Like `roll_back`, describing the cause only if a hook will see it.
+    async fn roll_back_lazily(&self, cause: impl FnOnce() -> RollbackCause) {
+        let cause = self.has_hooks().then(cause);
+        if let Some(cause) = &cause {
+            let before = self.phase(TxOutcome::RolledBack, Some(cause.clone()));
+            let _ = context::enter(
+                Arc::clone(self.frame),
+                before.run(Phase::BeforeRollback, false),
+            )
+            .await;
+        }
+        end_quietly(self.session, self.frame.name).await;
+        if let Some(cause) = cause {
+            self.after_rollback(cause).await;
+        }
+    }
+
+    /// on_rollback hooks, after the transaction is gone.
+    async fn after_rollback(&self, cause: RollbackCause) {
+        if self.has_hooks() {
+            let _ = self
+                .phase(TxOutcome::RolledBack, Some(cause))
+                .run(Phase::AfterRollback, false)
+                .await;
+        }
+    }
+}
+
+/// The end of a savepoint scope that failed.
+struct ScopeEnding<'a> {
+    session: &'a dyn ErasedSession,
+    frame: &'a Arc<Frame>,
+    savepoint: &'a str,
+}
+
+impl ScopeEnding<'_> {
+    /// The scope's before_rollback hooks, ROLLBACK TO SAVEPOINT, its
+    /// on_rollback hooks; its other hooks are discarded.
+    async fn roll_back(&self, cause: impl FnOnce() -> RollbackCause) {
+        let hooks = &self.session.core().hooks;
+        let run = (!hooks.is_empty()).then(|| PhaseRun {
+            hooks,
+            manager: None,
+            event: TxEvent::new(&self.frame.info(), TxOutcome::RolledBack, Some(cause())),
+        });
+        if let Some(run) = &run {
+            context::enter(
+                Arc::clone(self.frame),
+                run.run_scope_before_rollback(self.frame.depth),
+            )
+            .await;
+        }
+        roll_back_savepoint(self.session, self.savepoint).await;
+        if let Some(run) = &run {
+            run.run_scope_after_rollback(self.frame.depth).await;
+        }
+    }
+}
+
+/// Why the body's error rolled the transaction back, for hooks.
+fn cause_of<E>(inspect: Inspect<E>, error: &E) -> RollbackCause {
+    match inspect(error) {
+        Some(source) => RollbackCause::Error {
+            message: source.to_string(),
+            kind: retry::classify(source),
+        },
+        None => RollbackCause::Error {
+            message: "the function returned an error".to_owned(),
+            kind: None,
+        },
     }
 }
 
@@ -588,22 +776,17 @@ fn check_compatible(session: &dyn ErasedSession, options: &TxOptions) -> Result<
     Ok(())
 }
 
-/// Aborts the session if the scope's future is dropped before it settles.
+/// Aborts the session if the scope's future is dropped before it settles,
+/// and for a transaction that began in the scope, runs its on_rollback hooks
+/// on the runtime, if one is left to run them.
 struct CancelGuard<'a> {
-    session: &'a dyn ErasedSession,
+    session: &'a Arc<dyn ErasedSession>,
     reason: &'static str,
+    rollback_hooks: Option<(&'a Arc<Frame>, &'a ManagerHooks)>,
     armed: bool,
 }
 
-impl<'a> CancelGuard<'a> {
-    fn new(session: &'a dyn ErasedSession, reason: &'static str) -> Self {
-        CancelGuard {
-            session,
-            reason,
-            armed: true,
-        }
-    }
-
+impl CancelGuard<'_> {
     fn disarm(mut self) {
         self.armed = false;
     }
@@ -611,9 +794,34 @@ impl<'a> CancelGuard<'a> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.session.abort(self.reason);
+        if !self.armed {
+            return;
         }
+        self.session.abort(self.reason);
+        let Some((frame, manager)) = self.rollback_hooks else {
+            return;
+        };
+        if self.session.core().hooks.is_empty() && manager.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let session = Arc::clone(self.session);
+        let manager = manager.clone();
+        let event = TxEvent::new(
+            &frame.info(),
+            TxOutcome::RolledBack,
+            Some(RollbackCause::Cancelled),
+        );
+        runtime.spawn(async move {
+            let run = PhaseRun {
+                hooks: &session.core().hooks,
+                manager: Some(&manager),
+                event,
+            };
+            let _ = run.run(Phase::AfterRollback, false).await;
+        });
     }
 }
 

@@ -21,6 +21,7 @@ use sqlx::pool::PoolConnection;
 
 use crate::backend::{Backend, SavepointAction};
 use crate::error::{CommitOutcome, Error, Operation};
+use crate::hooks::HookList;
 use crate::options::{Isolation, Propagation, TxOptions};
 use crate::retry::FailureKind;
 
@@ -122,6 +123,8 @@ pub(crate) struct SessionCore {
     rollback_only: AtomicBool,
     doomed: OnceLock<FailureKind>,
     aborted: OnceLock<&'static str>,
+    /// The hooks registered in this transaction.
+    pub(crate) hooks: HookList,
 }
 
 impl SessionCore {
@@ -253,6 +256,7 @@ impl<DB: Backend> Session<DB> {
                 rollback_only: AtomicBool::new(false),
                 doomed: OnceLock::new(),
                 aborted: OnceLock::new(),
+                hooks: HookList::default(),
             },
             options,
             server_timeout: server_timeout.is_some(),

@@ -1,0 +1,13 @@
+use covet_txn::{TxEvent, transactional};
+
+#[covet_txn::on_commit]
+fn send_receipt(event: &TxEvent) {
+    let _ = event;
+}
+
+#[transactional(on_commit = send_receipt)]
+async fn save() -> Result<(), covet_txn::Error> {
+    Ok(())
+}
+
+fn main() {}
