@@ -21,6 +21,7 @@ use futures_util::future::BoxFuture;
 
 use crate::context;
 use crate::error::Error;
+use crate::metrics::{Count, Series};
 use crate::retry::FailureKind;
 use crate::transaction::{TxId, TxInfo};
 
@@ -329,6 +330,8 @@ impl ManagerHooks {
 pub(crate) struct PhaseRun<'a> {
     pub(crate) hooks: &'a HookList,
     pub(crate) manager: Option<&'a ManagerHooks>,
+    /// Where hook failures are counted.
+    pub(crate) series: Option<&'a Arc<Series>>,
     pub(crate) event: TxEvent,
 }
 
@@ -348,7 +351,7 @@ impl PhaseRun<'_> {
         if let Some(manager) = self.manager {
             for hook in manager.of(phase) {
                 let outcome = run_guarded(hook(self.event.clone())).await;
-                settle(phase, "manager hook", &self.event, outcome, stop_on_failure)?;
+                self.settle(phase, "manager hook", outcome, stop_on_failure)?;
             }
         }
         Ok(())
@@ -381,15 +384,38 @@ impl PhaseRun<'_> {
                 Runnable::Declared(hook) => (hook.run)(self.event.clone()),
             };
             let outcome = run_guarded(future).await;
-            settle(
-                phase,
-                registered.name,
-                &self.event,
-                outcome,
-                stop_on_failure,
-            )?;
+            self.settle(phase, registered.name, outcome, stop_on_failure)?;
         }
         Ok(())
+    }
+
+    fn settle(
+        &self,
+        phase: Phase,
+        hook: &'static str,
+        outcome: Result<(), String>,
+        stop_on_failure: bool,
+    ) -> Result<(), HookFailure> {
+        let Err(message) = outcome else {
+            return Ok(());
+        };
+        tracing::warn!(
+            target: "covet_txn::hooks",
+            phase = phase.name(),
+            hook,
+            transaction = self.event.name,
+            transaction_id = self.event.id.get(),
+            error = %message,
+            "a transaction hook failed"
+        );
+        if let Some(series) = self.series {
+            series.add(Count::HookFailure(phase));
+        }
+        if stop_on_failure {
+            Err(HookFailure { hook, message })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -424,32 +450,6 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a non-string payload")
-}
-
-fn settle(
-    phase: Phase,
-    hook: &'static str,
-    event: &TxEvent,
-    outcome: Result<(), String>,
-    stop_on_failure: bool,
-) -> Result<(), HookFailure> {
-    let Err(message) = outcome else {
-        return Ok(());
-    };
-    tracing::warn!(
-        target: "covet_txn::hooks",
-        phase = phase.name(),
-        hook,
-        transaction = event.name,
-        transaction_id = event.id.get(),
-        error = %message,
-        "a transaction hook failed"
-    );
-    if stop_on_failure {
-        Err(HookFailure { hook, message })
-    } else {
-        Ok(())
-    }
 }
 
 /// Registers a hook with the innermost running transaction, or, outside any

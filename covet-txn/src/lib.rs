@@ -34,7 +34,7 @@
 //! Modules, one per concept: `options` (what a call asks for), `context`
 //! (the task-local scopes), `manager` (pools and defaults), `scope` (running
 //! one call), `retry` (whether and when to run a call again), `hooks` (side
-//! effects tied to a transaction's fate), `transaction` (a transaction's connection and state),
+//! effects tied to a transaction's fate), `metrics` (counting them), `transaction` (a transaction's connection and state),
 //! `savepoint` (savepoints by hand), `backend` (everything that differs per
 //! database), `error`.
 
@@ -47,6 +47,7 @@ mod context;
 mod error;
 mod hooks;
 mod manager;
+mod metrics;
 mod options;
 mod retry;
 mod savepoint;
@@ -65,6 +66,10 @@ pub use hooks::{
     before_rollback, on_commit, on_rollback,
 };
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
+pub use metrics::{
+    ActiveTransaction, DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts,
+    MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
+};
 pub use options::{Isolation, Propagation, TxOptions};
 pub use retry::{Failure, FailureKind, RetryPolicy, RetryPredicate};
 pub use savepoint::{Savepoint, named_savepoint, savepoint};

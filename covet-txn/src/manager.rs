@@ -10,7 +10,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -20,10 +20,13 @@ use crate::backend::Backend;
 use crate::context::{self, Frame};
 use crate::error::Error;
 use crate::hooks::{HookOutput, ManagerHooks, Phase, TxEvent};
+use crate::metrics::{
+    Count, DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot, PoolStatus, Series, unix_millis,
+};
 use crate::options::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::scope::{self, Attempts};
-use crate::transaction::{ErasedSession, Opening, Session, TxConn};
+use crate::transaction::{Accounting, ErasedSession, Opening, Session, TxConn};
 
 /// Runs transactions on one sqlx pool.
 ///
@@ -55,6 +58,7 @@ struct Shared<DB: Backend> {
     pool: Pool<DB>,
     retry_policy: RetryPolicy,
     hooks: ManagerHooks,
+    metrics: Arc<Metrics>,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
@@ -86,7 +90,7 @@ impl<DB: Backend> TxManager<DB> {
     /// A manager for `pool`, configured step by step.
     ///
     /// ```no_run
-    /// use std::time::Duration;
+    /// use std::time::{Duration, SystemTime};
     /// use covet_txn::{RetryPolicy, TxManager};
     /// # fn demo(pool: sqlx::PgPool) {
     /// let manager = TxManager::builder(pool)
@@ -101,6 +105,7 @@ impl<DB: Backend> TxManager<DB> {
             name: None,
             retry_policy: RetryPolicy::new(),
             hooks: ManagerHooks::default(),
+            max_functions: DEFAULT_MAX_FUNCTIONS,
         }
     }
 
@@ -128,6 +133,13 @@ impl<DB: Backend> TxManager<DB> {
     /// per-tenant databases.
     pub fn scope<F: Future>(&self, body: F) -> impl Future<Output = F::Output> + use<DB, F> {
         SCOPED_DEFAULT.scope(self.handle(), body)
+    }
+
+    /// Everything this manager has counted, and the transactions running
+    /// now. Taking it never holds up transactions for more than copying the
+    /// active list.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.handle().metrics_snapshot()
     }
 
     /// The retry policy of calls that ask for `retry` without saying how.
@@ -193,6 +205,7 @@ pub struct TxManagerBuilder<DB: Backend> {
     name: Option<String>,
     retry_policy: RetryPolicy,
     hooks: ManagerHooks,
+    max_functions: usize,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
@@ -261,19 +274,29 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         self
     }
 
+    /// How many function names get metrics of their own (default 200);
+    /// the rest share one `other` series, which keeps label cardinality
+    /// bounded.
+    pub fn max_functions(mut self, max_functions: usize) -> Self {
+        self.max_functions = max_functions;
+        self
+    }
+
     /// The manager.
     pub fn build(self) -> TxManager<DB> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let name = self
             .name
             .unwrap_or_else(|| <DB as crate::backend::sealed::BackendOps>::SYSTEM.to_owned());
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         TxManager {
             shared: Arc::new(Shared {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 name,
                 pool: self.pool,
                 retry_policy: self.retry_policy,
                 hooks: self.hooks,
+                metrics: Arc::new(Metrics::new(id, self.max_functions)),
             }),
         }
     }
@@ -336,6 +359,8 @@ pub(crate) struct ErasedOpening {
     pub(crate) lent_from: Option<Arc<dyn ErasedSession>>,
     pub(crate) attempt: u32,
     pub(crate) server_timeout: Option<Duration>,
+    /// The series to count the transaction in.
+    pub(crate) series: Option<Arc<Series>>,
 }
 
 trait ErasedManager: Send + Sync + 'static {
@@ -343,6 +368,10 @@ trait ErasedManager: Send + Sync + 'static {
     fn max_connections(&self) -> u32;
     fn retry_policy(&self) -> RetryPolicy;
     fn hooks(&self) -> &ManagerHooks;
+    fn metrics(&self) -> &Arc<Metrics>;
+    fn name(&self) -> &str;
+    fn backend(&self) -> &'static str;
+    fn pool_status(&self) -> PoolStatus;
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>>;
 }
 
@@ -363,6 +392,26 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
         &self.hooks
     }
 
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        <DB as crate::backend::sealed::BackendOps>::SYSTEM
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
         Box::pin(async move {
             let lent_from = match opening.lent_from {
@@ -373,20 +422,29 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
                 }
                 None => None,
             };
+            let transactional = opening.transactional;
             let session = Session::open(
                 &self.pool,
                 Opening {
                     manager_id: self.id,
                     name: opening.name,
                     options: opening.options,
-                    transactional: opening.transactional,
+                    transactional,
                     lent_from,
                     attempt: opening.attempt,
                     server_timeout: opening.server_timeout,
+                    accounting: opening
+                        .series
+                        .map(|series| Accounting::new(Arc::clone(&self.metrics), series)),
                 },
             )
             .await?;
-            Ok(session as Arc<dyn ErasedSession>)
+            let session = session as Arc<dyn ErasedSession>;
+            if let Some(accounting) = &session.core().accounting {
+                accounting.series.add(Count::Started);
+                self.metrics.activate(Arc::clone(&session));
+            }
+            Ok(session)
         })
     }
 }
@@ -406,6 +464,28 @@ impl ManagerHandle {
 
     pub(crate) fn hooks(&self) -> &ManagerHooks {
         self.0.hooks()
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        self.0.metrics()
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let metrics = self.0.metrics();
+        let (functions, total) = metrics.snapshot();
+        MetricsSnapshot {
+            manager: self.0.name().to_owned(),
+            backend: self.0.backend().to_owned(),
+            taken_at_ms: unix_millis(SystemTime::now()),
+            total,
+            functions,
+            active: metrics.active(),
+            pool: self.0.pool_status(),
+        }
     }
 
     pub(crate) async fn open(

@@ -19,9 +19,12 @@ use crate::context::{self, Frame, FrameKind, FrameSpec};
 use crate::error::{CommitOutcome, Error, LastFailure};
 use crate::hooks::{ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
+use crate::metrics::{Count, Series};
+use crate::options::Isolation;
 use crate::options::{Propagation, TxOptions};
 use crate::retry::{self, RetryPolicy};
 use crate::transaction::ErasedSession;
+use tracing::Instrument;
 
 /// Finds the error (for the retry classification) inside a user's error
 /// type; `#[transactional]` builds one for any error type.
@@ -57,6 +60,8 @@ pub(crate) struct Call {
     /// When the call must be over: its own timeout, or the enclosing scope's
     /// deadline if that comes first.
     deadline: Option<Instant>,
+    /// Where the call is counted.
+    series: Arc<Series>,
 }
 
 impl Call {
@@ -73,10 +78,12 @@ impl Call {
             (Some(own), Some(inherited)) => Some(own.min(inherited)),
             (own, inherited) => own.or(inherited),
         };
+        let name = options.name.unwrap_or("transaction");
         Ok(Call {
+            series: manager.metrics().series(name),
             manager,
             options,
-            name: options.name.unwrap_or("transaction"),
+            name,
             head,
             plan,
             deadline,
@@ -95,6 +102,14 @@ impl Call {
     }
 
     fn timeout_error(&self, attempts: u32) -> Error {
+        self.series.add(Count::Timeouts);
+        tracing::warn!(
+            target: "covet_txn",
+            transaction = self.name,
+            attempts,
+            timeout_ms = self.options.timeout.unwrap_or_default().as_secs_f64() * 1000.0,
+            "the transaction's deadline passed; it was rolled back"
+        );
         Error::Timeout {
             timeout: self.options.timeout.unwrap_or_default(),
             attempts,
@@ -125,11 +140,72 @@ impl Call {
                     server_timeout: self.deadline.map(|deadline| {
                         deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE
                     }),
+                    series: transactional.then(|| Arc::clone(&self.series)),
                 };
-                self.run_session(opening, inspect, body, attempt).await
+                if !*transactional {
+                    return self.run_session(opening, inspect, body, attempt).await;
+                }
+                let span = tracing::info_span!(
+                    target: "covet_txn",
+                    "transaction",
+                    otel.name = self.name,
+                    db.system = self.manager.backend(),
+                    db.operation.name = "transaction",
+                    code.function = self.name,
+                    covet.isolation = self.options.isolation.map_or("default", Isolation::name),
+                    covet.read_only = self.options.read_only.unwrap_or(false),
+                    covet.attempt = attempt,
+                    covet.depth = 1,
+                    covet.outcome = tracing::field::Empty,
+                );
+                let result = self
+                    .run_session(opening, inspect, body, attempt)
+                    .instrument(span.clone())
+                    .await;
+                span.record(
+                    "covet.outcome",
+                    if result.is_ok() {
+                        "committed"
+                    } else {
+                        "rolled_back"
+                    },
+                );
+                if let Err(error) = &result {
+                    self.count_failure(inspect, error);
+                }
+                result
             }
-            Plan::Savepoint(parent) => self.run_savepoint(parent, inspect, body).await,
+            Plan::Savepoint(parent) => {
+                let span = tracing::debug_span!(
+                    target: "covet_txn",
+                    "savepoint",
+                    code.function = self.name,
+                    covet.depth = parent.depth + 1,
+                    covet.outcome = tracing::field::Empty,
+                );
+                let result = self
+                    .run_savepoint(parent, inspect, body)
+                    .instrument(span.clone())
+                    .await;
+                span.record(
+                    "covet.outcome",
+                    if result.is_ok() {
+                        "released"
+                    } else {
+                        "rolled_back"
+                    },
+                );
+                result
+            }
             Plan::Join(parent) => self.run_joined(parent, inspect, body).await,
+        }
+    }
+
+    /// Counts the kind of a failed attempt (a deadlock, a serialization
+    /// failure, ...), if it is one.
+    fn count_failure<E>(&self, inspect: Inspect<E>, error: &E) {
+        if let Some(kind) = retryable(inspect, error) {
+            self.series.add(Count::Failure(kind));
         }
     }
 
@@ -223,6 +299,7 @@ impl Call {
                     session: session.as_ref(),
                     frame: &frame,
                     manager,
+                    series: &self.series,
                 };
                 ending.after_rollback(RollbackCause::Timeout).await;
             }
@@ -241,6 +318,7 @@ impl Call {
             session: session.as_ref(),
             frame: &frame,
             manager,
+            series: &self.series,
         };
         let core = session.core();
         let settled = match outcome {
@@ -314,10 +392,12 @@ impl Call {
             guard.disarm();
             return Err(self.timeout_error(1).into());
         };
+        session.core().set_depth(depth - 1);
         let scope = ScopeEnding {
             session: session.as_ref(),
             frame: &frame,
             savepoint: &savepoint,
+            series: &self.series,
         };
         let settled = match outcome {
             Ok(Ok(value)) => match session
@@ -411,6 +491,7 @@ struct Ending<'a> {
     session: &'a dyn ErasedSession,
     frame: &'a Arc<Frame>,
     manager: &'a ManagerHooks,
+    series: &'a Arc<Series>,
 }
 
 impl Ending<'_> {
@@ -422,6 +503,7 @@ impl Ending<'_> {
         PhaseRun {
             hooks: &self.session.core().hooks,
             manager: Some(self.manager),
+            series: Some(self.series),
             event: TxEvent::new(&self.frame.info(), outcome, cause),
         }
     }
@@ -447,6 +529,7 @@ impl Ending<'_> {
                 outcome: CommitOutcome::Committed,
                 transaction_id,
             }) => {
+                self.series.add(Count::AmbiguousCommits);
                 tracing::warn!(
                     target: "covet_txn",
                     transaction = self.frame.name,
@@ -518,16 +601,19 @@ struct ScopeEnding<'a> {
     session: &'a dyn ErasedSession,
     frame: &'a Arc<Frame>,
     savepoint: &'a str,
+    series: &'a Arc<Series>,
 }
 
 impl ScopeEnding<'_> {
     /// The scope's before_rollback hooks, ROLLBACK TO SAVEPOINT, its
     /// on_rollback hooks; its other hooks are discarded.
     async fn roll_back(&self, cause: impl FnOnce() -> RollbackCause) {
+        self.series.add(Count::SavepointsRolledBack);
         let hooks = &self.session.core().hooks;
         let run = (!hooks.is_empty()).then(|| PhaseRun {
             hooks,
             manager: None,
+            series: Some(self.series),
             event: TxEvent::new(&self.frame.info(), TxOutcome::RolledBack, Some(cause())),
         });
         if let Some(run) = &run {
@@ -576,7 +662,13 @@ where
     E: From<Error>,
 {
     match Call::prepare(manager, options) {
-        Ok(call) => call.run(inspect, body, 1).await,
+        Ok(call) => {
+            let result = call.run(inspect, body, 1).await;
+            if result.is_err() && call.begins_transaction() {
+                call.series.add(Count::Failed);
+            }
+            result
+        }
         Err(error) => Err(error.into()),
     }
 }
@@ -638,7 +730,10 @@ impl Attempts {
         };
         let wait = match decide(call, policy, inspect, error, attempt) {
             Decision::Retry(wait) => wait,
-            Decision::GiveUp(error) => return Some(Err(error)),
+            Decision::GiveUp(error) => {
+                call.series.add(Count::Failed);
+                return Some(Err(error));
+            }
         };
         tokio::time::sleep(wait).await;
         None
@@ -671,6 +766,7 @@ fn decide<E: From<Error>>(
         return Decision::GiveUp(error);
     }
     if attempt > policy.max_retries() {
+        call.series.add(Count::RetriesExhausted);
         let last = LastFailure::new(&failure);
         return Decision::GiveUp(
             Error::RetriesExhausted {
@@ -695,6 +791,7 @@ fn decide<E: From<Error>>(
         wait_ms = wait.as_secs_f64() * 1000.0,
         "retrying the transaction"
     );
+    call.series.add(Count::Retries);
     Decision::Retry(wait)
 }
 
@@ -818,6 +915,7 @@ impl Drop for CancelGuard<'_> {
             let run = PhaseRun {
                 hooks: &session.core().hooks,
                 manager: Some(&manager),
+                series: None,
                 event,
             };
             let _ = run.run(Phase::AfterRollback, false).await;

@@ -12,7 +12,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use sqlx::pool::PoolConnection;
 use crate::backend::{Backend, SavepointAction};
 use crate::error::{CommitOutcome, Error, Operation};
 use crate::hooks::HookList;
+use crate::metrics::{Count, Metrics, Series};
 use crate::options::{Isolation, Propagation, TxOptions};
 use crate::retry::FailureKind;
 
@@ -125,6 +126,38 @@ pub(crate) struct SessionCore {
     aborted: OnceLock<&'static str>,
     /// The hooks registered in this transaction.
     pub(crate) hooks: HookList,
+    /// The depth of the innermost savepoint scope running now (1: none).
+    depth: AtomicU32,
+    /// Where the transaction is counted, for transactions (not autocommit
+    /// sessions).
+    pub(crate) accounting: Option<Accounting>,
+}
+
+/// How a transaction ended, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Committed,
+    RolledBack,
+    /// COMMIT was cut off and its outcome could not be found out.
+    Unknown,
+}
+
+/// Counting a transaction's end, once.
+#[derive(Debug)]
+pub(crate) struct Accounting {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) series: Arc<Series>,
+    finished: AtomicBool,
+}
+
+impl Accounting {
+    pub(crate) fn new(metrics: Arc<Metrics>, series: Arc<Series>) -> Self {
+        Accounting {
+            metrics,
+            series,
+            finished: AtomicBool::new(false),
+        }
+    }
 }
 
 impl SessionCore {
@@ -157,6 +190,33 @@ impl SessionCore {
 
     pub(crate) fn doomed(&self) -> Option<FailureKind> {
         self.doomed.get().copied()
+    }
+
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_depth(&self, depth: u32) {
+        self.depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Counts the transaction's end and takes it off the active list, the
+    /// first time only.
+    fn finish(&self, ended: Ended) {
+        let Some(accounting) = &self.accounting else {
+            return;
+        };
+        if accounting.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let series = &accounting.series;
+        match ended {
+            Ended::Committed => series.add(Count::Committed),
+            Ended::RolledBack => series.add(Count::RolledBack),
+            Ended::Unknown => {}
+        }
+        series.record_duration(self.started_at.elapsed());
+        accounting.metrics.deactivate(self.id.get());
     }
 }
 
@@ -203,6 +263,8 @@ pub(crate) struct Opening<DB: Backend> {
     pub(crate) attempt: u32,
     /// Bound the server's statements by this time, if set.
     pub(crate) server_timeout: Option<Duration>,
+    /// Where to count the transaction.
+    pub(crate) accounting: Option<Accounting>,
 }
 
 impl<DB: Backend> Session<DB> {
@@ -220,6 +282,7 @@ impl<DB: Backend> Session<DB> {
             lent_from,
             attempt,
             server_timeout,
+            accounting,
         } = opening;
         let (conn, origin) = match lent_from {
             Some(parent) => (parent.lend()?, Origin::Lent(parent)),
@@ -257,6 +320,8 @@ impl<DB: Backend> Session<DB> {
                 doomed: OnceLock::new(),
                 aborted: OnceLock::new(),
                 hooks: HookList::default(),
+                depth: AtomicU32::new(u32::from(transactional)),
+                accounting: accounting.filter(|_| transactional),
             },
             options,
             server_timeout: server_timeout.is_some(),
@@ -306,6 +371,13 @@ impl<DB: Backend> Session<DB> {
     /// fails with `reason`.
     pub(crate) fn abort(&self, reason: &'static str) {
         let _ = self.core.aborted.set(reason);
+        // Cut off while COMMIT was in flight, it may well have committed.
+        self.core
+            .finish(if self.core.state() == TxState::Committing {
+                Ended::Unknown
+            } else {
+                Ended::RolledBack
+            });
         let state = self.core.state();
         if !matches!(state, TxState::Committed | TxState::RolledBack) {
             self.core.set_state(TxState::Failed);
@@ -349,10 +421,12 @@ impl<DB: Backend> Session<DB> {
                         .aborted
                         .set("a `TxConn` guard outlived the transaction's body");
                     self.core.set_state(TxState::Failed);
+                    self.core.finish(Ended::RolledBack);
                     return Err(Error::ConnectionBorrowed);
                 }
                 Slot::Closed => {
                     self.core.set_state(TxState::Failed);
+                    self.core.finish(Ended::RolledBack);
                     return Err(Error::TransactionAborted(
                         self.core.aborted().unwrap_or("it has already ended"),
                     ));
@@ -361,6 +435,7 @@ impl<DB: Backend> Session<DB> {
         };
         if let Some(reason) = self.core.aborted() {
             self.abandon_connection(conn);
+            self.core.finish(Ended::RolledBack);
             return Err(Error::TransactionAborted(reason));
         }
         let mut held = Held::new(conn, &self.options, self.server_timeout, &self.origin);
@@ -376,6 +451,7 @@ impl<DB: Backend> Session<DB> {
 
     async fn rollback(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
         self.core.set_state(TxState::RollingBack);
+        self.core.finish(Ended::RolledBack);
         match DB::execute(held.conn(), Cow::Borrowed("ROLLBACK")).await {
             Ok(()) => {
                 let restored = held.restore_session().await;
@@ -401,6 +477,7 @@ impl<DB: Backend> Session<DB> {
                 // error aborted it, and COMMIT would quietly roll back).
                 Err(source) => {
                     self.core.set_state(TxState::Failed);
+                    self.core.finish(Ended::RolledBack);
                     held.roll_back_after_failed_commit().await;
                     return Err(Error::database(Operation::Commit, source));
                 }
@@ -410,6 +487,7 @@ impl<DB: Backend> Session<DB> {
         };
         match DB::execute(held.conn(), Cow::Borrowed("COMMIT")).await {
             Ok(()) => {
+                self.core.finish(Ended::Committed);
                 let restored = held.restore_session().await;
                 self.core.set_state(TxState::Committed);
                 if restored {
@@ -430,6 +508,11 @@ impl<DB: Backend> Session<DB> {
                 if outcome == CommitOutcome::Committed {
                     self.core.set_state(TxState::Committed);
                 }
+                self.core.finish(match outcome {
+                    CommitOutcome::Committed => Ended::Committed,
+                    CommitOutcome::Aborted => Ended::RolledBack,
+                    CommitOutcome::Unknown => Ended::Unknown,
+                });
                 Err(Error::AmbiguousCommit {
                     outcome,
                     transaction_id: token,
@@ -437,6 +520,7 @@ impl<DB: Backend> Session<DB> {
             }
             Err(source) => {
                 self.core.set_state(TxState::Failed);
+                self.core.finish(Ended::RolledBack);
                 held.roll_back_after_failed_commit().await;
                 Err(Error::database(Operation::Commit, source))
             }
