@@ -34,7 +34,8 @@
 //! Modules, one per concept: `options` (what a call asks for), `context`
 //! (the task-local scopes), `manager` (pools and defaults), `scope` (running
 //! one call), `retry` (whether and when to run a call again), `hooks` (side
-//! effects tied to a transaction's fate), `metrics` (counting them), `transaction` (a transaction's connection and state),
+//! effects tied to a transaction's fate), `metrics` (counting them),
+//! [`monitor`] (snapshots, alerts, health, reports; feature `monitor`), `transaction` (a transaction's connection and state),
 //! `savepoint` (savepoints by hand), `backend` (everything that differs per
 //! database), `error`.
 
@@ -48,6 +49,8 @@ mod error;
 mod hooks;
 mod manager;
 mod metrics;
+#[cfg(feature = "monitor")]
+pub mod monitor;
 mod options;
 mod retry;
 mod savepoint;

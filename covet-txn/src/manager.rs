@@ -142,6 +142,34 @@ impl<DB: Backend> TxManager<DB> {
         self.handle().metrics_snapshot()
     }
 
+    /// Starts a monitor with the default settings: a sample every 10 s, a
+    /// history of 3,600, alerts at the default thresholds.
+    #[cfg(feature = "monitor")]
+    pub fn monitor(&self) -> crate::monitor::Monitor {
+        self.monitor_with(crate::monitor::MonitorConfig::default())
+    }
+
+    /// Starts a monitor with these settings. Its background sampling needs
+    /// a tokio runtime; without one it samples only when asked.
+    #[cfg(feature = "monitor")]
+    pub fn monitor_with(&self, config: crate::monitor::MonitorConfig) -> crate::monitor::Monitor {
+        crate::monitor::Monitor::start(&self.handle(), config)
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format, with
+    /// `manager` and `function` labels; serve it with
+    /// [`OPENMETRICS_CONTENT_TYPE`](crate::monitor::OPENMETRICS_CONTENT_TYPE).
+    #[cfg(feature = "monitor")]
+    pub fn prometheus_text(&self) -> Result<String, Error> {
+        crate::monitor::export_text(self.prometheus_collector())
+    }
+
+    /// The metrics as a collector for your own `prometheus_client` registry.
+    #[cfg(feature = "monitor")]
+    pub fn prometheus_collector(&self) -> crate::monitor::PrometheusCollector {
+        crate::monitor::PrometheusCollector(self.handle())
+    }
+
     /// The retry policy of calls that ask for `retry` without saying how.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.shared.retry_policy
@@ -351,6 +379,17 @@ fn inspect_std_error<E: StdError + 'static>(error: &E) -> Option<&(dyn StdError 
 #[derive(Clone)]
 pub struct ManagerHandle(Arc<dyn ErasedManager>);
 
+/// A manager held without keeping it alive.
+#[cfg_attr(not(feature = "monitor"), allow(dead_code))]
+pub(crate) struct WeakManager(std::sync::Weak<dyn ErasedManager>);
+
+impl WeakManager {
+    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
+    pub(crate) fn upgrade(&self) -> Option<ManagerHandle> {
+        self.0.upgrade().map(ManagerHandle)
+    }
+}
+
 /// What the scope runner needs of a manager.
 pub(crate) struct ErasedOpening {
     pub(crate) name: &'static str,
@@ -472,6 +511,11 @@ impl ManagerHandle {
 
     pub(crate) fn backend(&self) -> &'static str {
         self.0.backend()
+    }
+
+    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.0))
     }
 
     pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {

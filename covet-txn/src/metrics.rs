@@ -578,7 +578,7 @@ pub struct PoolStatus {
 impl PoolStatus {
     /// Whether every connection the pool may open is in use.
     pub fn saturated(&self) -> bool {
-        self.size >= self.max && self.idle == 0
+        self.max > 0 && self.size >= self.max && self.idle == 0
     }
 }
 

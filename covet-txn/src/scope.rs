@@ -380,6 +380,8 @@ impl Call {
             guard.disarm();
             return Err(error.into());
         }
+        self.series.add(Count::SavepointsCreated);
+        session.core().set_depth(depth);
         let frame = self.frame(
             &session,
             FrameKind::Savepoint,

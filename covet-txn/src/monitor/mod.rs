@@ -1,0 +1,467 @@
+//! Watching a manager over time: a background task samples its metrics at
+//! an interval into a bounded history, evaluates the alert rules on each
+//! sample, and keeps a health score and recommendations; reports export it
+//! all.
+//!
+//! The monitor reads the metrics; it never sits on the transactions' path.
+//! It stops when it is shut down, when the last handle to it is dropped, or
+//! when its manager is dropped.
+
+mod alerts;
+mod export;
+mod health;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::Either;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use alerts::{
+    Alert, AlertEngine, AlertFilter, AlertInput, AlertLevel, AlertRule, AlertSink, AlertThresholds,
+};
+pub(crate) use export::encode_text as export_text;
+pub use export::{OPENMETRICS_CONTENT_TYPE, PrometheusCollector};
+pub use health::Health;
+
+use crate::error::Error;
+use crate::manager::{ManagerHandle, WeakManager};
+use crate::metrics::{FunctionMetrics, MetricsSnapshot, PoolStatus, unix_millis};
+
+/// Where the monitor gets the time from: the system clock, or a clock a
+/// test moves by hand.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        unix_millis(SystemTime::now())
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How a monitor samples and alerts.
+#[derive(Clone)]
+pub struct MonitorConfig {
+    interval: Duration,
+    capacity: usize,
+    alert_capacity: usize,
+    dedup_window: Duration,
+    thresholds: AlertThresholds,
+    sinks: Vec<AlertSink>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            interval: Duration::from_secs(10),
+            capacity: 3600,
+            alert_capacity: 1000,
+            dedup_window: Duration::from_secs(300),
+            thresholds: AlertThresholds::default(),
+            sinks: Vec::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for MonitorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorConfig")
+            .field("interval", &self.interval)
+            .field("capacity", &self.capacity)
+            .field("alert_capacity", &self.alert_capacity)
+            .field("dedup_window", &self.dedup_window)
+            .field("thresholds", &self.thresholds)
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl MonitorConfig {
+    /// Sample every 10 s, keep 3,600 samples (10 hours) and 1,000 alerts,
+    /// raise an alert at most once per 5 minutes, default thresholds.
+    pub fn new() -> Self {
+        MonitorConfig::default()
+    }
+
+    /// How often to sample.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many samples to keep.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// How many alerts to keep.
+    pub fn alert_capacity(mut self, capacity: usize) -> Self {
+        self.alert_capacity = capacity.max(1);
+        self
+    }
+
+    /// An alert (same rule, same function) is raised again only after this
+    /// long.
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
+    }
+
+    /// The alert thresholds.
+    pub fn thresholds(mut self, thresholds: AlertThresholds) -> Self {
+        self.thresholds = thresholds;
+        self
+    }
+
+    /// Also send each alert to `sink` (alerts always go to the log, target
+    /// `covet_txn::alerts`).
+    pub fn on_alert(mut self, sink: impl Fn(&Alert) + Send + Sync + 'static) -> Self {
+        self.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// Where to get the time from.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// One sample of the history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub taken_at_ms: u64,
+    /// Everything counted so far.
+    pub total: FunctionMetrics,
+    /// What happened since the previous sample (everything, for the first).
+    pub interval: FunctionMetrics,
+    /// Transactions running when it was taken.
+    pub active: usize,
+    /// The age of the oldest of them, in milliseconds.
+    pub oldest_active_ms: Option<f64>,
+    /// The pool.
+    pub pool: PoolStatus,
+    /// The health score over the interval.
+    pub health: u8,
+}
+
+struct State {
+    history: VecDeque<Sample>,
+    latest: Option<MetricsSnapshot>,
+    alerts: AlertEngine,
+}
+
+struct Inner {
+    manager: WeakManager,
+    config: MonitorConfig,
+    state: Mutex<State>,
+    /// Shared with the sampling task, which holds the monitor only weakly.
+    stop: Arc<Notify>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+/// A manager's monitor. Cheap to clone; the background sampling stops when
+/// the last clone is dropped, on [`shutdown`](Self::shutdown), or when the
+/// manager is dropped.
+///
+/// ```no_run
+/// # async fn demo(manager: covet_txn::TxManager<sqlx::Postgres>) -> Result<(), covet_txn::Error> {
+/// use covet_txn::monitor::{AlertFilter, AlertLevel, MonitorConfig};
+/// let monitor = manager.monitor_with(MonitorConfig::new().on_alert(|alert| eprintln!("{}", alert.message)));
+/// let health = monitor.health()?;
+/// println!("health {} / 100: {:?}", health.score, health.recommendations);
+/// let serious = monitor.alerts(AlertFilter::new().at_least(AlertLevel::Error));
+/// # let _ = serious; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Everything the monitor knows, for a JSON report.
+#[derive(Serialize)]
+struct Report<'a> {
+    metrics: &'a MetricsSnapshot,
+    health: &'a Health,
+    history: &'a [Sample],
+    alerts: &'a [Alert],
+}
+
+impl Monitor {
+    pub(crate) fn start(manager: &ManagerHandle, config: MonitorConfig) -> Monitor {
+        let alerts = AlertEngine::new(
+            config.thresholds,
+            config.dedup_window,
+            config.alert_capacity,
+        );
+        let monitor = Monitor {
+            inner: Arc::new(Inner {
+                manager: manager.downgrade(),
+                state: Mutex::new(State {
+                    history: VecDeque::new(),
+                    latest: None,
+                    alerts,
+                }),
+                config,
+                stop: Arc::new(Notify::new()),
+                task: Mutex::new(None),
+            }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = runtime.spawn(sample_periodically(
+                Arc::downgrade(&monitor.inner),
+                Arc::clone(&monitor.inner.stop),
+                monitor.inner.config.interval,
+            ));
+            *lock(&monitor.inner.task) = Some(task);
+        }
+        monitor
+    }
+
+    /// Takes a sample now: adds it to the history and raises the alerts it
+    /// calls for.
+    pub fn sample(&self) -> Result<Sample, Error> {
+        self.inner.sample()
+    }
+
+    /// The samples kept, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        lock(&self.inner.state).history.iter().cloned().collect()
+    }
+
+    /// The alerts kept that pass `filter`, oldest first.
+    pub fn alerts(&self, filter: AlertFilter) -> Vec<Alert> {
+        lock(&self.inner.state).alerts.history(&filter)
+    }
+
+    /// The manager's metrics now.
+    pub fn metrics(&self) -> Result<MetricsSnapshot, Error> {
+        self.inner
+            .manager()
+            .map(|manager| manager.metrics_snapshot())
+    }
+
+    /// The health score over the last interval, and recommendations.
+    pub fn health(&self) -> Result<Health, Error> {
+        let metrics = self.metrics()?;
+        let state = lock(&self.inner.state);
+        let recent = state
+            .history
+            .back()
+            .map_or(&metrics.total, |sample| &sample.interval);
+        Ok(Health::assess(
+            recent,
+            &metrics.functions,
+            &metrics.active,
+            metrics.pool,
+            state.alerts.thresholds(),
+        ))
+    }
+
+    /// The thresholds the alerts are raised at.
+    pub fn thresholds(&self) -> AlertThresholds {
+        self.inner.config.thresholds
+    }
+
+    /// Metrics, health, history and alerts, as JSON.
+    pub fn report_json(&self) -> Result<String, Error> {
+        let metrics = self.metrics()?;
+        let health = self.health()?;
+        let history = self.history();
+        let alerts = self.alerts(AlertFilter::new());
+        export::json(&Report {
+            metrics: &metrics,
+            health: &health,
+            history: &history,
+            alerts: &alerts,
+        })
+    }
+
+    /// The metrics now as CSV: one row per function, then the totals.
+    pub fn metrics_csv(&self) -> Result<String, Error> {
+        export::metrics_csv(&self.metrics()?)
+    }
+
+    /// The snapshot history as CSV: one row per sample.
+    pub fn history_csv(&self) -> Result<String, Error> {
+        export::history_csv(&self.history())
+    }
+
+    /// The alert history as CSV.
+    pub fn alerts_csv(&self, filter: AlertFilter) -> Result<String, Error> {
+        export::alerts_csv(&self.alerts(filter))
+    }
+
+    /// Stops the background sampling; what was gathered stays readable.
+    pub fn shutdown(&self) {
+        self.inner.stop.notify_one();
+    }
+
+    /// Whether the background sampling is still running.
+    pub fn is_running(&self) -> bool {
+        lock(&self.inner.task)
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    }
+}
+
+impl Inner {
+    fn manager(&self) -> Result<ManagerHandle, Error> {
+        self.manager.upgrade().ok_or(Error::InvalidOption(
+            "the monitored transaction manager has been dropped".to_owned(),
+        ))
+    }
+
+    fn sample(&self) -> Result<Sample, Error> {
+        let snapshot = self.manager()?.metrics_snapshot();
+        let now_ms = self.config.clock.now_ms();
+        let mut state = lock(&self.state);
+        let (interval, functions) = match &state.latest {
+            Some(previous) => (
+                snapshot.total.since(&previous.total),
+                snapshot
+                    .functions
+                    .iter()
+                    .map(|function| {
+                        previous
+                            .functions
+                            .iter()
+                            .find(|earlier| earlier.function == function.function)
+                            .map_or_else(|| function.clone(), |earlier| function.since(earlier))
+                    })
+                    .collect(),
+            ),
+            None => (snapshot.total.clone(), snapshot.functions.clone()),
+        };
+        let input = AlertInput {
+            interval: interval.clone(),
+            functions,
+            active: snapshot.active.clone(),
+            pool: snapshot.pool,
+        };
+        let raised = state.alerts.evaluate(&input, now_ms);
+        let health = Health::assess(
+            &interval,
+            &snapshot.functions,
+            &snapshot.active,
+            snapshot.pool,
+            state.alerts.thresholds(),
+        );
+        let sample = Sample {
+            taken_at_ms: now_ms,
+            total: snapshot.total.clone(),
+            interval,
+            active: snapshot.active.len(),
+            oldest_active_ms: snapshot
+                .active
+                .first()
+                .map(|transaction| transaction.age_ms),
+            pool: snapshot.pool,
+            health: health.score,
+        };
+        if state.history.len() == self.config.capacity {
+            state.history.pop_front();
+        }
+        state.history.push_back(sample.clone());
+        state.latest = Some(snapshot);
+        drop(state);
+        for alert in &raised {
+            log_alert(alert);
+            for sink in &self.config.sinks {
+                sink(alert);
+            }
+        }
+        Ok(sample)
+    }
+}
+
+fn log_alert(alert: &Alert) {
+    let function = alert.function.as_deref().unwrap_or("");
+    match alert.level {
+        AlertLevel::Info => {
+            tracing::info!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
+        }
+        AlertLevel::Warning => {
+            tracing::warn!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
+        }
+        AlertLevel::Error | AlertLevel::Critical => {
+            tracing::error!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
+        }
+    }
+}
+
+async fn sample_periodically(monitor: Weak<Inner>, stop: Arc<Notify>, interval: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopped = std::pin::pin!(stop.notified());
+        let tick = std::pin::pin!(ticks.tick());
+        if let Either::Left(_) = futures_util::future::select(stopped, tick).await {
+            return;
+        }
+        // The last handle gone, or the manager dropped: nothing to watch.
+        let Some(inner) = monitor.upgrade() else {
+            return;
+        };
+        if inner.sample().is_err() {
+            return;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
