@@ -296,7 +296,7 @@ impl<DB: Backend> Session<DB> {
         let server_timeout = server_timeout.filter(|_| transactional);
         let mut held = Held::new(conn, &options, server_timeout.is_some(), &origin);
         if transactional {
-            let begun = DB::execute(held.conn(), DB::begin_sql(&options, server_timeout)).await;
+            let begun = DB::begin(held.conn(), DB::begin_sql(&options, server_timeout)).await;
             if let Err(source) = begun {
                 held.discard_after_failed_begin().await;
                 return Err(Error::database(Operation::Begin, source));
@@ -452,7 +452,7 @@ impl<DB: Backend> Session<DB> {
     async fn rollback(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
         self.core.set_state(TxState::RollingBack);
         self.core.finish(Ended::RolledBack);
-        match DB::execute(held.conn(), Cow::Borrowed("ROLLBACK")).await {
+        match DB::rollback(held.conn()).await {
             Ok(()) => {
                 let restored = held.restore_session().await;
                 self.core.set_state(TxState::RolledBack);
@@ -485,7 +485,7 @@ impl<DB: Backend> Session<DB> {
         } else {
             None
         };
-        match DB::execute(held.conn(), Cow::Borrowed("COMMIT")).await {
+        match DB::commit(held.conn()).await {
             Ok(()) => {
                 self.core.finish(Ended::Committed);
                 let restored = held.restore_session().await;
@@ -579,9 +579,7 @@ impl<'s, DB: Backend> Held<'s, DB> {
     /// request can hold several statements): roll back to be sure, and keep
     /// the connection only if that and the session restore succeed.
     async fn discard_after_failed_begin(&mut self) {
-        let rolled_back = DB::execute(self.conn(), Cow::Borrowed("ROLLBACK"))
-            .await
-            .is_ok();
+        let rolled_back = DB::rollback(self.conn()).await.is_ok();
         if self.restore_session().await && rolled_back {
             self.release();
         }
@@ -591,9 +589,7 @@ impl<'s, DB: Backend> Held<'s, DB> {
     /// may still be open (SQLite keeps it on `SQLITE_BUSY`): roll back, and
     /// keep the connection only if that works.
     async fn roll_back_after_failed_commit(&mut self) {
-        let rolled_back = DB::execute(self.conn(), Cow::Borrowed("ROLLBACK"))
-            .await
-            .is_ok();
+        let rolled_back = DB::rollback(self.conn()).await.is_ok();
         if rolled_back && self.restore_session().await {
             self.release();
         }

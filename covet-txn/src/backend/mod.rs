@@ -101,6 +101,28 @@ pub(crate) mod sealed {
             }
         }
 
+        /// Begins a transaction with `begin_sql`'s statement.
+        fn begin<'c>(
+            conn: &'c mut Self::Connection,
+            sql: Cow<'static, str>,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+            Self::execute(conn, sql)
+        }
+
+        /// Commits the transaction.
+        fn commit(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+            Self::execute(conn, Cow::Borrowed("COMMIT"))
+        }
+
+        /// Rolls the transaction back; succeeds when none is open.
+        fn rollback(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+            Self::execute(conn, Cow::Borrowed("ROLLBACK"))
+        }
+
         /// Sends trusted SQL in one request over the simple protocol.
         fn execute<'c>(
             conn: &'c mut Self::Connection,

@@ -3,6 +3,11 @@
 //! IMMEDIATE`), because a deferred transaction that reads and then writes
 //! fails with `SQLITE_BUSY` under contention whatever the busy timeout.
 //! Read-only and read-uncommitted are connection pragmas, restored at the end.
+//!
+//! BEGIN, COMMIT and ROLLBACK go through sqlx's own transaction manager: the
+//! connection's worker thread then knows a transaction is open, rolls back a
+//! BEGIN whose answer nobody waits for, and runs these as dedicated commands
+//! (cheaper than a prepared statement each).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -11,8 +16,9 @@ use std::time::Duration;
 
 use sqlx::error::DatabaseError;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteError;
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::sqlite::{SqliteError, SqliteTransactionManager};
+use sqlx::{SqlSafeStr, Sqlite, SqliteConnection};
+use sqlx_core::transaction::TransactionManager;
 
 use super::execute_raw;
 use super::sealed::BackendOps;
@@ -60,6 +66,29 @@ impl BackendOps for Sqlite {
         }
     }
 
+    fn begin<'c>(
+        conn: &'c mut SqliteConnection,
+        sql: Cow<'static, str>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        let statement = match sql {
+            Cow::Borrowed(text) => text.into_sql_str(),
+            Cow::Owned(text) => sqlx::AssertSqlSafe(text).into_sql_str(),
+        };
+        SqliteTransactionManager::begin(conn, Some(statement))
+    }
+
+    fn commit(
+        conn: &mut SqliteConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        SqliteTransactionManager::commit(conn)
+    }
+
+    fn rollback(
+        conn: &mut SqliteConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        SqliteTransactionManager::rollback(conn)
+    }
+
     fn execute<'c>(
         conn: &'c mut SqliteConnection,
         sql: Cow<'static, str>,
@@ -68,26 +97,30 @@ impl BackendOps for Sqlite {
     }
 
     fn abandon(mut conn: PoolConnection<Sqlite>, options: &TxOptions) {
-        // SQLite's worker thread runs commands in order and always to the end,
-        // so a ROLLBACK queued now runs after whatever was cut off and leaves
-        // the connection clean. Closing instead would destroy an in-memory
-        // database, so close only when no runtime is left to roll back on.
+        // SQLite's worker thread runs commands in order and always to the end.
+        // A round trip to it first lets whatever was cut off (a BEGIN whose
+        // answer nobody took, a statement) finish; then sqlx's count of open
+        // transactions is exact, and rolling back to zero leaves the
+        // connection clean for the pool. Closing instead would destroy an
+        // in-memory database, so it is the last resort.
         let restore = Sqlite::restore_sql(options, false);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    // Fails harmlessly when the transaction never began.
-                    let _ = Sqlite::execute(&mut conn, Cow::Borrowed("ROLLBACK")).await;
-                    if let Some(restore) = restore
-                        && Sqlite::execute(&mut conn, Cow::Borrowed(restore))
-                            .await
-                            .is_err()
-                    {
-                        drop(conn.detach());
-                    }
-                });
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(conn.detach());
+            return;
+        };
+        runtime.spawn(async move {
+            let mut clean = sqlx::Connection::ping(&mut *conn).await.is_ok();
+            while clean && SqliteTransactionManager::get_transaction_depth(&conn) > 0 {
+                clean = SqliteTransactionManager::rollback(&mut conn).await.is_ok();
             }
-            Err(_) => drop(conn.detach()),
-        }
+            if let Some(restore) = restore.filter(|_| clean) {
+                clean = Sqlite::execute(&mut conn, Cow::Borrowed(restore))
+                    .await
+                    .is_ok();
+            }
+            if !clean {
+                drop(conn.detach());
+            }
+        });
     }
 }
