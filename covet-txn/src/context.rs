@@ -193,31 +193,32 @@ pub(crate) fn enter<F: Future>(frame: Arc<Frame>, body: F) -> impl Future<Output
 /// Lends the innermost frame's connection on backend `DB` whose frame passes
 /// `select`.
 pub(crate) fn lend<DB: Backend>(select: impl Fn(&Frame) -> bool) -> Result<TxConn<DB>, Error> {
-    let head = head().ok_or(Error::NoTransaction)?;
-    let mut running = None;
-    for frame in head.chain().filter(|frame| select(frame)) {
-        let core = frame.session.core();
-        if core.backend != DB::SYSTEM {
-            running.get_or_insert(core.backend);
-            continue;
-        }
-        frame.ensure_no_child()?;
-        let session = Arc::clone(&frame.session)
-            .into_any()
-            .downcast::<Session<DB>>()
-            .map_err(|_| Error::WrongBackend {
-                requested: DB::SYSTEM,
-                running: core.backend,
-            })?;
-        return TxConn::lend_from(session);
-    }
-    Err(match running {
-        Some(running) => Error::WrongBackend {
-            requested: DB::SYSTEM,
-            running,
-        },
-        None => Error::NoTransaction,
-    })
+    // Runs on every statement: look at the frames in place, without taking
+    // a reference to them, and clone only the session that is lent.
+    CURRENT
+        .try_with(|head| {
+            let mut running = None;
+            for frame in head.chain().filter(|frame| select(frame)) {
+                if !frame.session.as_any().is::<Session<DB>>() {
+                    running.get_or_insert(frame.session.core().backend);
+                    continue;
+                }
+                frame.ensure_no_child()?;
+                let session = Arc::clone(&frame.session)
+                    .into_any()
+                    .downcast::<Session<DB>>()
+                    .map_err(|_| Error::NoTransaction)?;
+                return TxConn::lend_from(session);
+            }
+            Err(match running {
+                Some(running) => Error::WrongBackend {
+                    requested: DB::SYSTEM,
+                    running,
+                },
+                None => Error::NoTransaction,
+            })
+        })
+        .unwrap_or(Err(Error::NoTransaction))
 }
 
 /// Lends the current transaction's connection, for use as a sqlx executor.

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -257,7 +258,7 @@ pub(crate) struct Metrics {
     series: Mutex<HashMap<&'static str, Arc<Series>>>,
     other: Arc<Series>,
     max_functions: usize,
-    active: [Mutex<HashMap<u64, Arc<dyn ErasedSession>>>; SHARDS],
+    active: [Mutex<QuickMap<u64, Arc<dyn ErasedSession>>>; SHARDS],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,9 +267,39 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// A multiply-and-rotate hash for small keys of our own (ids, addresses):
+/// the default SipHash guards against hostile keys these cannot be, at
+/// several times the cost, on every transaction.
+#[derive(Default)]
+struct QuickHasher(u64);
+
+impl Hasher for QuickHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+type QuickMap<K, V> = HashMap<K, V, BuildHasherDefault<QuickHasher>>;
+
 thread_local! {
-    /// Series this thread has looked up: (manager, function) to series.
-    static CACHE: RefCell<HashMap<(u64, &'static str), Arc<Series>>> = RefCell::new(HashMap::new());
+    /// Series this thread has looked up: (manager, address and length of the
+    /// function's name) to series. Equal names at different addresses get
+    /// entries of their own, which resolve to the same series.
+    static CACHE: RefCell<QuickMap<(u64, usize, usize), Arc<Series>>> = RefCell::new(QuickMap::default());
 }
 
 /// Past this many entries a thread's cache starts over, so that managers
@@ -282,7 +313,7 @@ impl Metrics {
             series: Mutex::new(HashMap::new()),
             other: Arc::new(Series::new(OTHER_FUNCTIONS.to_owned())),
             max_functions,
-            active: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            active: std::array::from_fn(|_| Mutex::new(QuickMap::default())),
         }
     }
 
@@ -294,7 +325,7 @@ impl Metrics {
 
     /// The series of `function`.
     pub(crate) fn series(&self, function: &'static str) -> Arc<Series> {
-        let key = (self.id, function);
+        let key = (self.id, function.as_ptr() as usize, function.len());
         if let Some(series) = CACHE.with(|cache| cache.borrow().get(&key).cloned()) {
             return series;
         }
@@ -320,7 +351,7 @@ impl Metrics {
         series
     }
 
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<dyn ErasedSession>>> {
+    fn shard(&self, id: u64) -> &Mutex<QuickMap<u64, Arc<dyn ErasedSession>>> {
         &self.active[(id % SHARDS as u64) as usize]
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::SavepointAction;
+use crate::backend::{SavepointAction, SavepointName};
 use crate::context::{self, Frame};
 use crate::error::Error;
 
@@ -60,7 +60,7 @@ async fn create(name: String) -> Result<Savepoint, Error> {
     frame.ensure_no_child()?;
     frame
         .session
-        .savepoint(SavepointAction::Create, &name)
+        .savepoint(SavepointAction::Create, SavepointName::Named(&name))
         .await?;
     Ok(Savepoint { frame, name })
 }
@@ -110,7 +110,10 @@ impl Savepoint {
             return Err(Error::ForeignSavepoint(self.name.clone()));
         }
         head.ensure_no_child()?;
-        self.frame.session.savepoint(action, &self.name).await
+        self.frame
+            .session
+            .savepoint(action, SavepointName::Named(&self.name))
+            .await
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use crate::backend::{SERVER_TIMEOUT_GRACE, SavepointAction};
+use crate::backend::{SERVER_TIMEOUT_GRACE, SavepointAction, SavepointName};
 use crate::context::{self, Frame, FrameKind, FrameSpec};
 use crate::error::{CommitOutcome, Error, LastFailure};
 use crate::hooks::{ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
@@ -368,7 +368,7 @@ impl Call {
         };
         let session = Arc::clone(&parent.session);
         let depth = parent.depth + 1;
-        let savepoint = format!("covet_sp_{depth}");
+        let savepoint = SavepointName::Scope(depth);
         let guard = CancelGuard {
             session: &session,
             reason: "a nested transactional scope was cancelled before it finished, leaving the \
@@ -376,7 +376,7 @@ impl Call {
             rollback_hooks: None,
             armed: true,
         };
-        if let Err(error) = session.savepoint(SavepointAction::Create, &savepoint).await {
+        if let Err(error) = session.savepoint(SavepointAction::Create, savepoint).await {
             guard.disarm();
             return Err(error.into());
         }
@@ -398,14 +398,11 @@ impl Call {
         let scope = ScopeEnding {
             session: session.as_ref(),
             frame: &frame,
-            savepoint: &savepoint,
+            savepoint,
             series: &self.series,
         };
         let settled = match outcome {
-            Ok(Ok(value)) => match session
-                .savepoint(SavepointAction::Release, &savepoint)
-                .await
-            {
+            Ok(Ok(value)) => match session.savepoint(SavepointAction::Release, savepoint).await {
                 Ok(()) => {
                     session.core().hooks.release_scope(depth);
                     Ok(value)
@@ -602,7 +599,7 @@ impl Ending<'_> {
 struct ScopeEnding<'a> {
     session: &'a dyn ErasedSession,
     frame: &'a Arc<Frame>,
-    savepoint: &'a str,
+    savepoint: SavepointName<'static>,
     series: &'a Arc<Series>,
 }
 
@@ -940,7 +937,7 @@ async fn end_quietly(session: &dyn ErasedSession, name: &'static str) {
 
 /// Undoes a failed nested scope. If even that fails, the transaction can no
 /// longer be trusted: it is marked rollback-only so that it cannot commit.
-async fn roll_back_savepoint(session: &dyn ErasedSession, savepoint: &str) {
+async fn roll_back_savepoint(session: &dyn ErasedSession, savepoint: SavepointName<'_>) {
     if let Err(error) = session
         .savepoint(SavepointAction::RollbackAndRelease, savepoint)
         .await

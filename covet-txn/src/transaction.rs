@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 
-use crate::backend::{Backend, SavepointAction};
+use crate::backend::{Backend, SavepointAction, SavepointName};
 use crate::error::{CommitOutcome, Error, Operation};
 use crate::hooks::HookList;
 use crate::metrics::{Count, Metrics, Series};
@@ -392,17 +392,29 @@ impl<DB: Backend> Session<DB> {
         abandon(conn, &self.options, &self.origin);
     }
 
-    /// Runs one trusted statement inside the transaction.
-    pub(crate) async fn run_statement(
+    /// Runs one savepoint statement inside the transaction.
+    async fn run_savepoint(
         &self,
-        operation: Operation,
-        sql: Cow<'static, str>,
+        action: SavepointAction,
+        name: SavepointName<'_>,
     ) -> Result<(), Error> {
+        let operation = match action {
+            SavepointAction::Create => Operation::Savepoint,
+            SavepointAction::Release => Operation::ReleaseSavepoint,
+            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
+                Operation::RollbackToSavepoint
+            }
+        };
         let mut lease = Lease {
             session: self,
             conn: Some(self.lend()?),
         };
-        let result = DB::execute(lease.conn(), sql).await;
+        let result = match name {
+            SavepointName::Scope(depth) => DB::scope_savepoint(lease.conn(), action, depth).await,
+            SavepointName::Named(name) => {
+                DB::execute(lease.conn(), Cow::Owned(DB::savepoint_sql(action, name))).await
+            }
+        };
         lease.finish();
         result.map_err(|source| Error::database(operation, source))
     }
@@ -727,10 +739,12 @@ pub(crate) trait ErasedSession: Send + Sync + 'static {
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 
+    fn as_any(&self) -> &dyn Any;
+
     fn savepoint<'a>(
         &'a self,
         action: SavepointAction,
-        name: &'a str,
+        name: SavepointName<'a>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     fn end(&self, commit: bool) -> BoxFuture<'_, Result<(), Error>>;
@@ -747,19 +761,16 @@ impl<DB: Backend> ErasedSession for Session<DB> {
         self
     }
 
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn savepoint<'a>(
         &'a self,
         action: SavepointAction,
-        name: &'a str,
+        name: SavepointName<'a>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        let operation = match action {
-            SavepointAction::Create => Operation::Savepoint,
-            SavepointAction::Release => Operation::ReleaseSavepoint,
-            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
-                Operation::RollbackToSavepoint
-            }
-        };
-        Box::pin(self.run_statement(operation, Cow::Owned(DB::savepoint_sql(action, name))))
+        Box::pin(self.run_savepoint(action, name))
     }
 
     fn end(&self, commit: bool) -> BoxFuture<'_, Result<(), Error>> {

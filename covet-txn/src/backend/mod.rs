@@ -35,6 +35,15 @@ pub trait Backend: sqlx::Database + sealed::BackendOps {}
 
 impl<DB: sqlx::Database + sealed::BackendOps> Backend for DB {}
 
+/// Which savepoint a statement is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointName<'a> {
+    /// The savepoint of the nested scope at this depth (2 for the first).
+    Scope(u32),
+    /// A savepoint the user created by hand, by its checked name.
+    Named(&'a str),
+}
+
 /// What a savepoint statement does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SavepointAction {
@@ -121,6 +130,16 @@ pub(crate) mod sealed {
             conn: &mut Self::Connection,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
             Self::execute(conn, Cow::Borrowed("ROLLBACK"))
+        }
+
+        /// Runs a nested scope's savepoint statement.
+        fn scope_savepoint(
+            conn: &mut Self::Connection,
+            action: SavepointAction,
+            depth: u32,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+            let name = format!("covet_sp_{depth}");
+            Self::execute(conn, Cow::Owned(Self::savepoint_sql(action, &name)))
         }
 
         /// Sends trusted SQL in one request over the simple protocol.

@@ -20,8 +20,8 @@ use sqlx::sqlite::{SqliteError, SqliteTransactionManager};
 use sqlx::{SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
-use super::execute_raw;
 use super::sealed::BackendOps;
+use super::{SavepointAction, execute_raw};
 use crate::options::{Isolation, TxOptions};
 use crate::retry::FailureKind;
 
@@ -87,6 +87,23 @@ impl BackendOps for Sqlite {
         conn: &mut SqliteConnection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
         SqliteTransactionManager::rollback(conn)
+    }
+
+    // Nested scopes use sqlx's numbered savepoints, run by the worker as
+    // dedicated commands. A rolled-back savepoint stays on SQLite's stack
+    // until the transaction ends, which costs SQLite nothing.
+    async fn scope_savepoint(
+        conn: &mut SqliteConnection,
+        action: SavepointAction,
+        _depth: u32,
+    ) -> Result<(), sqlx::Error> {
+        match action {
+            SavepointAction::Create => SqliteTransactionManager::begin(conn, None).await,
+            SavepointAction::Release => SqliteTransactionManager::commit(conn).await,
+            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
+                SqliteTransactionManager::rollback(conn).await
+            }
+        }
     }
 
     fn execute<'c>(
