@@ -175,6 +175,14 @@ fn normalize(text: &str) -> String {
     out
 }
 
+/// The isolation level and access mode a transaction begins with: what the
+/// backends need to know of the options, and all a session keeps of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: Option<bool>,
+}
+
 /// Everything a transactional call asks of the runtime.
 ///
 /// Built with `const` methods so that `#[transactional]` can place its options
@@ -307,6 +315,13 @@ impl TxOptions {
     pub const fn declared_hooks(mut self, hooks: &'static [DeclaredHook]) -> Self {
         self.hooks = hooks;
         self
+    }
+
+    pub(crate) const fn access(&self) -> Access {
+        Access {
+            isolation: self.isolation,
+            read_only: self.read_only,
+        }
     }
 
     /// The isolation level asked for, if any.

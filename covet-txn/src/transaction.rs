@@ -23,7 +23,7 @@ use crate::backend::{Backend, SavepointAction, SavepointName};
 use crate::error::{CommitOutcome, Error, Operation};
 use crate::hooks::HookList;
 use crate::metrics::{Count, Metrics, Series};
-use crate::options::{Isolation, Propagation, TxOptions};
+use crate::options::{Access, Isolation, Propagation, TxOptions};
 use crate::retry::FailureKind;
 
 /// A transaction's process-unique id.
@@ -242,7 +242,8 @@ enum Origin<DB: Backend> {
 /// A transaction or autocommit session on one connection.
 pub(crate) struct Session<DB: Backend> {
     pub(crate) core: SessionCore,
-    options: TxOptions,
+    access: Access,
+    resolve_ambiguous_commit: bool,
     /// Whether BEGIN bounded the server's statements, which on some servers
     /// is session state to undo at the end.
     server_timeout: bool,
@@ -294,9 +295,10 @@ impl<DB: Backend> Session<DB> {
             ),
         };
         let server_timeout = server_timeout.filter(|_| transactional);
-        let mut held = Held::new(conn, &options, server_timeout.is_some(), &origin);
+        let access = options.access();
+        let mut held = Held::new(conn, &access, server_timeout.is_some(), &origin);
         if transactional {
-            let begun = DB::begin(held.conn(), DB::begin_sql(&options, server_timeout)).await;
+            let begun = DB::begin(held.conn(), DB::begin_sql(&access, server_timeout)).await;
             if let Err(source) = begun {
                 held.discard_after_failed_begin().await;
                 return Err(Error::database(Operation::Begin, source));
@@ -323,7 +325,8 @@ impl<DB: Backend> Session<DB> {
                 depth: AtomicU32::new(u32::from(transactional)),
                 accounting: accounting.filter(|_| transactional),
             },
-            options,
+            access,
+            resolve_ambiguous_commit: options.resolve_ambiguous_commit,
             server_timeout: server_timeout.is_some(),
             slot: Mutex::new(Slot::Idle(conn)),
             origin,
@@ -389,7 +392,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     fn abandon_connection(&self, conn: PoolConnection<DB>) {
-        abandon(conn, &self.options, &self.origin);
+        abandon(conn, &self.access, &self.origin);
     }
 
     /// Runs one savepoint statement inside the transaction.
@@ -450,7 +453,7 @@ impl<DB: Backend> Session<DB> {
             self.core.finish(Ended::RolledBack);
             return Err(Error::TransactionAborted(reason));
         }
-        let mut held = Held::new(conn, &self.options, self.server_timeout, &self.origin);
+        let mut held = Held::new(conn, &self.access, self.server_timeout, &self.origin);
         if !self.core.transactional {
             held.release();
             Ok(())
@@ -482,7 +485,7 @@ impl<DB: Backend> Session<DB> {
 
     async fn commit(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
         self.core.set_state(TxState::Committing);
-        let token = if self.options.resolve_ambiguous_commit {
+        let token = if self.resolve_ambiguous_commit {
             match DB::commit_token(held.conn()).await {
                 Ok(token) => token,
                 // The transaction cannot commit (on PostgreSQL: a swallowed
@@ -546,7 +549,7 @@ impl<DB: Backend> Session<DB> {
 /// the connection.
 struct Held<'s, DB: Backend> {
     conn: Option<PoolConnection<DB>>,
-    options: &'s TxOptions,
+    access: &'s Access,
     server_timeout: bool,
     origin: &'s Origin<DB>,
 }
@@ -554,13 +557,13 @@ struct Held<'s, DB: Backend> {
 impl<'s, DB: Backend> Held<'s, DB> {
     fn new(
         conn: PoolConnection<DB>,
-        options: &'s TxOptions,
+        access: &'s Access,
         server_timeout: bool,
         origin: &'s Origin<DB>,
     ) -> Self {
         Held {
             conn: Some(conn),
-            options,
+            access,
             server_timeout,
             origin,
         }
@@ -581,7 +584,7 @@ impl<'s, DB: Backend> Held<'s, DB> {
     /// Undoes session state the BEGIN set; `false` if that failed, in which
     /// case the connection stays armed to be abandoned.
     async fn restore_session(&mut self) -> bool {
-        match DB::restore_sql(self.options, self.server_timeout) {
+        match DB::restore_sql(self.access, self.server_timeout) {
             Some(sql) => DB::execute(self.conn(), Cow::Borrowed(sql)).await.is_ok(),
             None => true,
         }
@@ -621,15 +624,15 @@ impl<'s, DB: Backend> Held<'s, DB> {
 impl<DB: Backend> Drop for Held<'_, DB> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            abandon(conn, self.options, self.origin);
+            abandon(conn, self.access, self.origin);
         }
     }
 }
 
 /// Abandons a connection and, if it was lent by an autocommit session, that
 /// session too: its connection is gone.
-fn abandon<DB: Backend>(conn: PoolConnection<DB>, options: &TxOptions, origin: &Origin<DB>) {
-    DB::abandon(conn, options);
+fn abandon<DB: Backend>(conn: PoolConnection<DB>, access: &Access, origin: &Origin<DB>) {
+    DB::abandon(conn, access);
     if let Origin::Lent(parent) = origin {
         parent.abort("a transaction begun on this session's connection was abandoned");
     }

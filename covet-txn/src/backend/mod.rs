@@ -15,9 +15,9 @@ use sqlx::pool::PoolConnection;
 use crate::error::CommitOutcome;
 use crate::retry::FailureKind;
 
+use crate::options::Access;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use crate::options::Isolation;
-use crate::options::TxOptions;
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -66,11 +66,11 @@ pub(crate) mod sealed {
         /// The statement (possibly several, sent as one request) that begins a
         /// transaction with these options. With `server_timeout`, it also
         /// bounds the server's statements and lock waits by that time.
-        fn begin_sql(options: &TxOptions, server_timeout: Option<Duration>) -> Cow<'static, str>;
+        fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str>;
 
         /// A statement to run after COMMIT or ROLLBACK to undo session state
         /// that `begin_sql` set, if any.
-        fn restore_sql(_options: &TxOptions, _server_timeout: bool) -> Option<&'static str> {
+        fn restore_sql(_options: &Access, _server_timeout: bool) -> Option<&'static str> {
             None
         }
 
@@ -151,7 +151,7 @@ pub(crate) mod sealed {
         /// Disposes of a connection whose protocol or transaction state is not
         /// known to be clean, so that it never returns to the pool inside a
         /// transaction.
-        fn abandon(conn: PoolConnection<Self>, options: &TxOptions);
+        fn abandon(conn: PoolConnection<Self>, options: &Access);
     }
 }
 
@@ -212,7 +212,7 @@ where
 
 /// The access-mode clause PostgreSQL and MySQL share.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn access_clause(options: &TxOptions) -> &'static str {
+pub(crate) fn access_clause(options: &Access) -> &'static str {
     match options.read_only {
         Some(true) => " READ ONLY",
         Some(false) => " READ WRITE",
@@ -222,6 +222,6 @@ pub(crate) fn access_clause(options: &TxOptions) -> &'static str {
 
 /// The isolation level written for SQL, if one was asked for.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn isolation_sql(options: &TxOptions) -> Option<&'static str> {
+pub(crate) fn isolation_sql(options: &Access) -> Option<&'static str> {
     options.isolation.map(Isolation::sql)
 }

@@ -14,13 +14,13 @@ use sqlx::{MySql, MySqlConnection};
 
 use super::sealed::BackendOps;
 use super::{access_clause, execute_raw, isolation_sql};
-use crate::options::TxOptions;
+use crate::options::Access;
 use crate::retry::FailureKind;
 
 impl BackendOps for MySql {
     const SYSTEM: &'static str = "mysql";
 
-    fn begin_sql(options: &TxOptions, server_timeout: Option<Duration>) -> Cow<'static, str> {
+    fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str> {
         let access = access_clause(options);
         if server_timeout.is_none() && options.isolation.is_none() {
             return if access.is_empty() {
@@ -48,7 +48,7 @@ impl BackendOps for MySql {
         Cow::Owned(sql)
     }
 
-    fn restore_sql(_options: &TxOptions, server_timeout: bool) -> Option<&'static str> {
+    fn restore_sql(_options: &Access, server_timeout: bool) -> Option<&'static str> {
         server_timeout.then_some(
             "SET SESSION innodb_lock_wait_timeout = DEFAULT /*M!100100 , max_statement_time = DEFAULT */",
         )
@@ -74,7 +74,7 @@ impl BackendOps for MySql {
         execute_raw::<MySql>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<MySql>, _options: &TxOptions) {
+    fn abandon(conn: PoolConnection<MySql>, _options: &Access) {
         // A reply cut off mid-stream leaves the MySQL protocol out of step, and
         // returning such a connection to the pool can hang for ever. Closing
         // the socket is the only safe end; the server rolls back.

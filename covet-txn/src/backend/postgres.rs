@@ -13,13 +13,13 @@ use sqlx::{PgConnection, Postgres};
 use super::sealed::BackendOps;
 use super::{access_clause, execute_raw, isolation_sql};
 use crate::error::CommitOutcome;
-use crate::options::TxOptions;
+use crate::options::Access;
 use crate::retry::FailureKind;
 
 impl BackendOps for Postgres {
     const SYSTEM: &'static str = "postgresql";
 
-    fn begin_sql(options: &TxOptions, server_timeout: Option<Duration>) -> Cow<'static, str> {
+    fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str> {
         let access = access_clause(options);
         let begin = match isolation_sql(options) {
             None if access.is_empty() => Cow::Borrowed("BEGIN"),
@@ -83,7 +83,7 @@ impl BackendOps for Postgres {
         execute_raw::<Postgres>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<Postgres>, _options: &TxOptions) {
+    fn abandon(conn: PoolConnection<Postgres>, _options: &Access) {
         // A statement may have been cut off mid-reply; only closing the socket
         // is sure to end the transaction. The server rolls back when it sees
         // the connection go.

@@ -22,14 +22,14 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::sealed::BackendOps;
 use super::{SavepointAction, execute_raw};
-use crate::options::{Isolation, TxOptions};
+use crate::options::{Access, Isolation};
 use crate::retry::FailureKind;
 
 impl BackendOps for Sqlite {
     const SYSTEM: &'static str = "sqlite";
 
     // SQLite runs in-process: there is no server to stop at the deadline.
-    fn begin_sql(options: &TxOptions, _server_timeout: Option<Duration>) -> Cow<'static, str> {
+    fn begin_sql(options: &Access, _server_timeout: Option<Duration>) -> Cow<'static, str> {
         let read_only = options.read_only == Some(true);
         Cow::Borrowed(match (options.isolation, read_only) {
             (Some(Isolation::ReadUncommitted), true) => {
@@ -54,7 +54,7 @@ impl BackendOps for Sqlite {
         }
     }
 
-    fn restore_sql(options: &TxOptions, _server_timeout: bool) -> Option<&'static str> {
+    fn restore_sql(options: &Access, _server_timeout: bool) -> Option<&'static str> {
         let read_only = options.read_only == Some(true);
         match (options.isolation, read_only) {
             (Some(Isolation::ReadUncommitted), true) => {
@@ -113,7 +113,7 @@ impl BackendOps for Sqlite {
         execute_raw::<Sqlite>(conn, sql)
     }
 
-    fn abandon(mut conn: PoolConnection<Sqlite>, options: &TxOptions) {
+    fn abandon(mut conn: PoolConnection<Sqlite>, options: &Access) {
         // SQLite's worker thread runs commands in order and always to the end.
         // A round trip to it first lets whatever was cut off (a BEGIN whose
         // answer nobody took, a statement) finish; then sqlx's count of open
