@@ -111,9 +111,10 @@ pub type RetryPredicate = fn(&Failure<'_>) -> bool;
 
 /// How often a transaction is retried and how long it waits in between.
 ///
-/// The wait before retry *n* is drawn uniformly from zero to
-/// `min(max_backoff, backoff × multiplier^(n-1))` ("full jitter"), so that
-/// transactions that collided do not collide again in lockstep.
+/// The wait before retry *n* is drawn uniformly from half to all of
+/// `min(max_backoff, backoff × multiplier^(n-1))` ("equal jitter"): the
+/// random half keeps transactions that collided from colliding again in
+/// lockstep, the fixed half gives the one that won time to finish.
 ///
 /// ```
 /// use std::time::Duration;
@@ -195,7 +196,7 @@ impl RetryPolicy {
         let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
         let grown = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
         let ceiling = grown.min(self.max_backoff.as_secs_f64()).max(0.0);
-        Duration::from_secs_f64(ceiling * unit_random())
+        Duration::from_secs_f64(ceiling * (0.5 + 0.5 * unit_random()))
     }
 
     /// This policy with the fields a call set explicitly.
@@ -306,23 +307,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_grow_to_the_cap_and_are_jittered_below_it() {
+    fn delays_grow_to_the_cap_and_are_jittered_in_its_upper_half() {
         let policy = RetryPolicy::new()
             .backoff(Duration::from_millis(10))
             .max_backoff(Duration::from_millis(80));
         for (retry, ceiling) in [(1, 10), (2, 20), (3, 40), (4, 80), (9, 80)] {
+            let ceiling = Duration::from_millis(ceiling);
             let delays: Vec<Duration> = (0..200).map(|_| policy.delay(retry)).collect();
             assert!(
                 delays
                     .iter()
-                    .all(|delay| *delay <= Duration::from_millis(ceiling))
+                    .all(|delay| *delay <= ceiling && *delay >= ceiling / 2)
             );
             let spread = delays.iter().max().copied().unwrap_or_default()
                 - delays.iter().min().copied().unwrap_or_default();
-            assert!(
-                spread > Duration::from_millis(ceiling / 2),
-                "retry {retry}: {spread:?}"
-            );
+            assert!(spread > ceiling / 4, "retry {retry}: {spread:?}");
         }
     }
 

@@ -601,10 +601,12 @@ impl<'s, DB: Backend> Held<'s, DB> {
     }
 
     /// After a COMMIT that failed with the server's answer, the transaction
-    /// may still be open (SQLite keeps it on `SQLITE_BUSY`): roll back, and
-    /// keep the connection only if that works.
+    /// may still be open (SQLite keeps it on `SQLITE_BUSY`): roll back where
+    /// the server has not already, and keep the connection only if that
+    /// works.
     async fn roll_back_after_failed_commit(&mut self) {
-        let rolled_back = DB::rollback(self.conn()).await.is_ok();
+        let rolled_back =
+            DB::FAILED_COMMIT_ENDS_TRANSACTION || DB::rollback(self.conn()).await.is_ok();
         if rolled_back && self.restore_session().await {
             self.release();
         }

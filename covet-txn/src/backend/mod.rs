@@ -63,6 +63,10 @@ pub(crate) mod sealed {
         /// The OpenTelemetry `db.system` name.
         const SYSTEM: &'static str;
 
+        /// Whether a COMMIT that fails with the server's answer has always
+        /// ended the transaction, so that no ROLLBACK needs to follow.
+        const FAILED_COMMIT_ENDS_TRANSACTION: bool = false;
+
         /// The statement (possibly several, sent as one request) that begins a
         /// transaction with these options. With `server_timeout`, it also
         /// bounds the server's statements and lock waits by that time.

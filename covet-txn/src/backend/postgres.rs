@@ -19,6 +19,9 @@ use crate::retry::FailureKind;
 impl BackendOps for Postgres {
     const SYSTEM: &'static str = "postgresql";
 
+    // PostgreSQL ends the transaction whatever COMMIT answers.
+    const FAILED_COMMIT_ENDS_TRANSACTION: bool = true;
+
     fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str> {
         let access = access_clause(options);
         let begin = match isolation_sql(options) {
