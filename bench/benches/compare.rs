@@ -932,7 +932,7 @@ async fn run_all() {
 
     if scenario("contended") {
         println!(
-            "\nContended transfers: {CONTENDED_TASKS} tasks, {HOT_ROWS} hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries; 2 rounds per side\n"
+            "\nContended transfers: {CONTENDED_TASKS} tasks x {TRANSFERS_PER_TASK} transfers, {HOT_ROWS} hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries; {CONTENDED_ROUNDS} rounds per side, interleaved\n"
         );
         println!("| backend | side | committed/s | retries | gave up | p99 ms |");
         println!("|---|---|---|---|---|---|");

@@ -111,10 +111,13 @@ pub type RetryPredicate = fn(&Failure<'_>) -> bool;
 
 /// How often a transaction is retried and how long it waits in between.
 ///
-/// The wait before retry *n* is drawn uniformly from half to all of
-/// `min(max_backoff, backoff × multiplier^(n-1))` ("equal jitter"): the
-/// random half keeps transactions that collided from colliding again in
-/// lockstep, the fixed half gives the one that won time to finish.
+/// The wait before retry *n* is centred on `min(max_backoff, backoff ×
+/// multiplier^(n-1))` and drawn uniformly from half to one and a half times
+/// it (never above `max_backoff`): the spread keeps transactions that
+/// collided from colliding again in lockstep, and the centre keeps the
+/// backoff as long as asked, giving the transaction that won time to
+/// finish. (Measured against "full jitter", from zero to the delay, on the
+/// contended benchmark: fewer retries and a lower p99.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -195,8 +198,9 @@ impl RetryPolicy {
     pub(crate) fn delay(&self, retry: u32) -> Duration {
         let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
         let grown = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        let ceiling = grown.min(self.max_backoff.as_secs_f64()).max(0.0);
-        Duration::from_secs_f64(ceiling * (0.5 + 0.5 * unit_random()))
+        let cap = self.max_backoff.as_secs_f64();
+        let nominal = grown.min(cap).max(0.0);
+        Duration::from_secs_f64((nominal * (0.5 + unit_random())).min(cap))
     }
 
     /// This policy with the fields a call set explicitly.
@@ -307,21 +311,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_grow_to_the_cap_and_are_jittered_in_its_upper_half() {
+    fn delays_grow_to_the_cap_and_spread_around_the_nominal_delay() {
         let policy = RetryPolicy::new()
             .backoff(Duration::from_millis(10))
             .max_backoff(Duration::from_millis(80));
-        for (retry, ceiling) in [(1, 10), (2, 20), (3, 40), (4, 80), (9, 80)] {
-            let ceiling = Duration::from_millis(ceiling);
-            let delays: Vec<Duration> = (0..200).map(|_| policy.delay(retry)).collect();
+        let cap = Duration::from_millis(80);
+        for (retry, nominal) in [(1, 10), (2, 20), (3, 40), (4, 80), (9, 80)] {
+            let nominal = Duration::from_millis(nominal);
+            let delays: Vec<Duration> = (0..400).map(|_| policy.delay(retry)).collect();
+            let highest = (nominal * 3 / 2).min(cap);
             assert!(
                 delays
                     .iter()
-                    .all(|delay| *delay <= ceiling && *delay >= ceiling / 2)
+                    .all(|delay| *delay >= nominal / 2 && *delay <= highest)
             );
             let spread = delays.iter().max().copied().unwrap_or_default()
                 - delays.iter().min().copied().unwrap_or_default();
-            assert!(spread > ceiling / 4, "retry {retry}: {spread:?}");
+            assert!(spread > nominal / 4, "retry {retry}: {spread:?}");
         }
     }
 
