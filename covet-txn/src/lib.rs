@@ -35,8 +35,9 @@
 //! (the task-local scopes), `manager` (pools and defaults), `scope` (running
 //! one call), `retry` (whether and when to run a call again), `hooks` (side
 //! effects tied to a transaction's fate), `metrics` (counting them),
-//! [`monitor`] (snapshots, alerts, health, reports; feature `monitor`), `transaction` (a transaction's connection and state),
-//! `savepoint` (savepoints by hand), `backend` (everything that differs per
+//! [`monitor`] (snapshots, alerts, health, reports; feature `monitor`),
+//! `dashboard` (the live web page; feature `dashboard`), `transaction` (a
+//! transaction's connection and state), `savepoint` (savepoints by hand), `backend` (everything that differs per
 //! database), `error`.
 
 #![warn(missing_docs)]
@@ -45,6 +46,8 @@ extern crate self as covet_txn;
 
 mod backend;
 mod context;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod error;
 mod hooks;
 mod manager;

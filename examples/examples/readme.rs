@@ -91,5 +91,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("moved 30 from account 1 to account 2; the total is still {total}");
+
+    use covet_txn::monitor::MonitorConfig;
+    use std::time::Duration;
+    let dashboard_token =
+        std::env::var("DASHBOARD_TOKEN").unwrap_or_else(|_| "change-me".to_owned());
+    use covet_txn::dashboard::Dashboard;
+
+    let monitor = manager.monitor_with(MonitorConfig::new().interval(Duration::from_secs(1)));
+    let running = Dashboard::new(monitor)
+        .bind("127.0.0.1:7777") // the default; loopback only
+        .bearer_token(dashboard_token) // optional; strongly advised off loopback
+        .start()
+        .await?;
+    println!("dashboard at {}", running.url());
+    running.shutdown().await;
     Ok(())
 }

@@ -199,6 +199,7 @@ pub(crate) const SERVER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 
 /// Runs `sql` through sqlx's raw-SQL path, the one that sends several
 /// statements in one request and logs them like any other statement.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) async fn execute_raw<'c, DB>(
     conn: &'c mut DB::Connection,
     sql: Cow<'static, str>,

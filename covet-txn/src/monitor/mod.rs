@@ -343,6 +343,13 @@ impl Monitor {
         export::alerts_csv(&self.alerts(filter))
     }
 
+    /// The manager's metrics now in the Prometheus (OpenMetrics) text format,
+    /// as [`TxManager::prometheus_text`](crate::TxManager::prometheus_text)
+    /// gives them.
+    pub fn prometheus_text(&self) -> Result<String, Error> {
+        export_text(PrometheusCollector(self.inner.manager()?))
+    }
+
     /// Stops the background sampling; what was gathered stays readable.
     pub fn shutdown(&self) {
         self.inner.stop.notify_one();

@@ -1,0 +1,368 @@
+// The covet-txn dashboard. Every value that comes from the application
+// (function names, alert messages) is written with textContent or as an
+// SVG text node: nothing received is ever parsed as markup.
+"use strict";
+
+(() => {
+  const SVG = "http://www.w3.org/2000/svg";
+  const token = new URLSearchParams(window.location.search).get("token");
+  const byId = (id) => document.getElementById(id);
+  const integer = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
+  const decimal = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
+  const precise = new Intl.NumberFormat("en", { maximumFractionDigits: 2 });
+
+  let alertLevel = "";
+  let source = null;
+  let latest = null;
+  let functionSort = { key: "committed", descending: true };
+
+  // Relative to the page, so that the dashboard works mounted under any path.
+  function url(path, extra) {
+    const target = new URL(path, document.baseURI);
+    if (token) target.searchParams.set("token", token);
+    for (const [key, value] of Object.entries(extra || {})) {
+      if (value) target.searchParams.set(key, value);
+    }
+    return target.toString();
+  }
+
+  function element(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function svg(tag, attributes) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function setText(id, text) {
+    byId(id).textContent = text;
+  }
+
+  function ms(value) {
+    return value === null || value === undefined ? "—" : value < 10 ? precise.format(value) : decimal.format(value);
+  }
+
+  function percent(rate) {
+    return rate === null || rate === undefined ? "—" : `${decimal.format(rate * 100)} %`;
+  }
+
+  function age(millis) {
+    if (millis < 1000) return `${integer.format(millis)} ms`;
+    if (millis < 60000) return `${decimal.format(millis / 1000)} s`;
+    return `${integer.format(Math.floor(millis / 60000))} min ${integer.format((millis % 60000) / 1000)} s`;
+  }
+
+  function clock(atMs) {
+    return new Date(atMs).toLocaleTimeString("en-GB", { hour12: false });
+  }
+
+  function healthClass(score) {
+    return score >= 90 ? "good" : score >= 70 ? "fair" : "poor";
+  }
+
+  function setConnection(state, text) {
+    const pill = byId("connection");
+    pill.className = `pill pill-${state}`;
+    pill.textContent = text;
+  }
+
+  // Throughput over the last few seconds of updates, from the running
+  // totals: live at every refresh, whatever the monitor's sampling interval.
+  const RATE_WINDOW_MS = 5000;
+  const RATE_MINIMUM_SPAN_MS = 800;
+  const recentTotals = [];
+
+  function liveRate(total, takenAt) {
+    const ended = total.committed + total.failed;
+    recentTotals.push({ takenAt, ended });
+    while (recentTotals.length > 2 && takenAt - recentTotals[1].takenAt >= RATE_WINDOW_MS) recentTotals.shift();
+    const oldest = recentTotals[0];
+    const span = takenAt - oldest.takenAt;
+    return span >= RATE_MINIMUM_SPAN_MS ? (Math.max(0, ended - oldest.ended) * 1000) / span : null;
+  }
+
+  function renderCards(state) {
+    const { metrics, health } = state;
+    const total = metrics.total;
+    setText("manager", metrics.manager);
+    setText("backend", metrics.backend);
+    setText("updated", clock(metrics.taken_at_ms));
+    byId("updated").dateTime = new Date(metrics.taken_at_ms).toISOString();
+
+    const score = health.score;
+    setText("health-score", integer.format(score));
+    byId("health-arc").setAttribute("stroke-dasharray", `${score} ${100 - score}`);
+    byId("health-ring").setAttribute("class", `ring ${healthClass(score)}`);
+
+    const rate = liveRate(total, metrics.taken_at_ms);
+    setText("kpi-throughput", rate === null ? "—" : decimal.format(rate));
+    setText("kpi-committed", `${integer.format(total.committed)} committed in all`);
+    setText("kpi-success", percent(total.success_rate));
+    setText("kpi-failed", `${integer.format(total.failed)} failed · ${integer.format(total.rolled_back)} rolled back`);
+    setText("kpi-p99", ms(total.duration.p99_ms));
+    setText("kpi-latency", `p50 ${ms(total.duration.p50_ms)} · p95 ${ms(total.duration.p95_ms)} ms`);
+    setText("kpi-retries", integer.format(total.retries));
+    setText("kpi-conflicts", `${integer.format(total.deadlocks)} deadlocks · ${integer.format(total.serialization_failures)} serialization`);
+    setText("kpi-active", integer.format(metrics.active.length));
+    const oldest = metrics.active[0];
+    setText("kpi-oldest", oldest ? `oldest ${age(oldest.age_ms)}` : "none running");
+    const pool = metrics.pool;
+    setText("kpi-pool", pool.max ? `${integer.format(pool.size - pool.idle)} / ${integer.format(pool.max)}` : "—");
+    setText("kpi-pool-idle", `${integer.format(pool.size)} open · ${integer.format(pool.idle)} idle`);
+  }
+
+  function renderActive(active, thresholds) {
+    const body = byId("active-table").tBodies[0];
+    body.replaceChildren();
+    for (const transaction of active) {
+      const row = element("tr");
+      row.append(
+        element("td", transaction.id, "num"),
+        element("td", transaction.function, "name"),
+        element("td", transaction.state),
+        element("td", transaction.isolation || "default"),
+        element("td", transaction.depth, "num"),
+        element("td", transaction.attempt, "num"),
+        element("td", age(transaction.age_ms), "num"),
+      );
+      if (transaction.age_ms >= thresholds) row.className = "long";
+      body.append(row);
+    }
+    setText("active-count", integer.format(active.length));
+    byId("active-empty").hidden = active.length > 0;
+  }
+
+  function functionValue(metrics, key) {
+    switch (key) {
+      case "p50": return metrics.duration.p50_ms ?? -1;
+      case "p95": return metrics.duration.p95_ms ?? -1;
+      case "p99": return metrics.duration.p99_ms ?? -1;
+      case "success_rate": return metrics.success_rate ?? -1;
+      default: return metrics[key];
+    }
+  }
+
+  function renderFunctions(functions) {
+    const { key, descending } = functionSort;
+    const sorted = [...functions].sort((a, b) => {
+      const left = functionValue(a, key);
+      const right = functionValue(b, key);
+      const order = typeof left === "string" ? left.localeCompare(right) : left - right;
+      return descending ? -order : order;
+    });
+    const body = byId("function-table").tBodies[0];
+    body.replaceChildren();
+    for (const metrics of sorted) {
+      const row = element("tr");
+      const success = element("td", percent(metrics.success_rate), "num");
+      if (metrics.success_rate !== null && metrics.success_rate < 0.95) success.classList.add("bad");
+      row.append(
+        element("td", metrics.function, "name"),
+        element("td", integer.format(metrics.committed), "num"),
+        element("td", integer.format(metrics.rolled_back), "num"),
+        element("td", integer.format(metrics.failed), metrics.failed ? "num bad" : "num"),
+        element("td", integer.format(metrics.retries), "num"),
+        element("td", integer.format(metrics.timeouts), metrics.timeouts ? "num bad" : "num"),
+        success,
+        element("td", ms(metrics.duration.p50_ms), "num"),
+        element("td", ms(metrics.duration.p95_ms), "num"),
+        element("td", ms(metrics.duration.p99_ms), "num"),
+      );
+      body.append(row);
+    }
+    byId("function-empty").hidden = functions.length > 0;
+    for (const header of byId("function-table").tHead.rows[0].cells) {
+      header.setAttribute("aria-sort", header.dataset.key === key ? (descending ? "descending" : "ascending") : "none");
+    }
+  }
+
+  function renderHealth(health) {
+    const penalties = byId("penalties");
+    penalties.replaceChildren();
+    const parts = [
+      ["failures", health.failure_penalty],
+      ["contention", health.contention_penalty],
+      ["latency", health.latency_penalty],
+      ["incidents", health.incident_penalty],
+      ["pool", health.pool_penalty],
+    ];
+    for (const [name, points] of parts) {
+      const bar = element("span", null, "bar");
+      const fill = element("span", null, points > 0 ? "bar-fill" : "bar-fill none");
+      fill.style.width = `${Math.min(100, points * 2)}%`;
+      bar.append(fill);
+      const value = element("dd");
+      value.append(bar, element("span", `−${decimal.format(points)}`, "points"));
+      penalties.append(element("dt", name), value);
+    }
+    const list = byId("recommendations");
+    list.replaceChildren();
+    const advice = health.recommendations.length ? health.recommendations : ["Nothing to do: all is well."];
+    for (const text of advice) list.append(element("li", text));
+  }
+
+  function renderAlerts(alerts) {
+    const list = byId("alerts");
+    list.replaceChildren();
+    for (const alert of alerts) {
+      const item = element("li", null, `alert level-${alert.level.toLowerCase()}`);
+      const head = element("div", null, "alert-head");
+      head.append(
+        element("span", alert.level, "badge"),
+        element("time", clock(alert.at_ms)),
+        element("span", alert.rule.replaceAll("_", " "), "rule"),
+      );
+      if (alert.function) head.append(element("code", alert.function, "name"));
+      item.append(head, element("p", alert.message));
+      list.append(item);
+    }
+    setText("alert-count", integer.format(alerts.length));
+    byId("alerts-empty").hidden = alerts.length > 0;
+  }
+
+  // A line chart of `series` over the history's points, in SVG.
+  function renderChart(id, points, series, options) {
+    const host = byId(id);
+    const width = 560;
+    const height = 200;
+    const pad = { left: 44, right: 10, top: 10, bottom: 22 };
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "plot" });
+    const values = series.flatMap((line) => points.map(line.value)).filter((value) => Number.isFinite(value));
+    const top = Math.max(options.minimumTop || 1, ...values) * 1.1;
+    const x = (index) => pad.left + (points.length < 2 ? 0 : (index / (points.length - 1)) * (width - pad.left - pad.right));
+    const y = (value) => height - pad.bottom - (value / top) * (height - pad.top - pad.bottom);
+
+    for (let step = 0; step <= 4; step += 1) {
+      const value = (top / 4) * step;
+      chart.append(svg("line", { x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value), class: "grid" }));
+      const label = svg("text", { x: pad.left - 6, y: y(value) + 4, class: "axis", "text-anchor": "end" });
+      label.textContent = value >= 100 ? integer.format(value) : decimal.format(value);
+      chart.append(label);
+    }
+    if (points.length > 0) {
+      for (const [index, anchor] of [[0, "start"], [points.length - 1, "end"]]) {
+        const label = svg("text", { x: x(index), y: height - 6, class: "axis", "text-anchor": anchor });
+        label.textContent = clock(points[index].at_ms);
+        chart.append(label);
+      }
+    }
+    for (const line of series) {
+      const coordinates = [];
+      points.forEach((point, index) => {
+        const value = line.value(point);
+        if (Number.isFinite(value)) coordinates.push(`${x(index).toFixed(1)},${y(value).toFixed(1)}`);
+      });
+      if (coordinates.length > 0) {
+        chart.append(svg("polyline", { points: coordinates.join(" "), class: `line ${line.className}` }));
+      }
+    }
+    const legend = element("div", null, "legend");
+    for (const line of series) {
+      const last = points.length ? line.value(points[points.length - 1]) : null;
+      const key = element("span", null, `key ${line.className}`);
+      key.append(element("i"), element("span", `${line.name} ${Number.isFinite(last) ? decimal.format(last) : "—"}`));
+      legend.append(key);
+    }
+    if (points.length < 2) {
+      const note = svg("text", { x: width / 2, y: height / 2, class: "axis", "text-anchor": "middle" });
+      note.textContent = "waiting for the monitor's samples…";
+      chart.append(note);
+    }
+    host.replaceChildren(chart, legend);
+  }
+
+  function renderCharts(history) {
+    // The first sample counts everything before it: it has no rate.
+    const points = history.filter((point) => point.seconds > 0);
+    const perSecond = (field) => (point) => point[field] / point.seconds;
+    renderChart("chart-throughput", points, [
+      { name: "committed", className: "s-good", value: perSecond("committed") },
+      { name: "rolled back", className: "s-warn", value: perSecond("rolled_back") },
+      { name: "failed", className: "s-bad", value: perSecond("failed") },
+    ], {});
+    renderChart("chart-latency", points, [
+      { name: "p50", className: "s-info", value: (point) => point.p50_ms ?? NaN },
+      { name: "p95", className: "s-warn", value: (point) => point.p95_ms ?? NaN },
+      { name: "p99", className: "s-bad", value: (point) => point.p99_ms ?? NaN },
+    ], {});
+    renderChart("chart-conflicts", points, [
+      { name: "retries", className: "s-info", value: perSecond("retries") },
+      { name: "deadlocks", className: "s-bad", value: perSecond("deadlocks") },
+      { name: "serialization", className: "s-warn", value: perSecond("serialization_failures") },
+    ], {});
+    renderChart("chart-health", points, [
+      { name: "health", className: "s-good", value: (point) => point.health },
+      { name: "active", className: "s-info", value: (point) => point.active },
+    ], { minimumTop: 100 });
+  }
+
+  function render(state) {
+    latest = state;
+    renderCards(state);
+    renderActive(state.metrics.active, state.long_transaction_ms);
+    renderFunctions(state.metrics.functions);
+    renderHealth(state.health);
+    renderAlerts(state.alerts);
+    renderCharts(state.history);
+  }
+
+  function connect() {
+    if (source) source.close();
+    source = new EventSource(url("api/events", { level: alertLevel }));
+    source.addEventListener("open", () => setConnection("live", "live"));
+    source.addEventListener("state", (event) => {
+      setConnection("live", "live");
+      render(JSON.parse(event.data));
+    });
+    source.addEventListener("failure", (event) => setConnection("bad", event.data));
+    // EventSource reconnects by itself; say so meanwhile.
+    source.addEventListener("error", () => setConnection("wait", "reconnecting…"));
+  }
+
+  function refreshNow() {
+    fetch(url("api/state", { level: alertLevel }), { cache: "no-store" })
+      .then((response) => (response.ok ? response.json() : Promise.reject(new Error(response.statusText))))
+      .then(render)
+      .catch(() => setConnection("wait", "reconnecting…"));
+  }
+
+  function linkExports() {
+    byId("export-report").href = url("export/report.json");
+    byId("export-metrics").href = url("export/metrics.csv");
+    byId("export-history").href = url("export/history.csv");
+    byId("export-alerts").href = url("export/alerts.csv", { level: alertLevel });
+    byId("export-prometheus").href = url("metrics");
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    byId("alert-level").addEventListener("change", (event) => {
+      alertLevel = event.target.value;
+      linkExports();
+      refreshNow();
+      connect();
+    });
+    for (const header of byId("function-table").tHead.rows[0].cells) {
+      header.tabIndex = 0;
+      const sortBy = () => {
+        const key = header.dataset.key;
+        functionSort = { key, descending: functionSort.key === key ? !functionSort.descending : key !== "function" };
+        if (latest) renderFunctions(latest.metrics.functions);
+      };
+      header.addEventListener("click", sortBy);
+      header.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          sortBy();
+        }
+      });
+    }
+    linkExports();
+    refreshNow();
+    connect();
+  });
+})();

@@ -1,0 +1,201 @@
+// Drives the covet-txn dashboard in a real headless Chromium and checks
+// what a person would see. Usage:
+//   node dashboard.mjs <dashboard url> <bearer token>
+// The dashboard must be serving the workload of tests/tests/dashboard.rs.
+// Exits non-zero, saying why, on the first check that fails.
+
+import { readFileSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const [base, token] = process.argv.slice(2);
+if (!base || !token) {
+  console.error("usage: node dashboard.mjs <dashboard url> <bearer token>");
+  process.exit(2);
+}
+
+const XSS_NAMES = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"];
+const failures = [];
+const problems = [];
+
+function check(condition, what) {
+  if (!condition) throw new Error(what);
+}
+
+async function step(name, body) {
+  try {
+    await body();
+    console.log(`ok   ${name}`);
+  } catch (error) {
+    failures.push(name);
+    console.log(`FAIL ${name}: ${error.message}`);
+  }
+}
+
+function csvRows(text) {
+  return text.trim().split(/\r?\n/).map((line) => line.split(","));
+}
+
+// Playwright gives every launch a fresh, temporary profile.
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+
+try {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1440, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  page.on("dialog", async (dialog) => {
+    problems.push(`a dialog opened: ${dialog.message()}`);
+    await dialog.dismiss();
+  });
+  page.on("pageerror", (error) => problems.push(`script error: ${error.message}`));
+  page.on("response", (response) => {
+    if (response.status() >= 400) problems.push(`${response.url()} answered ${response.status()}`);
+  });
+  page.on("console", (message) => {
+    if (message.type() === "error") problems.push(`console error: ${message.text()}`);
+  });
+
+  await step("the page and the API refuse requests without the token", async () => {
+    for (const path of ["", "api/state", "api/events", "export/report.json", "metrics"]) {
+      const response = await context.request.get(new URL(path, base).toString());
+      check(response.status() === 401, `${path || "/"} answered ${response.status()} without a token`);
+    }
+    const wrong = await context.request.get(new URL("api/state?token=wrong", base).toString());
+    check(wrong.status() === 401, `a wrong token was accepted (${wrong.status()})`);
+  });
+
+  const pageUrl = new URL(base);
+  pageUrl.searchParams.set("token", token);
+  await page.goto(pageUrl.toString());
+
+  await step("the page connects to the live stream", async () => {
+    await page.waitForFunction(() => document.getElementById("connection").textContent === "live");
+    check((await page.textContent("#manager")) === "dashboard-test", "the manager's name is not shown");
+    check((await page.textContent("#backend")) === "sqlite", "the backend is not shown");
+  });
+
+  await step("the figures change while transactions run", async () => {
+    const committed = async () => Number((await page.textContent("#kpi-committed")).replace(/[^0-9]/g, ""));
+    await page.waitForFunction(() => /\d/.test(document.getElementById("kpi-committed").textContent));
+    const first = await committed();
+    await page.waitForFunction(
+      (before) => Number(document.getElementById("kpi-committed").textContent.replace(/[^0-9]/g, "")) > before,
+      first,
+    );
+    await page.waitForFunction(() => Number(document.getElementById("kpi-throughput").textContent) > 0);
+    const score = Number(await page.textContent("#health-score"));
+    check(score >= 0 && score <= 100, `health score ${score}`);
+  });
+
+  await step("the charts draw the monitor's history", async () => {
+    await page.waitForFunction(() =>
+      ["chart-throughput", "chart-latency", "chart-conflicts", "chart-health"].every(
+        (id) => document.querySelectorAll(`#${id} polyline`).length > 0,
+      ),
+    );
+    const points = await page.getAttribute("#chart-throughput polyline", "points");
+    check(points.split(" ").length >= 2, "the throughput line has fewer than two points");
+  });
+
+  await step("function names are shown as text, never run as markup", async () => {
+    await page.waitForFunction(
+      (names) => names.every((name) => [...document.querySelectorAll("#function-table td.name")].some((cell) => cell.textContent === name)),
+      XSS_NAMES,
+    );
+    const scripts = await page.$$eval("script", (nodes) => nodes.map((node) => node.getAttribute("src")));
+    check(scripts.length === 1 && scripts[0] === "assets/app.js", `unexpected scripts: ${JSON.stringify(scripts)}`);
+    check((await page.$$("img")).length === 0, "an <img> from a function name made it into the page");
+  });
+
+  await step("a running transaction is listed with its age", async () => {
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll("#active-table tbody tr")].some((row) => row.cells[1].textContent.endsWith("held_open")),
+    );
+    const age = await page.$$eval("#active-table tbody tr", (rows) =>
+      rows.find((row) => row.cells[1].textContent.endsWith("held_open")).cells[6].textContent,
+    );
+    check(/\d+(\.\d+)? (ms|s)|min/.test(age), `age shows "${age}"`);
+  });
+
+  await step("the functions table sorts by a column", async () => {
+    await page.click('#function-table th[data-key="failed"]');
+    check((await page.getAttribute('#function-table th[data-key="failed"]', "aria-sort")) === "descending", "not sorted by failed");
+    const first = await page.textContent("#function-table tbody tr:first-child td.name");
+    check(first.endsWith("never_succeeds") || first.endsWith("too_slow"), `first row after sorting by failures is ${first}`);
+  });
+
+  await step("alerts of every level show, and the filter narrows them", async () => {
+    await page.waitForFunction(() => {
+      const levels = [...document.querySelectorAll("#alerts .badge")].map((badge) => badge.textContent);
+      return levels.includes("WARNING") && levels.includes("ERROR");
+    });
+    await page.selectOption("#alert-level", "ERROR");
+    await page.waitForFunction(() => {
+      const levels = [...document.querySelectorAll("#alerts .badge")].map((badge) => badge.textContent);
+      return levels.length > 0 && levels.every((level) => level === "ERROR" || level === "CRITICAL");
+    });
+    const href = await page.getAttribute("#export-alerts", "href");
+    check(href.includes("level=ERROR") && href.includes("token="), `the alerts export link is ${href}`);
+  });
+
+  await step("health recommendations are shown", async () => {
+    const advice = await page.$$eval("#recommendations li", (items) => items.map((item) => item.textContent));
+    check(advice.length > 0, "no recommendation");
+    check(advice.some((text) => text.includes("timed out") || text.includes("gave up")), `recommendations: ${JSON.stringify(advice)}`);
+  });
+
+  const downloaded = {};
+  await step("every export downloads and parses", async () => {
+    for (const id of ["export-report", "export-metrics", "export-history", "export-alerts"]) {
+      const [download] = await Promise.all([page.waitForEvent("download"), page.click(`#${id}`)]);
+      const path = await download.path();
+      downloaded[id] = { name: download.suggestedFilename(), text: readFileSync(path, "utf8") };
+    }
+    const report = JSON.parse(downloaded["export-report"].text);
+    check(report.metrics.manager === "dashboard-test", "the report names another manager");
+    check(Array.isArray(report.history) && report.history.length > 0, "the report has no history");
+    check(report.alerts.some((alert) => alert.level === "WARNING"), "the report lost the WARNING alerts");
+    check(downloaded["export-report"].name === "covet-txn-report.json", `report file ${downloaded["export-report"].name}`);
+
+    const metrics = csvRows(downloaded["export-metrics"].text);
+    check(metrics[0][0] === "function" && metrics.at(-1)[0] === "all", "metrics.csv has no header or no totals row");
+    const history = csvRows(downloaded["export-history"].text);
+    check(history.length > 2 && history[0].includes("committed"), "history.csv is empty");
+    const alerts = csvRows(downloaded["export-alerts"].text);
+    const level = alerts[0].indexOf("level");
+    check(level >= 0 && alerts.length > 1, "alerts.csv is empty");
+    check(alerts.slice(1).every((row) => row[level] === "ERROR" || row[level] === "CRITICAL"), "alerts.csv ignores the level filter");
+  });
+
+  await step("the Prometheus exposition is served", async () => {
+    const response = await context.request.get(await page.$eval("#export-prometheus", (link) => link.href));
+    check(response.ok(), `/metrics answered ${response.status()}`);
+    check(response.headers()["content-type"].startsWith("application/openmetrics-text"), "wrong content type");
+    const text = await response.text();
+    check(/^covet_txn_transactions_committed_total\{[^}]*manager="dashboard-test"[^}]*\} [1-9]/m.test(text), "no committed counter for the manager");
+    check(text.trimEnd().endsWith("# EOF"), "the exposition does not end with # EOF");
+  });
+
+  await step("nothing went wrong in the page", async () => {
+    check(problems.length === 0, problems.join("; "));
+  });
+} finally {
+  await browser.close();
+}
+
+if (failures.length > 0) {
+  console.error(`${failures.length} dashboard check(s) failed: ${failures.join(", ")}`);
+  process.exit(1);
+}
+console.log("all dashboard checks passed");

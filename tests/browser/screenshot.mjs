@@ -1,0 +1,29 @@
+// Saves a screenshot of a running dashboard, for the README:
+//   cargo run --example dashboard &
+//   node screenshot.mjs http://127.0.0.1:7777/ ../../docs/dashboard.png
+
+import { chromium } from "playwright-core";
+
+const [url, path] = process.argv.slice(2);
+if (!url || !path) {
+  console.error("usage: node screenshot.mjs <dashboard url> <file.png>");
+  process.exit(2);
+}
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });
+  await page.goto(url);
+  await page.waitForFunction(
+    () => document.querySelectorAll("#chart-throughput polyline").length > 0 && /\d/.test(document.getElementById("kpi-throughput").textContent),
+    null,
+    { timeout: 60000 },
+  );
+  await page.screenshot({ path, fullPage: true });
+  console.log(`saved ${path}`);
+} finally {
+  await browser.close();
+}
