@@ -316,6 +316,9 @@ struct Point {
     retries: u64,
     deadlocks: u64,
     serialization_failures: u64,
+    /// Busy databases, lock wait timeouts and snapshot conflicts: how
+    /// SQLite and MySQL report most collisions.
+    lock_conflicts: u64,
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -381,6 +384,9 @@ fn update(dashboard: &Dashboard, filter: &AlertFilter) -> Result<Update, Error> 
                 retries: interval.retries,
                 deadlocks: interval.deadlocks,
                 serialization_failures: interval.serialization_failures,
+                lock_conflicts: interval.busy
+                    + interval.lock_timeouts
+                    + interval.snapshot_conflicts,
                 p50_ms: interval.duration.p50_ms,
                 p95_ms: interval.duration.p95_ms,
                 p99_ms: interval.duration.p99_ms,

@@ -107,7 +107,11 @@
     setText("kpi-p99", ms(total.duration.p99_ms));
     setText("kpi-latency", `p50 ${ms(total.duration.p50_ms)} · p95 ${ms(total.duration.p95_ms)} ms`);
     setText("kpi-retries", integer.format(total.retries));
-    setText("kpi-conflicts", `${integer.format(total.deadlocks)} deadlocks · ${integer.format(total.serialization_failures)} serialization`);
+    const lockConflicts = total.busy + total.lock_timeouts + total.snapshot_conflicts;
+    setText(
+      "kpi-conflicts",
+      `${integer.format(total.deadlocks)} deadlocks · ${integer.format(total.serialization_failures)} serialization · ${integer.format(lockConflicts)} lock`,
+    );
     setText("kpi-active", integer.format(metrics.active.length));
     const oldest = metrics.active[0];
     setText("kpi-oldest", oldest ? `oldest ${age(oldest.age_ms)}` : "none running");
@@ -294,6 +298,7 @@
       { name: "retries", className: "s-info", value: perSecond("retries") },
       { name: "deadlocks", className: "s-bad", value: perSecond("deadlocks") },
       { name: "serialization", className: "s-warn", value: perSecond("serialization_failures") },
+      { name: "lock conflicts", className: "s-lock", value: perSecond("lock_conflicts") },
     ], {});
     renderChart("chart-health", points, [
       { name: "health", className: "s-good", value: (point) => point.health },
