@@ -1,4 +1,5 @@
-//! Parsing `#[transactional(...)]` arguments: syntax only.
+//! Parsing the arguments of `#[transactional(...)]` and of the hook
+//! attributes (`#[on_commit(...)]` and the others): syntax only.
 //!
 //! Each argument becomes `key` or `key = value`, keeping its tokens for
 //! spans. What the keys and values mean is `valid.rs`'s business, so that a
@@ -6,7 +7,7 @@
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream};
+use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, Lit, Path, Token, bracketed};
 
@@ -42,20 +43,32 @@ impl RawValue {
 /// All arguments, in order.
 pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
 
-impl Parse for RawArgs {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let args = Punctuated::<RawArg, Token![,]>::parse_terminated(input)?;
-        Ok(RawArgs(args.into_iter().collect()))
+impl RawArgs {
+    /// Parses an attribute's arguments. `example` is an argument the
+    /// attribute takes, shown when something that is not an argument stands
+    /// where one should, so that each attribute suggests one of its own.
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream, example: &str) -> syn::Result<Self> {
+        let parser = |input: ParseStream<'_>| {
+            let mut args = Vec::new();
+            while !input.is_empty() {
+                args.push(RawArg::parse(input, example)?);
+                if !input.is_empty() {
+                    input.parse::<Token![,]>()?;
+                }
+            }
+            Ok(RawArgs(args))
+        };
+        parser.parse2(tokens)
     }
 }
 
-impl Parse for RawArg {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+impl RawArg {
+    fn parse(input: ParseStream<'_>, example: &str) -> syn::Result<Self> {
         // `crate` is a keyword; `Ident::parse_any` accepts it as a key.
         let key = Ident::parse_any(input).map_err(|error| {
             syn::Error::new(
                 error.span(),
-                "expected an argument such as `isolation = \"serializable\"`",
+                format!("expected an argument such as `{example}`"),
             )
         })?;
         if !input.peek(Token![=]) {

@@ -7,9 +7,9 @@ use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
-use syn::{ItemFn, ReturnType};
+use syn::{AttrStyle, FnArg, ItemFn, Pat, ReturnType, Signature};
 
-use crate::valid::{Config, Retry, Reuse};
+use crate::valid::{Config, Retry, Reuse, ReusedArgument};
 
 // Input:
 //
@@ -38,6 +38,37 @@ use crate::valid::{Config, Retry, Reuse};
 // The unreachable `if false` fixes the async block's output type before the
 // body is checked, so that `?` converts into the declared error type and a
 // type error points into the body, as it would without the macro.
+//
+// A body's inner attributes (`#![allow(...)]` as its first line) stay first
+// in the generated body, so they still apply to the whole function.
+//
+// With `retry`, each attempt binds the arguments afresh, keeping their `mut`:
+//
+//     #[transactional(retry = 3)]
+//     async fn place(mut items: Vec<i64>, counter: &mut u32) -> Result<(), AppError> { body }
+//
+// Output:
+//
+//     async fn place(items: Vec<i64>, counter: &mut u32) -> Result<(), AppError> {
+//         let mut __covet_attempts = ::covet_txn::__private::Attempts::new(manager, options);
+//         loop {
+//             if let Some(__covet_result) = __covet_attempts
+//                 .attempt(inspect, async {
+//                     if false { /* the type hint, as above */ }
+//                     let mut items = ::covet_txn::__private::reuse(&items);
+//                     let counter = &mut *counter;
+//                     { body }
+//                 })
+//                 .await
+//             {
+//                 return __covet_result;
+//             }
+//         }
+//     }
+//
+// The parameter loses its `mut`: only the copy is ever changed, and an unused
+// `mut` on the parameter would warn. The copy's `mut` is the user's token, so
+// a `mut` the body does not need warns there, as it would without the macro.
 pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     let Config {
         krate,
@@ -100,17 +131,22 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     let inspect = quote! {
         |__covet_error| {
             #[allow(unused_imports)]
-            use #private::{ViaDeref as _, ViaNothing as _, ViaStdError as _};
-            (&&&#private::Probe(__covet_error)).covet_error()
+            use #private::{ViaDeref as _, ViaNothing as _, ViaPlainDeref as _, ViaStdError as _};
+            (&&&&#private::Probe(__covet_error)).covet_error()
         }
     };
 
     let ItemFn {
         attrs,
         vis,
-        sig,
+        mut sig,
         block,
     } = function;
+    // syn keeps a body's inner attributes with the function's outer ones;
+    // before `fn` they would not compile.
+    let (inner_attrs, outer_attrs): (Vec<_>, Vec<_>) = attrs
+        .into_iter()
+        .partition(|attribute| matches!(attribute.style, AttrStyle::Inner(_)));
     let (hint, span) = match &sig.output {
         ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => (
             quote! {
@@ -142,12 +178,21 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
             quote!(#run #arguments .await)
         }
         Some(retry) => {
-            let reuse = retry.arguments.iter().map(|(ident, reuse)| match reuse {
-                Reuse::Clone => {
-                    quote_spanned!(ident.span()=> let #ident = #private::reuse(&#ident);)
-                }
-                Reuse::Reborrow => quote_spanned!(ident.span()=> let #ident = &mut *#ident;),
-            });
+            move_mutability_into_attempts(&mut sig, retry);
+            let reuse = retry.arguments.iter().map(
+                |ReusedArgument {
+                     mutability,
+                     ident,
+                     reuse,
+                 }| {
+                    let value = match reuse {
+                        Reuse::Clone => quote_spanned!(ident.span()=> #private::reuse(&#ident)),
+                        Reuse::Reborrow => quote_spanned!(ident.span()=> &mut *#ident),
+                        Reuse::Copy => ident.to_token_stream(),
+                    };
+                    quote_spanned!(ident.span()=> let #mutability #ident = #value;)
+                },
+            );
             let body = quote!(async { #hint #(#reuse)* #block });
             let attempts = respan(quote!(#private::Attempts::new), span);
             let arguments = spanned_group(quote!(#manager, #options), span);
@@ -165,9 +210,26 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     };
 
     quote! {
-        #(#attrs)*
+        #(#outer_attrs)*
         #vis #sig {
+            #(#inner_attrs)*
             #call
+        }
+    }
+}
+
+/// Drops the `mut` of the parameters that each attempt rebinds: the
+/// rebinding carries it instead, and the parameter itself is only read.
+fn move_mutability_into_attempts(sig: &mut Signature, retry: &Retry) {
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(typed) = input
+            && let Pat::Ident(binding) = &mut *typed.pat
+            && retry
+                .arguments
+                .iter()
+                .any(|argument| argument.ident == binding.ident)
+        {
+            binding.mutability = None;
         }
     }
 }

@@ -5,13 +5,44 @@
 //! Next to the function, which stays as written, the attribute declares a
 //! type of the same name (types and functions live in separate namespaces)
 //! that carries the phase and a uniform, boxed way to call the handler.
+//! Its only argument, `crate = "..."`, is checked in `valid.rs`, as
+//! `#[transactional]`'s is.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
-use crate::valid::Errors;
+use crate::attr::RawArgs;
+use crate::valid::{self, Errors};
 
+// Input:
+//
+//     #[on_commit]
+//     async fn send_receipt(event: &TxEvent) -> Result<(), MailError> { body }
+//
+// Output:
+//
+//     async fn send_receipt(event: &TxEvent) -> Result<(), MailError> { body }
+//
+//     struct send_receipt {}
+//
+//     impl ::covet_txn::__private::Hook for send_receipt {
+//         const PHASE: ::covet_txn::__private::Phase =
+//             ::covet_txn::__private::Phase::AfterCommit;
+//         const NAME: &'static str =
+//             ::covet_txn::__private::concat!(/* module path */, "::", "send_receipt");
+//
+//         fn run(event: ::covet_txn::__private::TxEvent) -> ::covet_txn::__private::HookFuture {
+//             ::covet_txn::__private::boxed_hook(async move {
+//                 ::covet_txn::__private::HookOutput::into_hook_result(send_receipt(&event).await)
+//             })
+//         }
+//     }
+//
+//     impl ::covet_txn::__private::OnCommitHook for send_receipt {}
+//
+// With `crate = "my_covet"`, `my_covet::__private` replaces
+// `::covet_txn::__private`.
 /// Checks a handler and generates its declaration, or the errors.
 pub(crate) fn declare(
     phase: &str,
@@ -19,14 +50,16 @@ pub(crate) fn declare(
     function: ItemFn,
 ) -> Result<TokenStream, syn::Error> {
     let mut errors = Errors::default();
-    if !args.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &args,
-            format!("#[{phase}] takes no arguments; list the handler on the function instead: `#[transactional({phase} = [{}])]`", function.sig.ident),
-        ));
-    }
+    let krate = match RawArgs::parse(args, "crate = \"my_covet\"") {
+        Ok(args) => Some(valid::validate_hook_args(phase, args, &mut errors)),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
     check_signature(phase, &function, &mut errors);
-    errors.finish(())?;
+    let krate = errors.finish(krate)?;
+    let private = quote!(#krate::__private);
 
     let name = &function.sig.ident;
     let vis = &function.vis;
@@ -44,19 +77,19 @@ pub(crate) fn declare(
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #name {}
 
-        impl ::covet_txn::__private::Hook for #name {
-            const PHASE: ::covet_txn::__private::Phase = ::covet_txn::__private::Phase::#phase_variant;
+        impl #private::Hook for #name {
+            const PHASE: #private::Phase = #private::Phase::#phase_variant;
             const NAME: &'static str =
-                ::covet_txn::__private::concat!(::covet_txn::__private::module_path!(), "::", ::covet_txn::__private::stringify!(#name));
+                #private::concat!(#private::module_path!(), "::", #private::stringify!(#name));
 
-            fn run(event: ::covet_txn::__private::TxEvent) -> ::covet_txn::__private::HookFuture {
-                ::covet_txn::__private::boxed_hook(async move {
-                    ::covet_txn::__private::HookOutput::into_hook_result(#call)
+            fn run(event: #private::TxEvent) -> #private::HookFuture {
+                #private::boxed_hook(async move {
+                    #private::HookOutput::into_hook_result(#call)
                 })
             }
         }
 
-        impl ::covet_txn::__private::#marker for #name {}
+        impl #private::#marker for #name {}
     })
 }
 

@@ -28,8 +28,8 @@ pub fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
             return fallback::emit(error, item).into();
         }
     };
-    let config =
-        syn::parse::<attr::RawArgs>(args).and_then(|args| valid::validate(args, &function));
+    let config = attr::RawArgs::parse(args.into(), "isolation = \"serializable\"")
+        .and_then(|args| valid::validate(args, &function));
     match config {
         Ok(config) => expand::expand(config, function).into(),
         Err(error) => fallback::emit(error, item).into(),
@@ -37,7 +37,8 @@ pub fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Declares a handler that runs after the outermost COMMIT. See
-/// `covet_txn::on_commit`.
+/// `covet_txn::on_commit`. Each hook attribute takes one optional argument,
+/// `crate = "..."`, as `#[transactional]` does.
 #[proc_macro_attribute]
 pub fn on_commit(args: TokenStream, item: TokenStream) -> TokenStream {
     hook("on_commit", args, item)

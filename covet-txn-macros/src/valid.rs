@@ -1,5 +1,6 @@
 //! Checking what the arguments and the function mean, and turning them into
-//! a [`Config`] for expansion.
+//! a [`Config`] for expansion; and checking the arguments of the hook
+//! attributes, which share `crate = "..."` with `#[transactional]`.
 //!
 //! Every problem becomes a `syn::Error` spanned on the token the user has to
 //! change, with the fix in the message. All problems are collected and
@@ -8,7 +9,7 @@
 use std::time::Duration;
 
 use proc_macro2::Span;
-use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, Path, ReturnType, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Lit, LitStr, Pat, Path, ReturnType, Token, Type};
 
 use crate::attr::{RawArg, RawArgs, RawValue};
 
@@ -51,6 +52,9 @@ const KEYS: [&str; 17] = [
     "on_rollback",
 ];
 
+/// Every argument the hook attributes (`#[on_commit]` and the others) take.
+const HOOK_KEYS: [&str; 1] = ["crate"];
+
 /// The hook phases: attribute key, and the runtime's const fn that checks a
 /// handler was declared for that phase.
 const HOOK_PHASES: [(&str, &str); 4] = [
@@ -67,6 +71,18 @@ pub(crate) enum Reuse {
     Clone,
     /// Reborrowed (`&mut T`).
     Reborrow,
+    /// Copied (`mut` bindings of `&T`), so that a reassignment in one
+    /// attempt does not carry over to the next.
+    Copy,
+}
+
+/// An argument that each attempt of a retrying function binds afresh.
+pub(crate) struct ReusedArgument {
+    /// The `mut` of `mut items: Vec<i64>`, which belongs on the binding the
+    /// body sees, the one made for each attempt.
+    pub(crate) mutability: Option<Token![mut]>,
+    pub(crate) ident: Ident,
+    pub(crate) reuse: Reuse,
 }
 
 /// The retry settings a function asked for.
@@ -78,7 +94,7 @@ pub(crate) struct Retry {
     pub(crate) multiplier: Option<f64>,
     pub(crate) predicate: Option<Expr>,
     /// The arguments each attempt re-uses, and how.
-    pub(crate) arguments: Vec<(Ident, Reuse)>,
+    pub(crate) arguments: Vec<ReusedArgument>,
 }
 
 /// Validated arguments.
@@ -253,14 +269,7 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
                     }
                 }
             }
-            "crate" => {
-                if let Some(text) = string_value(&key, value, "crate = \"my_covet\"", &mut errors) {
-                    match text.parse::<Path>() {
-                        Ok(path) => krate.set(&key, path, &mut errors),
-                        Err(_) => errors.at(text.span(), format!("`{}` is not a path; give the name the covet-txn dependency is renamed to, for example `crate = \"my_covet\"`", text.value())),
-                    }
-                }
-            }
+            "crate" => set_crate_path(&key, value, &mut krate, &mut errors),
             "retry" => match value {
                 None => retry.set(&key, None, &mut errors),
                 Some(RawValue::Lit(Lit::Int(count))) => match count.base10_parse::<u32>() {
@@ -363,9 +372,7 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
     }
 
     errors.finish(Config {
-        krate: krate
-            .get()
-            .unwrap_or_else(|| syn::parse_quote!(::covet_txn)),
+        krate: crate_path_or_default(krate),
         manager: manager.get(),
         isolation: isolation
             .get()
@@ -392,9 +399,58 @@ pub(crate) fn validate(args: RawArgs, function: &ItemFn) -> Result<Config, syn::
     })
 }
 
+/// Checks the arguments of a hook attribute, `#[{phase}(...)]`, and returns
+/// the path its declaration reaches the runtime through. Problems go to
+/// `errors`, with those of the handler's signature.
+pub(crate) fn validate_hook_args(phase: &str, args: RawArgs, errors: &mut Errors) -> Path {
+    let mut krate = Once::new();
+    for RawArg { key, value } in args.0 {
+        let key_text = key.to_string();
+        match key_text.as_str() {
+            "crate" => set_crate_path(&key, value, &mut krate, errors),
+            // Said apart from a misspelling: the user knows the argument,
+            // from the other attribute.
+            setting if KEYS.contains(&setting) => errors.at(
+                key.span(),
+                format!("`{setting}` is an argument of #[transactional], not of #[{phase}], which takes only `crate = \"my_covet\"`"),
+            ),
+            _ => errors.at(
+                key.span(),
+                match nearest_key(&key_text, &HOOK_KEYS) {
+                    Some(candidate) => format!("unknown argument `{key_text}`; did you mean `{candidate}`?"),
+                    None => format!("unknown argument `{key_text}`; #[{phase}] takes only `crate = \"my_covet\"`, the name the covet-txn dependency is renamed to"),
+                },
+            ),
+        }
+    }
+    crate_path_or_default(krate)
+}
+
+/// `crate = "my_covet"`: the path generated code reaches the runtime
+/// through, for a crate that renamed its covet-txn dependency.
+fn set_crate_path(
+    key: &Ident,
+    value: Option<RawValue>,
+    krate: &mut Once<Path>,
+    errors: &mut Errors,
+) {
+    if let Some(text) = string_value(key, value, "crate = \"my_covet\"", errors) {
+        match text.parse::<Path>() {
+            Ok(path) => krate.set(key, path, errors),
+            Err(_) => errors.at(text.span(), format!("`{}` is not a path; give the name the covet-txn dependency is renamed to, for example `crate = \"my_covet\"`", text.value())),
+        }
+    }
+}
+
+fn crate_path_or_default(krate: Once<Path>) -> Path {
+    krate
+        .get()
+        .unwrap_or_else(|| syn::parse_quote!(::covet_txn))
+}
+
 /// The arguments each attempt of a retrying function re-uses. An argument
 /// that cannot be re-used is an error naming it.
-fn reusable_arguments(function: &ItemFn, errors: &mut Errors) -> Vec<(Ident, Reuse)> {
+fn reusable_arguments(function: &ItemFn, errors: &mut Errors) -> Vec<ReusedArgument> {
     let mut arguments = Vec::new();
     for input in &function.sig.inputs {
         match input {
@@ -407,9 +463,9 @@ fn reusable_arguments(function: &ItemFn, errors: &mut Errors) -> Vec<(Ident, Reu
                 }
             }
             FnArg::Typed(typed) => {
-                let ident = match &*typed.pat {
+                let binding = match &*typed.pat {
                     Pat::Ident(binding) if binding.by_ref.is_none() && binding.subpat.is_none() => {
-                        binding.ident.clone()
+                        binding
                     }
                     Pat::Wild(_) => continue,
                     other => {
@@ -420,14 +476,23 @@ fn reusable_arguments(function: &ItemFn, errors: &mut Errors) -> Vec<(Ident, Reu
                         continue;
                     }
                 };
-                match &*typed.ty {
-                    Type::Reference(reference) if reference.mutability.is_some() => {
-                        arguments.push((ident, Reuse::Reborrow));
-                    }
-                    // A shared reference is `Copy`: each attempt uses it as it is.
-                    Type::Reference(_) => {}
-                    _ => arguments.push((ident, Reuse::Clone)),
-                }
+                let reuse = match &*typed.ty {
+                    Type::Reference(reference) if reference.mutability.is_some() => Reuse::Reborrow,
+                    // A shared reference is `Copy`: each attempt uses it as
+                    // it is, unless the body may reassign it.
+                    Type::Reference(_) if binding.mutability.is_none() => continue,
+                    Type::Reference(_) => Reuse::Copy,
+                    _ => Reuse::Clone,
+                };
+                arguments.push(ReusedArgument {
+                    // syn's tokens are not `Clone` without its "clone-impls".
+                    mutability: binding
+                        .mutability
+                        .as_ref()
+                        .map(|token| Token![mut](token.span)),
+                    ident: binding.ident.clone(),
+                    reuse,
+                });
             }
         }
     }
@@ -550,13 +615,8 @@ fn list(table: &[(&str, &str)]) -> String {
 }
 
 fn unknown_key_message(key: &str) -> String {
-    let nearest = KEYS
-        .iter()
-        .map(|candidate| (edit_distance(key, candidate), candidate))
-        .min()
-        .filter(|(distance, candidate)| *distance <= candidate.len().max(key.len()) / 2);
-    match nearest {
-        Some((_, candidate)) => {
+    match nearest_key(key, &KEYS) {
+        Some(candidate) => {
             format!("unknown argument `{key}`; did you mean `{candidate}`?")
         }
         None => format!(
@@ -567,6 +627,16 @@ fn unknown_key_message(key: &str) -> String {
                 .join(", ")
         ),
     }
+}
+
+/// The argument in `keys` a misspelt `key` most likely means, if any is
+/// close enough.
+fn nearest_key(key: &str, keys: &[&'static str]) -> Option<&'static str> {
+    keys.iter()
+        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .min()
+        .filter(|(distance, candidate)| *distance <= candidate.len().max(key.len()) / 2)
+        .map(|(_, candidate)| candidate)
 }
 
 /// Levenshtein distance, for suggesting the argument the user meant.

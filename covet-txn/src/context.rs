@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::backend::Backend;
@@ -59,10 +58,6 @@ pub(crate) struct Frame {
     /// enclosing scope's).
     pub(crate) deadline: Option<Instant>,
     pub(crate) parent: Option<Arc<Frame>>,
-    /// Set while a nested scope of this frame runs, so that the frame's own
-    /// code (a `join!` branch next to the nested call) cannot slip statements
-    /// into the nested scope's savepoint.
-    child_open: AtomicBool,
 }
 
 impl Frame {
@@ -86,7 +81,6 @@ impl Frame {
             propagation,
             deadline,
             parent,
-            child_open: AtomicBool::new(false),
         })
     }
 
@@ -120,19 +114,25 @@ impl Frame {
         u32::try_from(held).unwrap_or(u32::MAX)
     }
 
-    /// Marks a nested scope as running until the claim is dropped.
+    /// Marks a nested scope of this frame as running until the claim is
+    /// dropped. The mark is the session's depth, not a flag on the frame:
+    /// every frame at this depth (this one and the `required` scopes joined
+    /// to it) then sees it, so that no `join!` branch can slip statements or
+    /// another savepoint into the nested scope's savepoint.
     pub(crate) fn claim_child(self: &Arc<Frame>) -> Result<ChildClaim, Error> {
-        self.child_open
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|_| Error::ConcurrentScope)?;
+        let core = self.session.core();
+        if !core.enter_scope(self.depth) {
+            return Err(Error::ConcurrentScope);
+        }
         Ok(ChildClaim(Arc::clone(self)))
     }
 
+    /// Fails while a nested scope runs on this frame's session below it.
     pub(crate) fn ensure_no_child(&self) -> Result<(), Error> {
-        if self.child_open.load(Ordering::Acquire) {
-            Err(Error::ConcurrentScope)
-        } else {
+        if self.session.core().depth() == self.depth {
             Ok(())
+        } else {
+            Err(Error::ConcurrentScope)
         }
     }
 
@@ -140,7 +140,10 @@ impl Frame {
         let core = self.session.core();
         let transaction_name = self
             .chain()
-            .find(|frame| matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit))
+            .find(|frame| {
+                matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit)
+                    && frame.session.core().id == core.id
+            })
             .map_or(self.name, |root| root.name);
         TxInfo {
             id: core.id,
@@ -176,7 +179,7 @@ pub(crate) struct ChildClaim(Arc<Frame>);
 
 impl Drop for ChildClaim {
     fn drop(&mut self) {
-        self.0.child_open.store(false, Ordering::Release);
+        self.0.session.core().leave_scope(self.0.depth);
     }
 }
 

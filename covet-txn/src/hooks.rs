@@ -23,7 +23,7 @@ use crate::context;
 use crate::error::Error;
 use crate::metrics::{Count, Series};
 use crate::retry::FailureKind;
-use crate::transaction::{TxId, TxInfo};
+use crate::transaction::{ErasedSession, TxId, TxInfo};
 
 /// When a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -323,6 +323,56 @@ impl ManagerHooks {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Runs the phase that follows a transaction's end (`AfterCommit`,
+/// `AfterRollback`) over all its hooks. If the caller's future is dropped
+/// part-way, the hooks not yet run go on in a task of their own: each runs
+/// exactly once, however the caller's future ends.
+pub(crate) fn after_end(
+    phase: Phase,
+    session: Arc<dyn ErasedSession>,
+    manager: ManagerHooks,
+    series: Option<Arc<Series>>,
+    event: TxEvent,
+) -> RunToCompletion {
+    RunToCompletion(Some(Box::pin(async move {
+        let run = PhaseRun {
+            hooks: &session.core().hooks,
+            manager: Some(&manager),
+            series: series.as_ref(),
+            event,
+        };
+        // Failures are logged and counted; they change nothing after the end.
+        let _ = run.run(phase, false).await;
+    })))
+}
+
+/// A future that, dropped before it finished, finishes in a spawned task.
+pub(crate) struct RunToCompletion(Option<BoxFuture<'static, ()>>);
+
+impl Future for RunToCompletion {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(running) = self.0.as_mut() {
+            if running.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.0 = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for RunToCompletion {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(rest);
+        }
     }
 }
 

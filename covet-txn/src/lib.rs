@@ -107,5 +107,7 @@ pub use covet_txn_macros::transactional;
 ///
 /// The attributes share their names with the functions that register a hook
 /// from a transaction's body ([`on_commit()`] and the others): attributes
-/// and functions live in separate namespaces.
+/// and functions live in separate namespaces. They take one optional
+/// argument, `crate = "my_covet"`, for a crate that renamed its covet-txn
+/// dependency, as `#[transactional]` does.
 pub use covet_txn_macros::{before_commit, before_rollback, on_commit, on_rollback};

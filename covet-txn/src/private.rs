@@ -131,7 +131,7 @@ pub fn reuse<T: Reusable>(argument: &T) -> T {
 
 /// Finds the `std::error::Error` inside a function's error type, whatever
 /// it is, so that the retry classification can walk its `source()` chain:
-/// `(&&&Probe(error)).covet_error()` picks the first of these that applies.
+/// `(&&&&Probe(error)).covet_error()` picks the first of these that applies.
 pub struct Probe<'a, E>(pub &'a E);
 
 /// The error type is a `std::error::Error` (`thiserror` enums,
@@ -141,25 +141,41 @@ pub trait ViaStdError<'a> {
     fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)>;
 }
 
-impl<'a, E: StdError + 'static> ViaStdError<'a> for &&Probe<'a, E> {
+impl<'a, E: StdError + 'static> ViaStdError<'a> for &&&Probe<'a, E> {
     fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)> {
         Some(self.0)
     }
 }
 
-/// The error type dereferences to one (`anyhow::Error`, `Box<dyn Error>`).
+/// The error type dereferences to a thread-safe one (`anyhow::Error`,
+/// `Box<dyn Error + Send + Sync>`).
 pub trait ViaDeref<'a> {
     /// The error as a `dyn Error`.
     fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)>;
 }
 
-impl<'a, E> ViaDeref<'a> for &Probe<'a, E>
+impl<'a, E> ViaDeref<'a> for &&Probe<'a, E>
 where
     E: std::ops::Deref<Target = dyn StdError + Send + Sync + 'static>,
 {
     fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)> {
         let error: &'a (dyn StdError + Send + Sync + 'static) = &**self.0;
         Some(error)
+    }
+}
+
+/// The error type dereferences to a plain one (`Box<dyn Error>`).
+pub trait ViaPlainDeref<'a> {
+    /// The error as a `dyn Error`.
+    fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)>;
+}
+
+impl<'a, E> ViaPlainDeref<'a> for &Probe<'a, E>
+where
+    E: std::ops::Deref<Target = dyn StdError + 'static>,
+{
+    fn covet_error(&self) -> Option<&'a (dyn StdError + 'static)> {
+        Some(&**self.0)
     }
 }
 

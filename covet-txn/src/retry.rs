@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use crate::backend;
-use crate::error::Error;
+use crate::error::{CommitOutcome, Error};
 
 /// Why a transaction failed in a way that running it again can fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,7 +200,9 @@ impl RetryPolicy {
         let grown = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
         let cap = self.max_backoff.as_secs_f64();
         let nominal = grown.min(cap).max(0.0);
-        Duration::from_secs_f64((nominal * (0.5 + unit_random())).min(cap))
+        // Rounding can carry a cap of `Duration::MAX` past it.
+        Duration::try_from_secs_f64((nominal * (0.5 + unit_random())).min(cap))
+            .unwrap_or(self.max_backoff)
     }
 
     /// This policy with the fields a call set explicitly.
@@ -281,6 +283,22 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> 
     })
 }
 
+/// Whether running the call again is ruled out whatever a predicate says:
+/// after a COMMIT that may have gone through (a retry could commit twice),
+/// or once the call's deadline has passed.
+pub(crate) fn never_retried(error: &(dyn StdError + 'static)) -> bool {
+    chain(error).any(|error| {
+        matches!(
+            error.downcast_ref::<Error>(),
+            Some(Error::Timeout { .. })
+                | Some(Error::AmbiguousCommit {
+                    outcome: CommitOutcome::Unknown | CommitOutcome::Committed,
+                    ..
+                })
+        )
+    })
+}
+
 /// Builds the predicate's view of a failure.
 pub(crate) fn failure<'a>(error: &'a (dyn StdError + 'static), attempt: u32) -> Failure<'a> {
     Failure {
@@ -309,6 +327,17 @@ fn unit_random() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unbounded_backoff_waits_at_most_its_cap_without_panicking() {
+        let policy = RetryPolicy::new()
+            .backoff(Duration::MAX)
+            .max_backoff(Duration::MAX);
+        for retry in [1, 2, 40] {
+            let wait = policy.delay(retry);
+            assert!(wait > Duration::from_secs(86_400 * 365), "{wait:?}");
+        }
+    }
 
     #[test]
     fn delays_grow_to_the_cap_and_spread_around_the_nominal_delay() {

@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use crate::backend::{SERVER_TIMEOUT_GRACE, SavepointAction, SavepointName};
+use crate::backend::{SERVER_TIMEOUT_GRACE, SERVER_TIMEOUT_LIMIT, SavepointAction, SavepointName};
 use crate::context::{self, Frame, FrameKind, FrameSpec};
 use crate::error::{CommitOutcome, Error, LastFailure};
-use crate::hooks::{ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
+use crate::hooks::{self, ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
 use crate::metrics::{Count, Series};
 use crate::options::Isolation;
@@ -72,7 +72,11 @@ impl Call {
             None => ManagerHandle::resolve_default(head.as_ref())?,
         };
         let plan = plan(&manager, &options, head.as_ref())?;
-        let own = options.timeout.map(|timeout| Instant::now() + timeout);
+        // A timeout too far away to be an instant (`Duration::MAX` for "no
+        // limit") is no deadline at all.
+        let own = options
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
         let inherited = head.as_ref().and_then(|head| head.deadline);
         let deadline = match (own, inherited) {
             (Some(own), Some(inherited)) => Some(own.min(inherited)),
@@ -137,9 +141,13 @@ impl Call {
                     transactional: *transactional,
                     lent_from: lent_from.clone(),
                     attempt,
-                    server_timeout: self.deadline.map(|deadline| {
-                        deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE
-                    }),
+                    server_timeout: self
+                        .deadline
+                        .map(|deadline| {
+                            deadline.saturating_duration_since(Instant::now())
+                                + SERVER_TIMEOUT_GRACE
+                        })
+                        .filter(|timeout| *timeout <= SERVER_TIMEOUT_LIMIT),
                     series: transactional.then(|| Arc::clone(&self.series)),
                 };
                 if !*transactional {
@@ -296,7 +304,7 @@ impl Call {
             guard.disarm();
             if let Some(manager) = hooks {
                 let ending = Ending {
-                    session: session.as_ref(),
+                    session: &session,
                     frame: &frame,
                     manager,
                     series: &self.series,
@@ -315,7 +323,7 @@ impl Call {
             };
         };
         let ending = Ending {
-            session: session.as_ref(),
+            session: &session,
             frame: &frame,
             manager,
             series: &self.series,
@@ -323,9 +331,15 @@ impl Call {
         let core = session.core();
         let settled = match outcome {
             Ok(Ok(value)) => {
-                let refusal = match core.doomed() {
-                    Some(kind) => Some((Error::Doomed(kind), RollbackCause::Doomed(kind))),
-                    None => core
+                let refusal = match (core.aborted(), core.doomed()) {
+                    // A nested scope was cut off (its deadline, a dropped
+                    // future): the connection is gone, COMMIT cannot happen.
+                    (Some(reason), _) => Some((
+                        Error::TransactionAborted(reason),
+                        RollbackCause::RollbackOnly,
+                    )),
+                    (None, Some(kind)) => Some((Error::Doomed(kind), RollbackCause::Doomed(kind))),
+                    (None, None) => core
                         .is_rollback_only()
                         .then_some((Error::RollbackOnly, RollbackCause::RollbackOnly)),
                 };
@@ -381,20 +395,15 @@ impl Call {
             return Err(error.into());
         }
         self.series.add(Count::SavepointsCreated);
-        session.core().set_depth(depth);
-        let frame = self.frame(
-            &session,
-            FrameKind::Savepoint,
-            depth,
-            Some(Arc::clone(parent)),
-        );
+        // The parent frame is the task's innermost, which may belong to
+        // another manager: frames of every manager stay reachable.
+        let frame = self.frame(&session, FrameKind::Savepoint, depth, self.head.clone());
         session.core().hooks.declare(depth, self.options.hooks);
         let Some(outcome) = self.run_body(Arc::clone(&frame), body).await else {
             session.abort("a nested scope's deadline passed while it ran");
             guard.disarm();
             return Err(self.timeout_error(1).into());
         };
-        session.core().set_depth(depth - 1);
         let scope = ScopeEnding {
             session: session.as_ref(),
             frame: &frame,
@@ -407,7 +416,24 @@ impl Call {
                     session.core().hooks.release_scope(depth);
                     Ok(value)
                 }
-                Err(error) => Err(error.into()),
+                // On PostgreSQL a statement error the body swallowed fails
+                // the RELEASE; ROLLBACK TO undoes the scope and clears the
+                // error, so the caller may carry on without this scope's
+                // work (or, if even that fails, cannot commit).
+                Err(error) => {
+                    match retry::classify(&error) {
+                        Some(kind) => session.core().doom(kind),
+                        None => {
+                            scope
+                                .roll_back(|| RollbackCause::Error {
+                                    message: error.to_string(),
+                                    kind: None,
+                                })
+                                .await
+                        }
+                    }
+                    Err(error.into())
+                }
             },
             Ok(Err(error)) => {
                 match retryable(inspect, &error) {
@@ -451,12 +477,7 @@ impl Call {
             rollback_hooks: None,
             armed: true,
         };
-        let frame = self.frame(
-            &session,
-            FrameKind::Joined,
-            parent.depth,
-            Some(Arc::clone(parent)),
-        );
+        let frame = self.frame(&session, FrameKind::Joined, parent.depth, self.head.clone());
         let core = session.core();
         if core.transactional {
             core.hooks.declare(parent.depth, self.options.hooks);
@@ -487,7 +508,7 @@ impl Call {
 /// The end of a transaction that began in this call: hooks around COMMIT
 /// and ROLLBACK.
 struct Ending<'a> {
-    session: &'a dyn ErasedSession,
+    session: &'a Arc<dyn ErasedSession>,
     frame: &'a Arc<Frame>,
     manager: &'a ManagerHooks,
     series: &'a Arc<Series>,
@@ -522,13 +543,17 @@ impl Ending<'_> {
                 return Err(failure.into());
             }
         }
-        match self.session.end(true).await {
+        self.session.core().seal_fate();
+        let ended = self.session.end(true).await;
+        if matches!(ended, Err(Error::AmbiguousCommit { .. })) {
+            self.series.add(Count::AmbiguousCommits);
+        }
+        match ended {
             Ok(()) => {}
             Err(Error::AmbiguousCommit {
                 outcome: CommitOutcome::Committed,
                 transaction_id,
             }) => {
-                self.series.add(Count::AmbiguousCommits);
                 tracing::warn!(
                     target: "covet_txn",
                     transaction = self.frame.name,
@@ -554,9 +579,7 @@ impl Ending<'_> {
             }
         }
         if self.has_hooks() {
-            let _ = self
-                .phase(TxOutcome::Committed, None)
-                .run(Phase::AfterCommit, false)
+            self.after_end(Phase::AfterCommit, TxOutcome::Committed, None)
                 .await;
         }
         Ok(value)
@@ -578,7 +601,7 @@ impl Ending<'_> {
             )
             .await;
         }
-        end_quietly(self.session, self.frame.name).await;
+        end_quietly(self.session.as_ref(), self.frame.name).await;
         if let Some(cause) = cause {
             self.after_rollback(cause).await;
         }
@@ -586,12 +609,28 @@ impl Ending<'_> {
 
     /// on_rollback hooks, after the transaction is gone.
     async fn after_rollback(&self, cause: RollbackCause) {
+        self.session.core().seal_fate();
         if self.has_hooks() {
-            let _ = self
-                .phase(TxOutcome::RolledBack, Some(cause))
-                .run(Phase::AfterRollback, false)
+            self.after_end(Phase::AfterRollback, TxOutcome::RolledBack, Some(cause))
                 .await;
         }
+    }
+
+    /// The hooks of a phase after the end, run to completion even if the
+    /// call's future is dropped meanwhile.
+    fn after_end(
+        &self,
+        phase: Phase,
+        outcome: TxOutcome,
+        cause: Option<RollbackCause>,
+    ) -> hooks::RunToCompletion {
+        hooks::after_end(
+            phase,
+            Arc::clone(self.session),
+            self.manager.clone(),
+            Some(Arc::clone(self.series)),
+            TxEvent::new(&self.frame.info(), outcome, cause),
+        )
     }
 }
 
@@ -761,7 +800,7 @@ fn decide<E: From<Error>>(
         return Decision::GiveUp(error);
     };
     let failure = retry::failure(source, attempt);
-    if !policy.should_retry(&failure) {
+    if retry::never_retried(source) || !policy.should_retry(&failure) {
         return Decision::GiveUp(error);
     }
     if attempt > policy.max_retries() {
@@ -776,10 +815,11 @@ fn decide<E: From<Error>>(
         );
     }
     let wait = policy.delay(attempt);
-    if call
-        .deadline
-        .is_some_and(|deadline| Instant::now() + wait >= deadline)
-    {
+    if call.deadline.is_some_and(|deadline| {
+        Instant::now()
+            .checked_add(wait)
+            .is_none_or(|resumed| resumed >= deadline)
+    }) {
         return Decision::GiveUp(call.timeout_error(attempt).into());
     }
     tracing::info!(
@@ -897,28 +937,28 @@ impl Drop for CancelGuard<'_> {
         let Some((frame, manager)) = self.rollback_hooks else {
             return;
         };
-        if self.session.core().hooks.is_empty() && manager.is_empty() {
+        let core = self.session.core();
+        // Cut off once COMMIT was sent, the transaction may have committed;
+        // cut off during on_commit or on_rollback hooks, those finish on
+        // their own. Either way no on_rollback hook is owed here.
+        if core.fate_sealed() || (core.hooks.is_empty() && manager.is_empty()) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let session = Arc::clone(self.session);
-        let manager = manager.clone();
+        core.seal_fate();
         let event = TxEvent::new(
             &frame.info(),
             TxOutcome::RolledBack,
             Some(RollbackCause::Cancelled),
         );
-        runtime.spawn(async move {
-            let run = PhaseRun {
-                hooks: &session.core().hooks,
-                manager: Some(&manager),
-                series: None,
-                event,
-            };
-            let _ = run.run(Phase::AfterRollback, false).await;
-        });
+        // Dropped at once: outside a runtime it does nothing, inside one it
+        // runs the hooks in a task of their own.
+        drop(hooks::after_end(
+            Phase::AfterRollback,
+            Arc::clone(self.session),
+            manager.clone(),
+            None,
+            event,
+        ));
     }
 }
 

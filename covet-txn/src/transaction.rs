@@ -122,6 +122,10 @@ pub(crate) struct SessionCore {
     pub(crate) started_at: Instant,
     state: AtomicU8,
     rollback_only: AtomicBool,
+    /// Set once COMMIT is about to be sent or the on_rollback hooks are
+    /// about to run: from then on the outcome's own hooks are under way, and
+    /// a cancellation must not run on_rollback hooks of its own.
+    fate_sealed: AtomicBool,
     doomed: OnceLock<FailureKind>,
     aborted: OnceLock<&'static str>,
     /// The hooks registered in this transaction.
@@ -169,6 +173,15 @@ impl SessionCore {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// See `fate_sealed`.
+    pub(crate) fn seal_fate(&self) {
+        self.fate_sealed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn fate_sealed(&self) -> bool {
+        self.fate_sealed.load(Ordering::Acquire)
+    }
+
     pub(crate) fn mark_rollback_only(&self) {
         self.rollback_only.store(true, Ordering::Release);
     }
@@ -193,11 +206,20 @@ impl SessionCore {
     }
 
     pub(crate) fn depth(&self) -> u32 {
-        self.depth.load(Ordering::Relaxed)
+        self.depth.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_depth(&self, depth: u32) {
-        self.depth.store(depth, Ordering::Relaxed);
+    /// Goes one savepoint scope deeper from `depth`; `false` if the session
+    /// is not at `depth` (another scope is open below it).
+    pub(crate) fn enter_scope(&self, depth: u32) -> bool {
+        self.depth
+            .compare_exchange(depth, depth + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Back to `depth`, when the scope entered from it ends.
+    pub(crate) fn leave_scope(&self, depth: u32) {
+        self.depth.store(depth, Ordering::Release);
     }
 
     /// Counts the transaction's end and takes it off the active list, the
@@ -300,7 +322,7 @@ impl<DB: Backend> Session<DB> {
         if transactional {
             let begun = DB::begin(held.conn(), DB::begin_sql(&access, server_timeout)).await;
             if let Err(source) = begun {
-                held.discard_after_failed_begin().await;
+                held.roll_back_and_release().await;
                 return Err(Error::database(Operation::Begin, source));
             }
         }
@@ -319,6 +341,7 @@ impl<DB: Backend> Session<DB> {
                 started_at: Instant::now(),
                 state: AtomicU8::new(TxState::Active as u8),
                 rollback_only: AtomicBool::new(false),
+                fate_sealed: AtomicBool::new(false),
                 doomed: OnceLock::new(),
                 aborted: OnceLock::new(),
                 hooks: HookList::default(),
@@ -484,22 +507,24 @@ impl<DB: Backend> Session<DB> {
     }
 
     async fn commit(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
-        self.core.set_state(TxState::Committing);
         let token = if self.resolve_ambiguous_commit {
             match DB::commit_token(held.conn()).await {
                 Ok(token) => token,
                 // The transaction cannot commit (on PostgreSQL: a swallowed
-                // error aborted it, and COMMIT would quietly roll back).
+                // error aborted it, and COMMIT would quietly roll back). No
+                // COMMIT was sent, so the transaction is still open whatever
+                // the backend does with a failed COMMIT.
                 Err(source) => {
                     self.core.set_state(TxState::Failed);
                     self.core.finish(Ended::RolledBack);
-                    held.roll_back_after_failed_commit().await;
+                    held.roll_back_and_release().await;
                     return Err(Error::database(Operation::Commit, source));
                 }
             }
         } else {
             None
         };
+        self.core.set_state(TxState::Committing);
         match DB::commit(held.conn()).await {
             Ok(()) => {
                 self.core.finish(Ended::Committed);
@@ -513,16 +538,19 @@ impl<DB: Backend> Session<DB> {
             Err(source)
                 if crate::backend::classify(&source) == Some(FailureKind::ConnectionLost) =>
             {
-                self.core.set_state(TxState::Failed);
                 // The connection is gone; `held` drops armed and abandons it.
+                // The state stays `Committing` until the outcome is known, so
+                // that a cancellation meanwhile counts it as unknown.
                 drop(held);
                 let outcome = match &token {
                     Some(token) => DB::resolve_commit(&self.pool, token).await,
                     None => CommitOutcome::Unknown,
                 };
-                if outcome == CommitOutcome::Committed {
-                    self.core.set_state(TxState::Committed);
-                }
+                self.core.set_state(if outcome == CommitOutcome::Committed {
+                    TxState::Committed
+                } else {
+                    TxState::Failed
+                });
                 self.core.finish(match outcome {
                     CommitOutcome::Committed => Ended::Committed,
                     CommitOutcome::Aborted => Ended::RolledBack,
@@ -590,10 +618,11 @@ impl<'s, DB: Backend> Held<'s, DB> {
         }
     }
 
-    /// After a failed BEGIN the transaction may or may not be open (the BEGIN
-    /// request can hold several statements): roll back to be sure, and keep
-    /// the connection only if that and the session restore succeed.
-    async fn discard_after_failed_begin(&mut self) {
+    /// Ends whatever transaction may be open: after a failed BEGIN (the
+    /// request can hold several statements, some of which may have run), or
+    /// before a COMMIT that must not be sent. Keeps the connection only if
+    /// ROLLBACK and the session restore succeed.
+    async fn roll_back_and_release(&mut self) {
         let rolled_back = DB::rollback(self.conn()).await.is_ok();
         if self.restore_session().await && rolled_back {
             self.release();

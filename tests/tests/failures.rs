@@ -260,7 +260,13 @@ mod ambiguous_commit {
         assert_eq!(rows, 1);
     }
 
-    #[transactional(manager = manager, retry = 3, backoff = "1ms")]
+    /// Even a predicate that retries everything must not retry a COMMIT
+    /// that may have gone through.
+    fn retry_anything(_: &covet_txn::Failure<'_>) -> bool {
+        true
+    }
+
+    #[transactional(manager = manager, retry = 3, backoff = "1ms", retry_if = retry_anything)]
     async fn mariadb_insert(
         manager: &TxManager<MySql>,
         attempts: &AtomicU32,
@@ -316,9 +322,64 @@ mod ambiguous_commit {
             rows, 1,
             "the server did commit: reporting it as rolled back would have been wrong"
         );
+        let counted = manager.metrics();
+        assert_eq!(counted.total.ambiguous_commits, 1);
+        assert_eq!(
+            counted.total.committed + counted.total.rolled_back,
+            0,
+            "neither, as far as anyone knows"
+        );
         sqlx::query("SELECT 1")
             .execute(manager.pool())
             .await
             .expect("the pool recovers");
+    }
+}
+
+mod swallowed_error {
+    use super::*;
+
+    #[transactional(manager = manager, resolve_ambiguous_commit)]
+    async fn swallows_an_error(manager: &TxManager<Postgres>) -> Result<(), AppError> {
+        let failed = sqlx::query("SELECT * FROM covet_no_such_table")
+            .execute(&mut *manager.conn()?)
+            .await;
+        assert!(failed.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn postgres_an_aborted_transaction_is_refused_and_its_connection_comes_back_clean() {
+        let Some(admin) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .expect("reads");
+        let manager = TxManager::new(pool);
+        let result = swallows_an_error(&manager).await;
+        assert!(
+            matches!(result, Err(AppError::Tx(Error::Database { .. }))),
+            "COMMIT would have rolled back silently: {result:?}"
+        );
+        let state: String = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT state FROM pg_stat_activity WHERE pid = $1), 'closed')",
+        )
+        .bind(backend)
+        .fetch_one(&admin)
+        .await
+        .expect("reads");
+        assert!(
+            state == "idle" || state == "closed",
+            "the pooled connection is left `{state}`"
+        );
+        sqlx::query("SELECT 1")
+            .execute(manager.pool())
+            .await
+            .expect("the pool's connection works");
     }
 }

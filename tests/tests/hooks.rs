@@ -411,4 +411,103 @@ each_backend! {
         }
         assert_eq!((commits.load(Ordering::SeqCst), rollbacks.load(Ordering::SeqCst)), (2, 1));
     }
+
+    /// Waits up to two seconds for the journal to hold `count` entries, then
+    /// a little longer, so that an entry too many would show.
+    async fn settled(journal: &Journal, count: usize) -> Vec<String> {
+        for _ in 0..200 {
+            if journal.entries().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        journal.entries()
+    }
+
+    #[transactional]
+    async fn slow_commit_hooks(journal: Journal, hook_started: Arc<tokio::sync::Notify>) -> Result<(), AppError> {
+        let first = journal.clone();
+        covet_txn::on_commit(move || async move {
+            hook_started.notify_one();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            first.note("first commit hook finished");
+        })
+        .await;
+        covet_txn::on_commit(journal.hook("second commit hook")).await;
+        covet_txn::on_rollback(journal.hook("rolled back")).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_during_its_commit_hooks_finishes_them_and_reports_no_rollback() {
+        let Some(manager) = manager("hooks_cancel_commit", 1).await else { return };
+        let journal = Journal::default();
+        let hook_started = Arc::new(tokio::sync::Notify::new());
+        let call = tokio::spawn(manager.scope(slow_commit_hooks(journal.clone(), Arc::clone(&hook_started))));
+        hook_started.notified().await;
+        call.abort();
+        assert!(call.await.is_err_and(|error| error.is_cancelled()));
+        assert_eq!(
+            settled(&journal, 2).await,
+            ["first commit hook finished", "second commit hook"],
+            "the committed transaction's hooks all ran, once, and no rollback hook did"
+        );
+    }
+
+    #[transactional]
+    async fn refused_plainly() -> Result<(), AppError> {
+        Err(AppError::Refused("refused plainly"))
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_during_its_rollback_hooks_runs_each_of_them_once() {
+        let Some(pool) = pool("hooks_cancel_rollback", 1).await else { return };
+        let journal = Journal::default();
+        let hook_started = Arc::new(tokio::sync::Notify::new());
+        let (seen, started) = (journal.clone(), Arc::clone(&hook_started));
+        let manager = covet_txn::TxManager::builder(pool)
+            .on_rollback(move |_| {
+                let (journal, started) = (seen.clone(), Arc::clone(&started));
+                async move {
+                    journal.note("manager rollback hook started");
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    journal.note("manager rollback hook finished");
+                }
+            })
+            .build();
+        let call = tokio::spawn(manager.scope(refused_plainly()));
+        hook_started.notified().await;
+        call.abort();
+        assert!(call.await.is_err_and(|error| error.is_cancelled()));
+        assert_eq!(
+            settled(&journal, 2).await,
+            ["manager rollback hook started", "manager rollback hook finished"]
+        );
+    }
+
+    #[transactional(timeout = "50ms")]
+    async fn nested_too_slow() -> Result<(), AppError> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(())
+    }
+
+    #[transactional]
+    async fn swallows_a_nested_timeout(journal: Journal) -> Result<(), AppError> {
+        covet_txn::before_commit(journal.hook("before commit")).await;
+        covet_txn::on_rollback(journal.hook("rolled back")).await;
+        let nested = nested_too_slow().await;
+        assert!(matches!(nested, Err(AppError::Tx(Error::Timeout { .. }))), "{nested:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_transaction_aborted_by_a_nested_timeout_runs_no_before_commit_hook() {
+        let Some(manager) = manager("hooks_aborted", 1).await else { return };
+        let journal = Journal::default();
+        let result = manager.scope(swallows_a_nested_timeout(journal.clone())).await;
+        assert!(matches!(result, Err(AppError::Tx(Error::TransactionAborted(_)))), "{result:?}");
+        assert_eq!(journal.entries(), ["rolled back"]);
+    }
 }

@@ -207,3 +207,59 @@ async fn a_scoped_default_wins_over_the_running_transactions_manager() {
     let depth = second.scope(depth_on(&first)).await.expect("runs");
     assert_eq!(depth, 1, "the scoped default begins its own transaction");
 }
+
+#[transactional(manager = archive)]
+async fn where_sqlite_runs(
+    archive: &TxManager<Sqlite>,
+) -> Result<(covet_txn::TxId, u32), AppError> {
+    let info = covet_txn::current().ok_or(AppError::Refused("no transaction"))?;
+    Ok((info.id, info.depth))
+}
+
+#[transactional(manager = pg)]
+async fn nested_on_postgres(
+    pg: &TxManager<Postgres>,
+    archive: &TxManager<Sqlite>,
+) -> Result<(covet_txn::TxId, u32), AppError> {
+    where_sqlite_runs(archive).await
+}
+
+#[transactional(manager = archive)]
+async fn sqlite_inside_postgres(
+    archive: &TxManager<Sqlite>,
+    pg: &TxManager<Postgres>,
+) -> Result<(covet_txn::TxId, (covet_txn::TxId, u32)), AppError> {
+    let own = covet_txn::current().ok_or(AppError::Refused("no transaction"))?;
+    Ok((own.id, nested_on_postgres(pg, archive).await?))
+}
+
+#[transactional(manager = pg)]
+async fn interleaved_managers(
+    pg: &TxManager<Postgres>,
+    archive: &TxManager<Sqlite>,
+) -> Result<(covet_txn::TxId, (covet_txn::TxId, u32)), AppError> {
+    sqlite_inside_postgres(archive, pg).await
+}
+
+#[tokio::test]
+async fn a_scope_nested_across_managers_still_sees_every_managers_transaction() {
+    let Some(pg) = covet_txn_tests::postgres(1).await else {
+        return;
+    };
+    let Some(lite) = covet_txn_tests::sqlite("managers_interleaved", 1).await else {
+        return;
+    };
+    let (pg, archive) = (TxManager::new(pg), TxManager::new(lite));
+    // PostgreSQL, then SQLite, then a PostgreSQL savepoint, then SQLite
+    // again: the last call must nest in the SQLite transaction already open
+    // (on a pool of one, opening another would wait for ever).
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        interleaved_managers(&pg, &archive),
+    )
+    .await
+    .expect("no wait for a second SQLite connection");
+    let (sqlite_root, (innermost, depth)) = run.expect("commits");
+    assert_eq!(innermost, sqlite_root, "the same SQLite transaction");
+    assert_eq!(depth, 2, "in a savepoint of it");
+}

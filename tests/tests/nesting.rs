@@ -229,4 +229,156 @@ each_backend! {
         assert!(outer.transactional && !outer.read_only);
         assert!(covet_txn::current().is_none());
     }
+
+    #[transactional(propagation = "required")]
+    async fn joined_then_nested(table: &str, id: i64) -> Result<(), AppError> {
+        insert(table, id).await
+    }
+
+    #[transactional]
+    async fn nested_next_to_a_joined_scope(table: &str) -> Result<(), AppError> {
+        // A `required` scope joins the running transaction at its depth: a
+        // savepoint it opens while a sibling's savepoint is open would
+        // interleave the two on one connection.
+        let (tried, until) = tokio::sync::oneshot::channel();
+        let (first, second) = tokio::join!(insert_then_wait(table, 1, until), async {
+            let second = joined_then_nested(table, 2).await;
+            let _ = tried.send(());
+            second
+        });
+        assert!(first.is_ok(), "{first:?}");
+        assert!(matches!(second, Err(AppError::Tx(Error::ConcurrentScope))), "{second:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_joined_scope_cannot_open_a_savepoint_next_to_a_running_one() {
+        let Some(manager) = manager("nest_join_required", 1).await else { return };
+        reset_table(manager.pool(), "nest_join_required", COLUMNS).await;
+        let result = manager.scope(nested_next_to_a_joined_scope("nest_join_required")).await;
+        assert!(
+            matches!(result, Err(AppError::Tx(Error::RollbackOnly))),
+            "the joined scope's failure marks the transaction rollback-only: {result:?}"
+        );
+        assert_eq!(ids(manager.pool(), "nest_join_required").await, Vec::<i64>::new());
+    }
+
+    #[transactional]
+    async fn swallows_a_statement_error(table: &str) -> Result<(), AppError> {
+        exec(format!("INSERT INTO {table} (id, v) VALUES (2, 0)")).await?;
+        let failed = exec("SELECT * FROM covet_no_such_table").await;
+        assert!(failed.is_err());
+        Ok(())
+    }
+
+    #[transactional]
+    async fn outer_carries_on_after_a_swallowed_error(table: &str) -> Result<(), AppError> {
+        insert(table, 1).await?;
+        let nested = swallows_a_statement_error(table).await;
+        if BACKEND == "postgresql" {
+            // The error aborted PostgreSQL's transaction: the savepoint
+            // cannot be released, so the scope is rolled back instead.
+            assert!(matches!(nested, Err(AppError::Tx(Error::Database { .. }))), "{nested:?}");
+        } else {
+            assert!(nested.is_ok(), "{nested:?}");
+        }
+        insert(table, 3).await
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_that_cannot_be_released_is_rolled_back_and_the_outer_carries_on() {
+        let Some(manager) = manager("nest_release", 1).await else { return };
+        reset_table(manager.pool(), "nest_release", COLUMNS).await;
+        manager
+            .scope(outer_carries_on_after_a_swallowed_error("nest_release"))
+            .await
+            .expect("the outer scope commits");
+        let expected: &[i64] = if BACKEND == "postgresql" { &[1, 3] } else { &[1, 2, 3] };
+        assert_eq!(ids(manager.pool(), "nest_release").await, expected);
+    }
+}
+
+mod sqlite_busy {
+    use std::time::Duration;
+
+    use covet_txn::{Error, FailureKind, TxManager, transactional};
+    use covet_txn_tests::AppError;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use sqlx::{Connection, Sqlite, SqliteConnection};
+
+    #[transactional]
+    async fn insert_nested(id: i64) -> Result<(), AppError> {
+        sqlx::query("INSERT INTO busy (id) VALUES (?)")
+            .bind(id)
+            .execute(&mut *covet_txn::conn::<Sqlite>()?)
+            .await?;
+        Ok(())
+    }
+
+    #[transactional]
+    async fn read_then_write_nested() -> Result<(), AppError> {
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM busy")
+            .fetch_one(&mut *covet_txn::conn::<Sqlite>()?)
+            .await?;
+        let nested = insert_nested(2).await;
+        assert!(
+            nested.is_err(),
+            "another connection holds the write lock: {nested:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_nested_scope_doomed_by_a_busy_database_leaves_no_transaction_open() {
+        let path = covet_txn_tests::sqlite_path("nest_busy");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::ZERO);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("opens");
+        sqlx::query("CREATE TABLE busy (id INTEGER PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .expect("setup");
+        let mut blocker = SqliteConnection::connect_with(&options)
+            .await
+            .expect("opens");
+        sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO busy (id) VALUES (1)")
+            .execute(&mut blocker)
+            .await
+            .expect("takes the write lock");
+
+        let manager = TxManager::new(pool);
+        let result = manager.scope(read_then_write_nested()).await;
+        assert!(
+            matches!(result, Err(AppError::Tx(Error::Doomed(FailureKind::Busy)))),
+            "{result:?}"
+        );
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut blocker)
+            .await
+            .expect("commits");
+
+        // The pool's only connection came back outside any transaction: a
+        // new one begins, and what it commits is visible elsewhere.
+        manager
+            .scope(insert_nested(3))
+            .await
+            .expect("a new transaction commits");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM busy ORDER BY id")
+            .fetch_all(&mut blocker)
+            .await
+            .expect("reads");
+        assert_eq!(ids, [1, 3]);
+    }
 }

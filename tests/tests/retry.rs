@@ -74,6 +74,35 @@ each_backend! {
     }
 
     #[transactional(retry = 2, backoff = "1ms", retry_if = retry_refusals)]
+    async fn boxed_refused_once(attempts: &AtomicU32) -> Result<u32, Box<dyn std::error::Error>> {
+        if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Box::new(AppError::Refused("refused once")));
+        }
+        Ok(attempts.load(Ordering::SeqCst))
+    }
+
+    #[transactional(retry = 2, backoff = "1ms", retry_if = retry_refusals)]
+    async fn thread_safe_boxed_refused_once(
+        attempts: &AtomicU32,
+    ) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+        if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Box::new(AppError::Refused("refused once")));
+        }
+        Ok(attempts.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn boxed_error_types_are_seen_through_for_the_retry() {
+        let Some(manager) = manager("retry_boxed", 1).await else { return };
+        let attempts = AtomicU32::new(0);
+        let plain = manager.scope(boxed_refused_once(&attempts)).await;
+        assert_eq!(plain.map_err(|error| error.to_string()), Ok(2));
+        let attempts = AtomicU32::new(0);
+        let thread_safe = manager.scope(thread_safe_boxed_refused_once(&attempts)).await;
+        assert_eq!(thread_safe.map_err(|error| error.to_string()), Ok(2));
+    }
+
+    #[transactional(retry = 2, backoff = "1ms", retry_if = retry_refusals)]
     async fn consumes_its_arguments(name: String, tags: Vec<String>, counter: &mut u32) -> Result<usize, AppError> {
         *counter += 1;
         let owned: Vec<String> = tags.into_iter().chain(std::iter::once(name)).collect();

@@ -53,6 +53,20 @@ each_backend! {
         assert!(attempts.load(Ordering::SeqCst) > 2, "several attempts fit in the deadline");
     }
 
+    #[tokio::test]
+    async fn a_timeout_too_long_to_matter_is_no_limit_rather_than_a_failure() {
+        let Some(manager) = manager("timeout_huge", 1).await else { return };
+        // Past PostgreSQL's 32-bit statement_timeout, and past any instant.
+        for timeout in [Duration::from_secs(30 * 86_400), Duration::MAX] {
+            let options = covet_txn::TxOptions::new().timeout(timeout);
+            let one: i64 = manager
+                .transaction(options, || async { scalar("SELECT COUNT(*) FROM (SELECT 1 AS x) AS one").await })
+                .await
+                .unwrap_or_else(|error| panic!("a {timeout:?} timeout: {error}"));
+            assert_eq!(one, 1);
+        }
+    }
+
     #[transactional(timeout = "150ms")]
     async fn short_nested_stall() -> Result<(), AppError> {
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -197,6 +197,11 @@ pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> 
 /// shortly after, freeing the transaction's locks.
 pub(crate) const SERVER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
 
+/// The longest server-side timeout set: PostgreSQL's `statement_timeout` is
+/// a 32-bit count of milliseconds (about 24.8 days). A deadline further away
+/// is left to the client alone.
+pub(crate) const SERVER_TIMEOUT_LIMIT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// Runs `sql` through sqlx's raw-SQL path, the one that sends several
 /// statements in one request and logs them like any other statement.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

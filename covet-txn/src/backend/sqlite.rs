@@ -77,16 +77,27 @@ impl BackendOps for Sqlite {
         SqliteTransactionManager::begin(conn, Some(statement))
     }
 
-    fn commit(
-        conn: &mut SqliteConnection,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-        SqliteTransactionManager::commit(conn)
+    // sqlx counts transaction levels per connection and ends only the
+    // innermost one per call: at depth 2, its "commit" is a RELEASE. A scope
+    // savepoint still open here (a nested scope cut off mid-way) must not
+    // turn the transaction's COMMIT into a RELEASE, nor its ROLLBACK into a
+    // ROLLBACK TO that leaves the transaction open on a pooled connection.
+    async fn commit(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        if SqliteTransactionManager::get_transaction_depth(conn) > 1 {
+            return Err(sqlx::Error::InvalidArgument(
+                "a savepoint of this SQLite transaction is still open, so COMMIT would only \
+                 release it; the transaction was rolled back instead"
+                    .to_owned(),
+            ));
+        }
+        SqliteTransactionManager::commit(conn).await
     }
 
-    fn rollback(
-        conn: &mut SqliteConnection,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-        SqliteTransactionManager::rollback(conn)
+    async fn rollback(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        while SqliteTransactionManager::get_transaction_depth(conn) > 0 {
+            SqliteTransactionManager::rollback(conn).await?;
+        }
+        Ok(())
     }
 
     // Nested scopes use sqlx's numbered savepoints, run by the worker as

@@ -24,9 +24,4 @@ fn counts(event: &TxEvent) -> i64 {
     1
 }
 
-#[covet_txn::on_commit(retry = 3)]
-fn with_arguments(event: &TxEvent) {
-    let _ = event;
-}
-
 fn main() {}
