@@ -352,7 +352,11 @@ impl Call {
                 }
             }
             Ok(Err(error)) => {
-                ending.roll_back_lazily(|| cause_of(inspect, &error)).await;
+                // Described before awaiting: a borrow of the error held
+                // across an await would make the call's future `Send` only
+                // for `Sync` error types.
+                let cause = ending.describe(|| cause_of(inspect, &error));
+                ending.roll_back_described(cause).await;
                 Err(error)
             }
             Err(panic) => {
@@ -424,12 +428,11 @@ impl Call {
                     match retry::classify(&error) {
                         Some(kind) => session.core().doom(kind),
                         None => {
-                            scope
-                                .roll_back(|| RollbackCause::Error {
-                                    message: error.to_string(),
-                                    kind: None,
-                                })
-                                .await
+                            let cause = scope.describe(|| RollbackCause::Error {
+                                message: error.to_string(),
+                                kind: None,
+                            });
+                            scope.roll_back(cause).await
                         }
                     }
                     Err(error.into())
@@ -441,12 +444,17 @@ impl Call {
                     // transaction back, and only a new attempt can fix a
                     // serialization failure: leave it to the outermost call.
                     Some(kind) => session.core().doom(kind),
-                    None => scope.roll_back(|| cause_of(inspect, &error)).await,
+                    None => {
+                        let cause = scope.describe(|| cause_of(inspect, &error));
+                        scope.roll_back(cause).await
+                    }
                 }
                 Err(error)
             }
             Err(panic) => {
-                scope.roll_back(|| RollbackCause::Panic).await;
+                scope
+                    .roll_back(scope.describe(|| RollbackCause::Panic))
+                    .await;
                 guard.disarm();
                 drop(claim);
                 resume_unwind(panic);
@@ -587,12 +595,17 @@ impl Ending<'_> {
 
     /// before_rollback hooks, ROLLBACK, on_rollback hooks.
     async fn roll_back(&self, cause: RollbackCause) {
-        self.roll_back_lazily(|| cause).await;
+        self.roll_back_described(self.has_hooks().then_some(cause))
+            .await;
     }
 
-    /// Like `roll_back`, describing the cause only if a hook will see it.
-    async fn roll_back_lazily(&self, cause: impl FnOnce() -> RollbackCause) {
-        let cause = self.has_hooks().then(cause);
+    /// The cause of a rollback, described only if a hook will read it.
+    fn describe(&self, cause: impl FnOnce() -> RollbackCause) -> Option<RollbackCause> {
+        self.has_hooks().then(cause)
+    }
+
+    /// Like `roll_back`, with the cause from `describe`.
+    async fn roll_back_described(&self, cause: Option<RollbackCause>) {
         if let Some(cause) = &cause {
             let before = self.phase(TxOutcome::RolledBack, Some(cause.clone()));
             let _ = context::enter(
@@ -643,16 +656,22 @@ struct ScopeEnding<'a> {
 }
 
 impl ScopeEnding<'_> {
+    /// The cause of the scope's rollback, described only if a hook will
+    /// read it.
+    fn describe(&self, cause: impl FnOnce() -> RollbackCause) -> Option<RollbackCause> {
+        (!self.session.core().hooks.is_empty()).then(cause)
+    }
+
     /// The scope's before_rollback hooks, ROLLBACK TO SAVEPOINT, its
-    /// on_rollback hooks; its other hooks are discarded.
-    async fn roll_back(&self, cause: impl FnOnce() -> RollbackCause) {
+    /// on_rollback hooks; its other hooks are discarded. `cause` comes from
+    /// `describe`.
+    async fn roll_back(&self, cause: Option<RollbackCause>) {
         self.series.add(Count::SavepointsRolledBack);
-        let hooks = &self.session.core().hooks;
-        let run = (!hooks.is_empty()).then(|| PhaseRun {
-            hooks,
+        let run = cause.map(|cause| PhaseRun {
+            hooks: &self.session.core().hooks,
             manager: None,
             series: Some(self.series),
-            event: TxEvent::new(&self.frame.info(), TxOutcome::RolledBack, Some(cause())),
+            event: TxEvent::new(&self.frame.info(), TxOutcome::RolledBack, Some(cause)),
         });
         if let Some(run) = &run {
             context::enter(
