@@ -1,15 +1,17 @@
 // Drives the covet-txn dashboard in a real headless Chromium and checks
 // what a person would see. Usage:
-//   node dashboard.mjs <dashboard url> <bearer token>
+//   node dashboard.mjs <dashboard url> <bearer token> <screenshot.png>
 // The dashboard must be serving the workload of tests/tests/dashboard.rs.
 // Exits non-zero, saying why, on the first check that fails.
 
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const [base, token] = process.argv.slice(2);
-if (!base || !token) {
-  console.error("usage: node dashboard.mjs <dashboard url> <bearer token>");
+const [base, token, screenshot] = process.argv.slice(2);
+if (!base || !token || !screenshot) {
+  console.error("usage: node dashboard.mjs <dashboard url> <bearer token> <screenshot.png>");
   process.exit(2);
 }
 
@@ -35,10 +37,13 @@ function csvRows(text) {
   return text.trim().split(/\r?\n/).map((line) => line.split(","));
 }
 
-// Playwright gives every launch a fresh, temporary profile.
-const browser = await chromium.launch({
+// A fresh profile for every run: nothing cached from an earlier one.
+const profile = mkdtempSync(join(tmpdir(), "covet-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   headless: true,
+  acceptDownloads: true,
+  viewport: { width: 1440, height: 900 },
   args: [
     "--no-sandbox",
     "--disable-gpu",
@@ -51,7 +56,6 @@ const browser = await chromium.launch({
 });
 
 try {
-  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1440, height: 900 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
   page.on("dialog", async (dialog) => {
@@ -187,11 +191,21 @@ try {
     check(text.trimEnd().endsWith("# EOF"), "the exposition does not end with # EOF");
   });
 
+  await step("a screenshot of the whole page is saved", async () => {
+    await page.selectOption("#alert-level", "");
+    await page.waitForFunction(() => document.querySelectorAll("#alerts .badge").length > 1);
+    // The header is sticky: from the top, it is drawn where it belongs.
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: screenshot, fullPage: true });
+    console.log(`screenshot: ${screenshot}`);
+  });
+
   await step("nothing went wrong in the page", async () => {
     check(problems.length === 0, problems.join("; "));
   });
 } finally {
-  await browser.close();
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
 }
 
 if (failures.length > 0) {

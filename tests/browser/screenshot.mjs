@@ -22,6 +22,8 @@ try {
     null,
     { timeout: 60000 },
   );
+  // The header is sticky: from the top, it is drawn where it belongs.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path, fullPage: true });
   console.log(`saved ${path}`);
 } finally {

@@ -411,6 +411,9 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
     };
     let workload = workload("dashboard_browser").await;
     let url = workload.dashboard.url();
+    let screenshot = std::env::temp_dir().join("covet-txn-dashboard-test.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let saved_to = screenshot.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(&browser_dir)
@@ -418,6 +421,7 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
             .arg("dashboard.mjs")
             .arg(url)
             .arg(TOKEN)
+            .arg(saved_to)
             .output()
     })
     .await
@@ -430,5 +434,11 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
         "the browser checks failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all dashboard checks passed"), "{stdout}");
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real PNG, {} bytes",
+        png.len()
+    );
     workload.finish().await;
 }
