@@ -33,18 +33,6 @@ pub(crate) enum FrameKind {
     Autocommit,
 }
 
-/// Everything a new frame is made of.
-pub(crate) struct FrameSpec {
-    pub(crate) manager: ManagerHandle,
-    pub(crate) session: Arc<dyn ErasedSession>,
-    pub(crate) kind: FrameKind,
-    pub(crate) depth: u32,
-    pub(crate) name: &'static str,
-    pub(crate) propagation: Propagation,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) parent: Option<Arc<Frame>>,
-}
-
 /// One open transactional scope.
 pub(crate) struct Frame {
     pub(crate) manager: ManagerHandle,
@@ -61,29 +49,6 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    pub(crate) fn new(spec: FrameSpec) -> Arc<Frame> {
-        let FrameSpec {
-            manager,
-            session,
-            kind,
-            depth,
-            name,
-            propagation,
-            deadline,
-            parent,
-        } = spec;
-        Arc::new(Frame {
-            manager,
-            session,
-            kind,
-            depth,
-            name,
-            propagation,
-            deadline,
-            parent,
-        })
-    }
-
     /// This frame and its ancestors, innermost first.
     pub(crate) fn chain(&self) -> impl Iterator<Item = &Frame> {
         std::iter::successors(Some(self), |frame| frame.parent.as_deref())

@@ -15,7 +15,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 
 use crate::backend::{SERVER_TIMEOUT_GRACE, SERVER_TIMEOUT_LIMIT, SavepointAction, SavepointName};
-use crate::context::{self, Frame, FrameKind, FrameSpec};
+use crate::context::{self, Frame, FrameKind};
 use crate::error::{CommitOutcome, Error, LastFailure};
 use crate::hooks::{self, ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
@@ -217,15 +217,11 @@ impl Call {
         }
     }
 
-    /// A frame for this call's scope.
-    fn frame(
-        &self,
-        session: &Arc<dyn ErasedSession>,
-        kind: FrameKind,
-        depth: u32,
-        parent: Option<Arc<Frame>>,
-    ) -> Arc<Frame> {
-        Frame::new(FrameSpec {
+    /// A frame for this call's scope, inside the task's innermost frame
+    /// (which may belong to another manager: every manager's frames stay
+    /// reachable).
+    fn frame(&self, session: &Arc<dyn ErasedSession>, kind: FrameKind, depth: u32) -> Arc<Frame> {
+        Arc::new(Frame {
             manager: self.manager.clone(),
             session: Arc::clone(session),
             kind,
@@ -233,7 +229,7 @@ impl Call {
             name: self.name,
             propagation: self.options.propagation,
             deadline: self.deadline,
-            parent,
+            parent: self.head.clone(),
         })
     }
 
@@ -288,7 +284,7 @@ impl Call {
         } else {
             (FrameKind::Autocommit, 0)
         };
-        let frame = self.frame(&session, kind, depth, self.head.clone());
+        let frame = self.frame(&session, kind, depth);
         let hooks = transactional.then(|| self.manager.hooks());
         if transactional {
             session.core().hooks.declare(depth, self.options.hooks);
@@ -399,9 +395,7 @@ impl Call {
             return Err(error.into());
         }
         self.series.add(Count::SavepointsCreated);
-        // The parent frame is the task's innermost, which may belong to
-        // another manager: frames of every manager stay reachable.
-        let frame = self.frame(&session, FrameKind::Savepoint, depth, self.head.clone());
+        let frame = self.frame(&session, FrameKind::Savepoint, depth);
         session.core().hooks.declare(depth, self.options.hooks);
         let Some(outcome) = self.run_body(Arc::clone(&frame), body).await else {
             session.abort("a nested scope's deadline passed while it ran");
@@ -485,7 +479,7 @@ impl Call {
             rollback_hooks: None,
             armed: true,
         };
-        let frame = self.frame(&session, FrameKind::Joined, parent.depth, self.head.clone());
+        let frame = self.frame(&session, FrameKind::Joined, parent.depth);
         let core = session.core();
         if core.transactional {
             core.hooks.declare(parent.depth, self.options.hooks);
