@@ -87,16 +87,7 @@ impl<'a> Failure<'a> {
 
     /// The database's error, found anywhere in the error's `source()` chain.
     pub fn database_error(&self) -> Option<&'a (dyn sqlx::error::DatabaseError + 'static)> {
-        chain(self.error).find_map(|error| match error.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(database)) => Some(&**database),
-            _ => error
-                .downcast_ref::<Error>()
-                .and_then(Error::as_sqlx_error)
-                .and_then(|sqlx| match sqlx {
-                    sqlx::Error::Database(database) => Some(&**database),
-                    _ => None,
-                }),
-        })
+        chain(self.error).find_map(backend::database_error)
     }
 
     /// Whether the database reported a unique-key violation.

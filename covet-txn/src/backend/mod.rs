@@ -10,6 +10,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::error::DatabaseError;
 use sqlx::pool::PoolConnection;
 
 use crate::error::CommitOutcome;
@@ -80,7 +81,13 @@ pub(crate) mod sealed {
 
         /// The retryable failure a database error stands for, if it is this
         /// backend's error and a retryable one.
-        fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind>;
+        fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind>;
+
+        /// The error as a database error, if it is this backend's concrete
+        /// error type (a user's error may hold one without sqlx's wrapper).
+        fn as_database_error<'a>(
+            error: &'a (dyn StdError + 'static),
+        ) -> Option<&'a (dyn DatabaseError + 'static)>;
 
         /// Something to identify the transaction by after its COMMIT was cut
         /// off, taken just before COMMIT (one more statement).
@@ -159,34 +166,62 @@ pub(crate) mod sealed {
     }
 }
 
-/// The retryable failure an error stands for: a database error of any
-/// compiled-in backend, or a lost connection.
-pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+/// The database error one link of an error chain holds, in any of the
+/// shapes it takes there: a `sqlx::Error`, the `Box<dyn DatabaseError>` that
+/// `sqlx::Error::source()` yields (which is what an `#[error(transparent)]`
+/// wrapper forwards to), or a backend's concrete error type.
+pub(crate) fn database_error<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a (dyn DatabaseError + 'static)> {
     if let Some(driver) = error.downcast_ref::<sqlx::Error>() {
-        return match driver {
-            sqlx::Error::Database(database) => {
-                let database: &(dyn StdError + 'static) = &**database;
-                classify(database)
-            }
-            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
-                Some(FailureKind::ConnectionLost)
-            }
-            _ => None,
-        };
+        return driver.as_database_error();
     }
-    if error.downcast_ref::<std::io::Error>().is_some() {
-        return Some(FailureKind::ConnectionLost);
+    if let Some(boxed) = error.downcast_ref::<Box<dyn DatabaseError>>() {
+        return Some(&**boxed);
     }
     #[cfg(feature = "postgres")]
-    if let Some(kind) = <sqlx::Postgres as sealed::BackendOps>::classify(error) {
+    if let Some(database) = <sqlx::Postgres as sealed::BackendOps>::as_database_error(error) {
+        return Some(database);
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(database) = <sqlx::MySql as sealed::BackendOps>::as_database_error(error) {
+        return Some(database);
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(database) = <sqlx::Sqlite as sealed::BackendOps>::as_database_error(error) {
+        return Some(database);
+    }
+    None
+}
+
+/// The retryable failure one link of an error chain stands for: a database
+/// error of any compiled-in backend, or a lost connection.
+pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+    if let Some(database) = database_error(error) {
+        return classify_database(database);
+    }
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed) => {
+            Some(FailureKind::ConnectionLost)
+        }
+        Some(_) => None,
+        None => error
+            .downcast_ref::<std::io::Error>()
+            .map(|_| FailureKind::ConnectionLost),
+    }
+}
+
+fn classify_database(database: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+    #[cfg(feature = "postgres")]
+    if let Some(kind) = <sqlx::Postgres as sealed::BackendOps>::classify(database) {
         return Some(kind);
     }
     #[cfg(feature = "mysql")]
-    if let Some(kind) = <sqlx::MySql as sealed::BackendOps>::classify(error) {
+    if let Some(kind) = <sqlx::MySql as sealed::BackendOps>::classify(database) {
         return Some(kind);
     }
     #[cfg(feature = "sqlite")]
-    if let Some(kind) = <sqlx::Sqlite as sealed::BackendOps>::classify(error) {
+    if let Some(kind) = <sqlx::Sqlite as sealed::BackendOps>::classify(database) {
         return Some(kind);
     }
     None

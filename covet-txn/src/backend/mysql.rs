@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlConnection};
@@ -54,8 +55,8 @@ impl BackendOps for MySql {
         )
     }
 
-    fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-        let database = error.downcast_ref::<MySqlDatabaseError>()?;
+    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+        let database = error.try_downcast_ref::<MySqlDatabaseError>()?;
         match database.number() {
             1213 => Some(FailureKind::Deadlock),
             1205 => Some(FailureKind::LockTimeout),
@@ -65,6 +66,14 @@ impl BackendOps for MySql {
             1927 | 2006 | 2013 => Some(FailureKind::ConnectionLost),
             _ => None,
         }
+    }
+
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<MySqlDatabaseError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
 
     fn execute<'c>(

@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::error::DatabaseError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Postgres};
@@ -41,8 +42,8 @@ impl BackendOps for Postgres {
         }
     }
 
-    fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-        let database = error.downcast_ref::<PgDatabaseError>()?;
+    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+        let database = error.try_downcast_ref::<PgDatabaseError>()?;
         match database.code() {
             "40001" => Some(FailureKind::SerializationFailure),
             "40P01" => Some(FailureKind::Deadlock),
@@ -77,6 +78,14 @@ impl BackendOps for Postgres {
             }
         }
         CommitOutcome::Unknown
+    }
+
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<PgDatabaseError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
 
     fn execute<'c>(

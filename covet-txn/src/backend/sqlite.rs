@@ -44,8 +44,8 @@ impl BackendOps for Sqlite {
         })
     }
 
-    fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-        let database = error.downcast_ref::<SqliteError>()?;
+    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+        let database = error.try_downcast_ref::<SqliteError>()?;
         // SQLITE_BUSY, SQLITE_LOCKED and their extended codes: BUSY_RECOVERY,
         // LOCKED_SHAREDCACHE, BUSY_SNAPSHOT, LOCKED_VTAB, BUSY_TIMEOUT.
         match database.code()?.parse::<i32>().ok()? {
@@ -115,6 +115,14 @@ impl BackendOps for Sqlite {
                 SqliteTransactionManager::rollback(conn).await
             }
         }
+    }
+
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<SqliteError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
 
     fn execute<'c>(
