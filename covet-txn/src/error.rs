@@ -145,14 +145,10 @@ pub enum Error {
         requested_read_only: bool,
     },
 
-    /// A `required` scope failed, so the whole transaction was marked
-    /// rollback-only; it was rolled back instead of committed.
-    #[error(
-        "the transaction was rolled back, not committed: a joined (`required`) scope \
-         failed and marked it rollback-only; let that error propagate, or use the default \
-         `nested` propagation to recover from it with a savepoint"
-    )]
-    RollbackOnly,
+    /// The transaction was marked rollback-only, so it was rolled back
+    /// instead of committed; the cause says by what.
+    #[error("the transaction was rolled back, not committed: {0}")]
+    RollbackOnly(RollbackOnlyCause),
 
     /// `requires_new` needs a second connection but this task already holds
     /// every connection the pool may open, so waiting would never end.
@@ -262,6 +258,42 @@ pub enum Error {
          outermost function"
     )]
     Doomed(FailureKind),
+}
+
+/// Why a transaction was marked rollback-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RollbackOnlyCause {
+    /// A scope joined to the transaction (`required`, `mandatory`,
+    /// `supports`) failed: its work cannot be undone alone.
+    JoinedScopeFailed {
+        /// The scope that failed.
+        scope: &'static str,
+    },
+    /// A nested scope failed and rolling back to its savepoint failed too,
+    /// so the transaction holds work that should have been undone.
+    SavepointRollbackFailed {
+        /// The nested scope.
+        scope: &'static str,
+    },
+}
+
+impl fmt::Display for RollbackOnlyCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackOnlyCause::JoinedScopeFailed { scope } => write!(
+                f,
+                "the joined scope `{scope}` failed and marked it rollback-only; let that error \
+                 propagate, or use the default `nested` propagation to recover from it with a \
+                 savepoint"
+            ),
+            RollbackOnlyCause::SavepointRollbackFailed { scope } => write!(
+                f,
+                "the nested scope `{scope}` failed and rolling back to its savepoint failed too, \
+                 so the transaction still holds that scope's work"
+            ),
+        }
+    }
 }
 
 /// What became of a transaction whose COMMIT was cut off.

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use crate::context;
-use crate::error::Error;
+use crate::error::{Error, RollbackOnlyCause};
 use crate::metrics::{Count, Series};
 use crate::retry::FailureKind;
 use crate::transaction::{ErasedSession, TxId, TxInfo};
@@ -88,8 +88,11 @@ pub enum RollbackCause {
     Timeout,
     /// The call's future was dropped.
     Cancelled,
-    /// A joined scope failed and marked the transaction rollback-only.
-    RollbackOnly,
+    /// The transaction was marked rollback-only.
+    RollbackOnly(RollbackOnlyCause),
+    /// A nested scope was cut off (its deadline, a dropped future), which
+    /// aborted the transaction.
+    Aborted(&'static str),
     /// A nested scope hit a failure only a retry can fix.
     Doomed(FailureKind),
     /// A `before_commit` hook failed.
@@ -107,7 +110,8 @@ impl fmt::Display for RollbackCause {
             RollbackCause::Panic => f.write_str("the function panicked"),
             RollbackCause::Timeout => f.write_str("the deadline passed"),
             RollbackCause::Cancelled => f.write_str("the call was cancelled"),
-            RollbackCause::RollbackOnly => f.write_str("the transaction was marked rollback-only"),
+            RollbackCause::RollbackOnly(cause) => write!(f, "{cause}"),
+            RollbackCause::Aborted(reason) => write!(f, "the transaction was aborted: {reason}"),
             RollbackCause::Doomed(kind) => write!(f, "a nested scope hit a {kind}"),
             RollbackCause::HookFailed(message) => {
                 write!(f, "a before_commit hook failed: {message}")

@@ -66,7 +66,7 @@ pub mod __private;
 
 pub use backend::Backend;
 pub use context::{conn, current};
-pub use error::{CommitOutcome, Error, LastFailure, Operation};
+pub use error::{CommitOutcome, Error, LastFailure, Operation, RollbackOnlyCause};
 pub use hooks::{
     HookOutput, Phase, Registration, RollbackCause, TxEvent, TxOutcome, before_commit,
     before_rollback, on_commit, on_rollback,

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 
 use crate::backend::{SERVER_TIMEOUT_GRACE, SERVER_TIMEOUT_LIMIT, SavepointAction, SavepointName};
 use crate::context::{self, Frame, FrameKind};
-use crate::error::{CommitOutcome, Error, LastFailure};
+use crate::error::{CommitOutcome, Error, LastFailure, RollbackOnlyCause};
 use crate::hooks::{self, ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
 use crate::metrics::{Count, Series};
@@ -327,17 +327,21 @@ impl Call {
         let core = session.core();
         let settled = match outcome {
             Ok(Ok(value)) => {
-                let refusal = match (core.aborted(), core.doomed()) {
+                let refusal = match (core.aborted(), core.doomed(), core.rollback_only()) {
                     // A nested scope was cut off (its deadline, a dropped
                     // future): the connection is gone, COMMIT cannot happen.
-                    (Some(reason), _) => Some((
+                    (Some(reason), _, _) => Some((
                         Error::TransactionAborted(reason),
-                        RollbackCause::RollbackOnly,
+                        RollbackCause::Aborted(reason),
                     )),
-                    (None, Some(kind)) => Some((Error::Doomed(kind), RollbackCause::Doomed(kind))),
-                    (None, None) => core
-                        .is_rollback_only()
-                        .then_some((Error::RollbackOnly, RollbackCause::RollbackOnly)),
+                    (None, Some(kind), _) => {
+                        Some((Error::Doomed(kind), RollbackCause::Doomed(kind)))
+                    }
+                    (None, None, Some(cause)) => Some((
+                        Error::RollbackOnly(cause),
+                        RollbackCause::RollbackOnly(cause),
+                    )),
+                    (None, None, None) => None,
                 };
                 match refusal {
                     Some((error, cause)) => {
@@ -491,13 +495,14 @@ impl Call {
         };
         guard.disarm();
         if core.transactional {
+            let failed = RollbackOnlyCause::JoinedScopeFailed { scope: self.name };
             match &outcome {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => match retryable(inspect, error) {
                     Some(kind) => core.doom(kind),
-                    None => core.mark_rollback_only(),
+                    None => core.mark_rollback_only(failed),
                 },
-                Err(_) => core.mark_rollback_only(),
+                Err(_) => core.mark_rollback_only(failed),
             }
         }
         match outcome {
@@ -674,7 +679,7 @@ impl ScopeEnding<'_> {
             )
             .await;
         }
-        roll_back_savepoint(self.session, self.savepoint).await;
+        roll_back_savepoint(self.session, self.savepoint, self.frame.name).await;
         if let Some(run) = &run {
             run.run_scope_after_rollback(self.frame.depth).await;
         }
@@ -989,18 +994,30 @@ async fn end_quietly(session: &dyn ErasedSession, name: &'static str) {
 }
 
 /// Undoes a failed nested scope. If even that fails, the transaction can no
-/// longer be trusted: it is marked rollback-only so that it cannot commit.
-async fn roll_back_savepoint(session: &dyn ErasedSession, savepoint: SavepointName<'_>) {
-    if let Err(error) = session
+/// longer be trusted to commit: a failure that a new attempt can fix (the
+/// connection lost, a deadlock) dooms it, so that the outermost call retries;
+/// any other marks it rollback-only.
+async fn roll_back_savepoint(
+    session: &dyn ErasedSession,
+    savepoint: SavepointName<'_>,
+    scope: &'static str,
+) {
+    let Err(error) = session
         .savepoint(SavepointAction::RollbackAndRelease, savepoint)
         .await
-    {
-        session.core().mark_rollback_only();
-        tracing::warn!(
-            target: "covet_txn",
-            transaction = session.core().name,
-            %error,
-            "rolling back to a savepoint failed; the transaction is marked rollback-only"
-        );
+    else {
+        return;
+    };
+    let core = session.core();
+    match retry::classify(&error) {
+        Some(kind) => core.doom(kind),
+        None => core.mark_rollback_only(RollbackOnlyCause::SavepointRollbackFailed { scope }),
     }
+    tracing::warn!(
+        target: "covet_txn",
+        transaction = core.name,
+        scope,
+        %error,
+        "rolling back to a savepoint failed; the transaction cannot commit"
+    );
 }

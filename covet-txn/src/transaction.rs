@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 
 use crate::backend::{Backend, SavepointAction, SavepointName};
-use crate::error::{CommitOutcome, Error, Operation};
+use crate::error::{CommitOutcome, Error, Operation, RollbackOnlyCause};
 use crate::hooks::HookList;
 use crate::metrics::{Count, Metrics, Series};
 use crate::options::{Access, Isolation, Propagation, TxOptions};
@@ -121,7 +121,7 @@ pub(crate) struct SessionCore {
     pub(crate) attempt: u32,
     pub(crate) started_at: Instant,
     state: AtomicU8,
-    rollback_only: AtomicBool,
+    rollback_only: OnceLock<RollbackOnlyCause>,
     /// Set once COMMIT is about to be sent or the on_rollback hooks are
     /// about to run: from then on the outcome's own hooks are under way, and
     /// a cancellation must not run on_rollback hooks of its own.
@@ -182,12 +182,17 @@ impl SessionCore {
         self.fate_sealed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn mark_rollback_only(&self) {
-        self.rollback_only.store(true, Ordering::Release);
+    /// Marks the transaction rollback-only; the first cause is kept.
+    pub(crate) fn mark_rollback_only(&self, cause: RollbackOnlyCause) {
+        let _ = self.rollback_only.set(cause);
+    }
+
+    pub(crate) fn rollback_only(&self) -> Option<RollbackOnlyCause> {
+        self.rollback_only.get().copied()
     }
 
     pub(crate) fn is_rollback_only(&self) -> bool {
-        self.rollback_only.load(Ordering::Acquire)
+        self.rollback_only.get().is_some() || self.doomed.get().is_some()
     }
 
     pub(crate) fn aborted(&self) -> Option<&'static str> {
@@ -198,7 +203,6 @@ impl SessionCore {
     /// longer commit.
     pub(crate) fn doom(&self, kind: FailureKind) {
         let _ = self.doomed.set(kind);
-        self.mark_rollback_only();
     }
 
     pub(crate) fn doomed(&self) -> Option<FailureKind> {
@@ -340,7 +344,7 @@ impl<DB: Backend> Session<DB> {
                 attempt,
                 started_at: Instant::now(),
                 state: AtomicU8::new(TxState::Active as u8),
-                rollback_only: AtomicBool::new(false),
+                rollback_only: OnceLock::new(),
                 fate_sealed: AtomicBool::new(false),
                 doomed: OnceLock::new(),
                 aborted: OnceLock::new(),

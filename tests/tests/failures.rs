@@ -151,6 +151,161 @@ mod killed_backend {
     }
 }
 
+/// A nested scope fails, and its connection dies just before the runtime
+/// rolls back to the scope's savepoint: the transaction cannot commit, and
+/// the outermost call with `retry` runs it again on a fresh connection.
+mod killed_during_savepoint_rollback {
+    use super::*;
+
+    /// Kills the connection of the running transaction from `admin`.
+    async fn kill_postgres(
+        manager: &TxManager<Postgres>,
+        admin: &sqlx::PgPool,
+    ) -> Result<(), AppError> {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *manager.conn()?)
+            .await?;
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(admin)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    #[transactional(manager = manager)]
+    async fn postgres_nested_fails_and_dies(
+        manager: &TxManager<Postgres>,
+        admin: &sqlx::PgPool,
+        kill: bool,
+    ) -> Result<(), AppError> {
+        if kill {
+            kill_postgres(manager, admin).await?;
+        }
+        Err(AppError::Refused("the optional step failed"))
+    }
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn postgres_outer_carries_on(
+        manager: &TxManager<Postgres>,
+        admin: &sqlx::PgPool,
+        attempts: &AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query("INSERT INTO sp_killed_pg (id) VALUES ($1)")
+            .bind(i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        // The optional step's failure is swallowed, as a service does when
+        // a nested scope is allowed to fail alone.
+        let nested = postgres_nested_fails_and_dies(manager, admin, attempt == 1).await;
+        assert!(matches!(nested, Err(AppError::Refused(_))), "{nested:?}");
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn postgres_a_connection_lost_while_a_savepoint_rolls_back_retries_the_transaction() {
+        let Some(admin) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::postgres(1).await else {
+            return;
+        };
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS sp_killed_pg; CREATE TABLE sp_killed_pg (id BIGINT PRIMARY KEY)",
+        )
+        .execute(&admin)
+        .await
+        .expect("setup");
+        let manager = TxManager::new(pool);
+        let attempts = AtomicU32::new(0);
+        let attempt = postgres_outer_carries_on(&manager, &admin, &attempts)
+            .await
+            .expect("the lost connection dooms the transaction, and the retry commits");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sp_killed_pg ORDER BY id")
+            .fetch_all(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(ids, [2], "only the second attempt committed");
+        let metrics = manager.metrics();
+        assert_eq!(
+            (metrics.total.retries, metrics.total.connections_lost),
+            (1, 1),
+            "{:?}",
+            metrics.total
+        );
+    }
+
+    #[transactional(manager = manager)]
+    async fn mariadb_nested_fails_and_dies(
+        manager: &TxManager<MySql>,
+        admin: &sqlx::MySqlPool,
+        kill: bool,
+    ) -> Result<(), AppError> {
+        if kill {
+            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *manager.conn()?)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(admin)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(AppError::Refused("the optional step failed"))
+    }
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn mariadb_outer_carries_on(
+        manager: &TxManager<MySql>,
+        admin: &sqlx::MySqlPool,
+        attempts: &AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query("INSERT INTO sp_killed_my (id) VALUES (?)")
+            .bind(i64::from(attempt))
+            .execute(&mut *manager.conn()?)
+            .await?;
+        let nested = mariadb_nested_fails_and_dies(manager, admin, attempt == 1).await;
+        assert!(matches!(nested, Err(AppError::Refused(_))), "{nested:?}");
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn mariadb_a_connection_lost_while_a_savepoint_rolls_back_retries_the_transaction() {
+        let Some(admin) = covet_txn_tests::mysql(1).await else {
+            return;
+        };
+        let Some(pool) = covet_txn_tests::mysql(1).await else {
+            return;
+        };
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS sp_killed_my; CREATE TABLE sp_killed_my (id BIGINT PRIMARY KEY)",
+        )
+        .execute(&admin)
+        .await
+        .expect("setup");
+        let manager = TxManager::new(pool);
+        let attempts = AtomicU32::new(0);
+        let attempt = mariadb_outer_carries_on(&manager, &admin, &attempts)
+            .await
+            .expect("the lost connection dooms the transaction, and the retry commits");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sp_killed_my ORDER BY id")
+            .fetch_all(&admin)
+            .await
+            .expect("reads");
+        assert_eq!(ids, [2], "only the second attempt committed");
+        let metrics = manager.metrics();
+        assert_eq!(
+            (metrics.total.retries, metrics.total.connections_lost),
+            (1, 1),
+            "{:?}",
+            metrics.total
+        );
+    }
+}
+
 mod ambiguous_commit {
     use super::*;
 

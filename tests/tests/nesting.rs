@@ -2,7 +2,7 @@
 //! savepoints, and an error, a panic or a borrowed connection is handled at
 //! the right level.
 
-use covet_txn::{Error, TxState, transactional};
+use covet_txn::{Error, RollbackOnlyCause, TxState, transactional};
 use covet_txn_tests::{AppError, each_backend};
 
 each_backend! {
@@ -257,7 +257,7 @@ each_backend! {
         reset_table(manager.pool(), "nest_join_required", COLUMNS).await;
         let result = manager.scope(nested_next_to_a_joined_scope("nest_join_required")).await;
         assert!(
-            matches!(result, Err(AppError::Tx(Error::RollbackOnly))),
+            matches!(result, Err(AppError::Tx(Error::RollbackOnly(RollbackOnlyCause::JoinedScopeFailed { .. })))),
             "the joined scope's failure marks the transaction rollback-only: {result:?}"
         );
         assert_eq!(ids(manager.pool(), "nest_join_required").await, Vec::<i64>::new());

@@ -1,7 +1,7 @@
 //! Propagation: how a call relates to the transaction already running, with
 //! Spring's names and stricter failure reporting.
 
-use covet_txn::{Error, Propagation, transactional};
+use covet_txn::{Error, Propagation, RollbackOnlyCause, transactional};
 use covet_txn_tests::{AppError, each_backend};
 
 each_backend! {
@@ -41,7 +41,12 @@ each_backend! {
         let Some(manager) = manager("prop_required", 1).await else { return };
         reset_table(manager.pool(), "prop_required", COLUMNS).await;
         let result = manager.scope(outer_swallowing_required_failure("prop_required")).await;
-        assert!(matches!(result, Err(AppError::Tx(Error::RollbackOnly))), "{result:?}");
+        let Err(AppError::Tx(Error::RollbackOnly(RollbackOnlyCause::JoinedScopeFailed { scope }))) = &result else {
+            panic!("{result:?}")
+        };
+        assert!(scope.ends_with("::required_then_fail"), "the cause names the scope that failed: {scope}");
+        let message = result.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(message.contains("required_then_fail") && message.contains("nested"), "{message}");
         assert_eq!(count(manager.pool(), "prop_required").await, 0, "nothing was committed");
     }
 
