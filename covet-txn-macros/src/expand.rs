@@ -274,7 +274,7 @@ fn spanned_group(tokens: TokenStream, span: proc_macro2::Span) -> proc_macro2::G
 
 /// Gives every token the same span, so that errors about the tokens point
 /// at that place in the user's code.
-fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {

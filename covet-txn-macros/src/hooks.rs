@@ -9,7 +9,7 @@
 //! `#[transactional]`'s is.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
 use crate::attr::RawArgs;
@@ -63,11 +63,20 @@ pub(crate) fn declare(
 
     let name = &function.sig.ident;
     let vis = &function.vis;
-    let call = if function.sig.asyncness.is_some() {
-        quote!(#name(&event).await)
-    } else {
-        quote!(#name(&event))
+
+    // An error type the runtime cannot keep is reported on the return type.
+    let output_span = match &function.sig.output {
+        ReturnType::Type(_, returned) => syn::spanned::Spanned::span(&**returned),
+        ReturnType::Default => Span::call_site(),
     };
+    let call = if function.sig.asyncness.is_some() {
+        quote_spanned!(output_span=> #name(&event).await)
+    } else {
+        quote_spanned!(output_span=> #name(&event))
+    };
+    let convert =
+        crate::expand::respan(quote!(#private::HookOutput::into_hook_result), output_span);
+    let into_result = quote_spanned!(output_span=> #convert(#call));
     let marker = format_ident!("{}", marker_trait(phase));
     let phase_variant = format_ident!("{}", phase_variant(phase));
     Ok(quote! {
@@ -84,7 +93,7 @@ pub(crate) fn declare(
 
             fn run(event: #private::TxEvent) -> #private::HookFuture {
                 #private::boxed_hook(async move {
-                    #private::HookOutput::into_hook_result(#call)
+                    #into_result
                 })
             }
         }

@@ -239,15 +239,18 @@ pub enum Error {
     },
 
     /// A `before_commit` hook failed or panicked; the transaction was rolled
-    /// back.
-    #[error("the transaction was rolled back because its {phase} hook `{hook}` failed: {message}")]
+    /// back. The hook's error is the `source()`: a database failure in it
+    /// (a deadlock, a serialization failure, a lost connection) is retried
+    /// like one in the function's body.
+    #[error("the transaction was rolled back because its {phase} hook `{hook}` failed: {source}")]
     HookFailed {
         /// The phase the hook ran in.
         phase: crate::hooks::Phase,
         /// The hook's name (the function that declared or registered it).
         hook: &'static str,
-        /// What it reported.
-        message: String,
+        /// What it returned.
+        #[source]
+        source: crate::hooks::HookError,
     },
 
     /// A nested scope hit a failure that only a retry of the whole

@@ -161,32 +161,39 @@ impl TxEvent {
     }
 }
 
-/// What a hook may return: nothing, or a `Result` whose error is shown in
-/// logs and, for `before_commit`, returned to the caller.
+/// A hook's error, kept whole: a `before_commit` failure becomes the
+/// `source()` of [`Error::HookFailed`], where the retry classification
+/// finds a database failure inside it.
+pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a hook may return: nothing, or a `Result` whose error is logged and,
+/// for `before_commit`, returned to the caller inside [`Error::HookFailed`].
+/// Any thread-safe error type works, as do `anyhow::Error`, `String` and
+/// `&'static str`.
 #[diagnostic::on_unimplemented(
-    message = "a hook must return `()` or `Result<(), E>` with `E: Display`, not `{Self}`",
+    message = "a hook must return `()` or `Result<(), E>` with `E` an error type that is `Send + Sync` (or `String`, `&str`, `anyhow::Error`), not `{Self}`",
     label = "this hook's return type"
 )]
 pub trait HookOutput {
     /// The outcome as the runtime records it.
-    fn into_hook_result(self) -> Result<(), String>;
+    fn into_hook_result(self) -> Result<(), HookError>;
 }
 
 impl HookOutput for () {
-    fn into_hook_result(self) -> Result<(), String> {
+    fn into_hook_result(self) -> Result<(), HookError> {
         Ok(())
     }
 }
 
-impl<E: fmt::Display> HookOutput for Result<(), E> {
-    fn into_hook_result(self) -> Result<(), String> {
-        self.map_err(|error| error.to_string())
+impl<E: Into<HookError>> HookOutput for Result<(), E> {
+    fn into_hook_result(self) -> Result<(), HookError> {
+        self.map_err(Into::into)
     }
 }
 
 /// A hook's future, boxed, with its outcome made uniform.
 #[doc(hidden)]
-pub type HookFuture = BoxFuture<'static, Result<(), String>>;
+pub type HookFuture = BoxFuture<'static, Result<(), HookError>>;
 
 /// A hook that runs with the event: a declared handler or a manager's.
 pub(crate) type EventHook = Arc<dyn Fn(TxEvent) -> HookFuture + Send + Sync>;
@@ -447,10 +454,10 @@ impl PhaseRun<'_> {
         &self,
         phase: Phase,
         hook: &'static str,
-        outcome: Result<(), String>,
+        outcome: Result<(), HookError>,
         stop_on_failure: bool,
     ) -> Result<(), HookFailure> {
-        let Err(message) = outcome else {
+        let Err(error) = outcome else {
             return Ok(());
         };
         tracing::warn!(
@@ -459,14 +466,14 @@ impl PhaseRun<'_> {
             hook,
             transaction = self.event.name,
             transaction_id = self.event.id.get(),
-            error = %message,
+            %error,
             "a transaction hook failed"
         );
         if let Some(series) = self.series {
             series.add(Count::HookFailure(phase));
         }
         if stop_on_failure {
-            Err(HookFailure { hook, message })
+            Err(HookFailure { hook, error })
         } else {
             Ok(())
         }
@@ -477,7 +484,7 @@ impl PhaseRun<'_> {
 #[derive(Debug)]
 pub(crate) struct HookFailure {
     pub(crate) hook: &'static str,
-    pub(crate) message: String,
+    pub(crate) error: HookError,
 }
 
 impl From<HookFailure> for Error {
@@ -485,18 +492,30 @@ impl From<HookFailure> for Error {
         Error::HookFailed {
             phase: Phase::BeforeCommit,
             hook: failure.hook,
-            message: failure.message,
+            source: failure.error,
         }
     }
 }
 
 /// Runs a hook, turning a panic into a failure.
-async fn run_guarded(future: HookFuture) -> Result<(), String> {
+async fn run_guarded(future: HookFuture) -> Result<(), HookError> {
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(outcome) => outcome,
-        Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
+        Err(panic) => Err(HookPanicked(panic_message(panic.as_ref()).to_owned()).into()),
     }
 }
+
+/// A hook that panicked, as an error.
+#[derive(Debug)]
+struct HookPanicked(String);
+
+impl fmt::Display for HookPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for HookPanicked {}
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -548,10 +567,10 @@ impl Future for Registration {
         match future.as_mut().poll(cx) {
             Poll::Ready(outcome) => {
                 self.0 = None;
-                if let Err(message) = outcome {
+                if let Err(error) = outcome {
                     tracing::warn!(
                         target: "covet_txn::hooks",
-                        error = %message,
+                        %error,
                         "a commit hook run outside any transaction failed"
                     );
                 }

@@ -68,7 +68,7 @@ pub use backend::Backend;
 pub use context::{conn, current};
 pub use error::{CommitOutcome, Error, LastFailure, Operation, RollbackOnlyCause};
 pub use hooks::{
-    HookOutput, Phase, Registration, RollbackCause, TxEvent, TxOutcome, before_commit,
+    HookError, HookOutput, Phase, Registration, RollbackCause, TxEvent, TxOutcome, before_commit,
     before_rollback, on_commit, on_rollback,
 };
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};

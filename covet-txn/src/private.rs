@@ -204,7 +204,7 @@ pub trait Hook {
 /// Boxes a handler's future.
 pub fn boxed_hook<F>(future: F) -> HookFuture
 where
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<(), crate::hooks::HookError>> + Send + 'static,
 {
     Box::pin(future)
 }

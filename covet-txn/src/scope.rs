@@ -545,7 +545,7 @@ impl Ending<'_> {
             )
             .await;
             if let Err(failure) = ran {
-                self.roll_back(RollbackCause::HookFailed(failure.message.clone()))
+                self.roll_back(RollbackCause::HookFailed(failure.error.to_string()))
                     .await;
                 return Err(failure.into());
             }

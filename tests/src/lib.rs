@@ -160,6 +160,10 @@ pub fn sqlite_path(test: &str) -> PathBuf {
 /// - `exec(sql)` and `scalar(sql)`, running SQL in the current transaction;
 /// - `reset_table(pool, name, columns)`, a fresh table;
 /// - `pool_scalar(pool, sql)`, a query outside any transaction;
+/// - `FailOnce`, which makes the first attempt of a call fail with a real
+///   retryable error of the server (PostgreSQL raises the SQLSTATE asked
+///   for, MariaDB signals a 1213 deadlock, SQLite reports `SQLITE_BUSY`
+///   because a second connection of a pool of two holds the write lock);
 /// - `BACKEND`, the backend's name.
 ///
 /// SQL in the tests is written to run unchanged on all three servers.
@@ -247,6 +251,76 @@ macro_rules! __backend_helpers {
                 Ok(value) => value,
                 Err(error) => panic!("`{sql}` failed: {error}"),
             }
+        }
+
+        /// Makes the first attempt of a call fail with a real retryable error,
+        /// and lets the next one through.
+        #[allow(dead_code)]
+        pub struct FailOnce {
+            table: String,
+            /// PostgreSQL's SQLSTATE to raise.
+            code: &'static str,
+            pub attempts: ::std::sync::atomic::AtomicU32,
+            /// SQLite: a second connection holding the write lock until the
+            /// second attempt.
+            lock: ::tokio::sync::Mutex<Option<::sqlx::pool::PoolConnection<Db>>>,
+        }
+
+        #[allow(dead_code)]
+        impl FailOnce {
+            pub async fn arm(manager: &::covet_txn::TxManager<Db>, table: &str, code: &'static str) -> FailOnce {
+                reset_table(manager.pool(), table, "id BIGINT PRIMARY KEY, v BIGINT NOT NULL").await;
+                let insert = format!("INSERT INTO {table} (id, v) VALUES (1, 0)");
+                ::sqlx::raw_sql(::sqlx::AssertSqlSafe(insert)).execute(manager.pool()).await.expect("seeds");
+                let lock = if BACKEND == "sqlite" {
+                    // Both connections give up on a lock at once: SQLITE_BUSY.
+                    let mut locker = manager.pool().acquire().await.expect("a second connection");
+                    let mut worker = manager.pool().acquire().await.expect("a first connection");
+                    for conn in [&mut locker, &mut worker] {
+                        ::sqlx::raw_sql("PRAGMA busy_timeout = 0").execute(&mut **conn).await.expect("sets busy_timeout");
+                    }
+                    drop(worker);
+                    ::sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *locker).await.expect("takes the write lock");
+                    Some(locker)
+                } else {
+                    None
+                };
+                FailOnce {
+                    table: table.to_owned(), code, attempts: ::std::sync::atomic::AtomicU32::new(0), lock: ::tokio::sync::Mutex::new(lock) }
+            }
+
+            /// One attempt's work: a real retryable failure the first time.
+            pub async fn step(&self) -> Result<(), ::sqlx::Error> {
+                let table = &self.table;
+                if self.attempts.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst) == 0 {
+                    let failing = match BACKEND {
+                        "postgresql" => format!("DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '{}'; END $$", self.code),
+                        "mysql" => "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'forced deadlock'".to_owned(),
+                        _ => format!("UPDATE {table} SET v = v + 1 WHERE id = 1"),
+                    };
+                    ::sqlx::raw_sql(::sqlx::AssertSqlSafe(failing)).execute(&mut *conn().map_err(to_sqlx)?).await?;
+                    panic!("the forced failure did not fail");
+                }
+                if let Some(mut locker) = self.lock.lock().await.take() {
+                    ::sqlx::raw_sql("ROLLBACK").execute(&mut *locker).await?;
+                }
+                let update = format!("UPDATE {table} SET v = v + 1 WHERE id = 1");
+                ::sqlx::raw_sql(::sqlx::AssertSqlSafe(update)).execute(&mut *conn().map_err(to_sqlx)?).await?;
+                Ok(())
+            }
+
+            pub fn kind(&self) -> ::covet_txn::FailureKind {
+                match (BACKEND, self.code) {
+                    ("postgresql", "40P01") | ("mysql", _) => ::covet_txn::FailureKind::Deadlock,
+                    ("postgresql", _) => ::covet_txn::FailureKind::SerializationFailure,
+                    _ => ::covet_txn::FailureKind::Busy,
+                }
+            }
+        }
+
+        #[allow(dead_code)]
+        fn to_sqlx(error: covet_txn::Error) -> ::sqlx::Error {
+            ::sqlx::Error::InvalidArgument(error.to_string())
         }
 
         #[allow(dead_code)]

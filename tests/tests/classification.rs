@@ -8,10 +8,10 @@
 //! connection holds the write lock.
 
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use covet_txn::{FailureKind, FunctionMetrics, TxManager, transactional};
+use covet_txn::{FailureKind, FunctionMetrics, transactional};
 use covet_txn_tests::each_backend;
 use sqlx::error::DatabaseError;
 
@@ -82,72 +82,6 @@ fn counted(metrics: &FunctionMetrics, kind: FailureKind) -> u64 {
 }
 
 each_backend! {
-    /// Makes the first attempt of a call fail with a real retryable error,
-    /// and lets the next one through.
-    struct FailOnce {
-        table: String,
-        /// PostgreSQL's SQLSTATE to raise.
-        code: &'static str,
-        attempts: AtomicU32,
-        /// SQLite: a second connection holding the write lock until the
-        /// second attempt.
-        lock: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<Db>>>,
-    }
-
-    impl FailOnce {
-        async fn arm(manager: &TxManager<Db>, table: &str, code: &'static str) -> FailOnce {
-            reset_table(manager.pool(), table, "id BIGINT PRIMARY KEY, v BIGINT NOT NULL").await;
-            let insert = format!("INSERT INTO {table} (id, v) VALUES (1, 0)");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(insert)).execute(manager.pool()).await.expect("seeds");
-            let lock = if BACKEND == "sqlite" {
-                // Both connections give up on a lock at once: SQLITE_BUSY.
-                let mut locker = manager.pool().acquire().await.expect("a second connection");
-                let mut worker = manager.pool().acquire().await.expect("a first connection");
-                for conn in [&mut locker, &mut worker] {
-                    sqlx::raw_sql("PRAGMA busy_timeout = 0").execute(&mut **conn).await.expect("sets busy_timeout");
-                }
-                drop(worker);
-                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *locker).await.expect("takes the write lock");
-                Some(locker)
-            } else {
-                None
-            };
-            FailOnce { table: table.to_owned(), code, attempts: AtomicU32::new(0), lock: tokio::sync::Mutex::new(lock) }
-        }
-
-        /// One attempt's work: a real retryable failure the first time.
-        async fn step(&self) -> Result<(), sqlx::Error> {
-            let table = &self.table;
-            if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
-                let failing = match BACKEND {
-                    "postgresql" => format!("DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '{}'; END $$", self.code),
-                    "mysql" => "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'forced deadlock'".to_owned(),
-                    _ => format!("UPDATE {table} SET v = v + 1 WHERE id = 1"),
-                };
-                sqlx::raw_sql(sqlx::AssertSqlSafe(failing)).execute(&mut *conn().map_err(to_sqlx)?).await?;
-                panic!("the forced failure did not fail");
-            }
-            if let Some(mut locker) = self.lock.lock().await.take() {
-                sqlx::raw_sql("ROLLBACK").execute(&mut *locker).await?;
-            }
-            let update = format!("UPDATE {table} SET v = v + 1 WHERE id = 1");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(update)).execute(&mut *conn().map_err(to_sqlx)?).await?;
-            Ok(())
-        }
-
-        fn kind(&self) -> FailureKind {
-            match (BACKEND, self.code) {
-                ("postgresql", "40P01") | ("mysql", _) => FailureKind::Deadlock,
-                ("postgresql", _) => FailureKind::SerializationFailure,
-                _ => FailureKind::Busy,
-            }
-        }
-    }
-
-    fn to_sqlx(error: covet_txn::Error) -> sqlx::Error {
-        sqlx::Error::InvalidArgument(error.to_string())
-    }
-
     #[transactional(retry = 2, backoff = "1ms")]
     async fn transparent(fault: &FailOnce) -> Result<(), Transparent> {
         fault.step().await?;
@@ -178,11 +112,14 @@ each_backend! {
         Ok(())
     }
 
+    /// A call of one error shape, with its error as text.
+    type Shape = fn(&FailOnce) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+
     /// Runs each error shape once against a fresh failure, and checks that
     /// the call was retried once, committed, and counted its failure kind.
     async fn every_shape_is_retried_and_counted(test: &str, code: &'static str) {
         let Some(manager) = manager(test, 2).await else { return };
-        let shapes: [(&str, fn(&FailOnce) -> futures_util::future::BoxFuture<'_, Result<(), String>>); 5] = [
+        let shapes: [(&str, Shape); 5] = [
             ("transparent", |fault| Box::pin(async move { transparent(fault).await.map_err(|e| e.to_string()) })),
             ("anyhow_with_context", |fault| Box::pin(async move { anyhow_with_context(fault).await.map_err(|e| format!("{e:#}")) })),
             ("boxed", |fault| Box::pin(async move { boxed(fault).await.map_err(|e| e.to_string()) })),

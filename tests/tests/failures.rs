@@ -158,7 +158,7 @@ mod killed_during_savepoint_rollback {
     use super::*;
 
     /// Kills the connection of the running transaction from `admin`.
-    async fn kill_postgres(
+    pub(super) async fn kill_postgres(
         manager: &TxManager<Postgres>,
         admin: &sqlx::PgPool,
     ) -> Result<(), AppError> {
@@ -303,6 +303,120 @@ mod killed_during_savepoint_rollback {
             "{:?}",
             metrics.total
         );
+    }
+}
+
+/// A `before_commit` hook whose connection is killed under it: the
+/// transaction rolls back and the outermost call retries it.
+mod killed_in_before_commit_hook {
+    use super::*;
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn postgres_audited(
+        manager: &'static TxManager<Postgres>,
+        admin: &'static sqlx::PgPool,
+        attempts: &'static AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        covet_txn::before_commit(move || async move {
+            if attempt == 1 {
+                killed_during_savepoint_rollback::kill_postgres(manager, admin).await?;
+            }
+            sqlx::query("INSERT INTO hook_killed_pg (id) VALUES ($1)")
+                .bind(i64::from(attempt))
+                .execute(&mut *manager.conn()?)
+                .await?;
+            Ok::<(), AppError>(())
+        })
+        .await;
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn postgres_a_connection_lost_in_a_before_commit_hook_retries_the_transaction() {
+        let (Some(admin), Some(pool)) = (
+            covet_txn_tests::postgres(1).await,
+            covet_txn_tests::postgres(1).await,
+        ) else {
+            return;
+        };
+        sqlx::raw_sql("DROP TABLE IF EXISTS hook_killed_pg; CREATE TABLE hook_killed_pg (id BIGINT PRIMARY KEY)")
+            .execute(&admin)
+            .await
+            .expect("setup");
+        let (manager, admin) = (
+            Box::leak(Box::new(TxManager::new(pool))),
+            Box::leak(Box::new(admin)),
+        );
+        let attempts = Box::leak(Box::new(AtomicU32::new(0)));
+        let attempt = postgres_audited(manager, admin, attempts)
+            .await
+            .expect("the retry commits");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hook_killed_pg")
+            .fetch_all(&*admin)
+            .await
+            .expect("reads");
+        assert_eq!(ids, [2]);
+        let total = manager.metrics().total;
+        assert_eq!((total.retries, total.connections_lost), (1, 1), "{total:?}");
+    }
+
+    #[transactional(retry = 3, backoff = "1ms", manager = manager)]
+    async fn mariadb_audited(
+        manager: &'static TxManager<MySql>,
+        admin: &'static sqlx::MySqlPool,
+        attempts: &'static AtomicU32,
+    ) -> Result<u32, AppError> {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        covet_txn::before_commit(move || async move {
+            if attempt == 1 {
+                let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                    .fetch_one(&mut *manager.conn()?)
+                    .await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                    .execute(admin)
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sqlx::query("INSERT INTO hook_killed_my (id) VALUES (?)")
+                .bind(i64::from(attempt))
+                .execute(&mut *manager.conn()?)
+                .await?;
+            Ok::<(), AppError>(())
+        })
+        .await;
+        Ok(attempt)
+    }
+
+    #[tokio::test]
+    async fn mariadb_a_connection_lost_in_a_before_commit_hook_retries_the_transaction() {
+        let (Some(admin), Some(pool)) = (
+            covet_txn_tests::mysql(1).await,
+            covet_txn_tests::mysql(1).await,
+        ) else {
+            return;
+        };
+        sqlx::raw_sql("DROP TABLE IF EXISTS hook_killed_my; CREATE TABLE hook_killed_my (id BIGINT PRIMARY KEY)")
+            .execute(&admin)
+            .await
+            .expect("setup");
+        let (manager, admin) = (
+            Box::leak(Box::new(TxManager::new(pool))),
+            Box::leak(Box::new(admin)),
+        );
+        let attempts = Box::leak(Box::new(AtomicU32::new(0)));
+        let attempt = mariadb_audited(manager, admin, attempts)
+            .await
+            .expect("the retry commits");
+        assert_eq!(attempt, 2);
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hook_killed_my")
+            .fetch_all(&*admin)
+            .await
+            .expect("reads");
+        assert_eq!(ids, [2]);
+        let total = manager.metrics().total;
+        assert_eq!((total.retries, total.connections_lost), (1, 1), "{total:?}");
     }
 }
 

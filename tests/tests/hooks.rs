@@ -163,12 +163,40 @@ each_backend! {
         let Some(manager) = manager("hooks_refused", 1).await else { return };
         reset_table(manager.pool(), "hooks_refused", COLUMNS).await;
         let refused = manager.scope(refused_before_commit("hooks_refused", false)).await;
-        let Err(AppError::Tx(Error::HookFailed { message, .. })) = &refused else { panic!("{refused:?}") };
-        assert_eq!(message, "the books do not balance");
+        let Err(AppError::Tx(error @ Error::HookFailed { source, .. })) = &refused else { panic!("{refused:?}") };
+        assert_eq!(source.to_string(), "the books do not balance");
+        let kept = std::error::Error::source(error).map(ToString::to_string);
+        assert_eq!(kept.as_deref(), Some("the books do not balance"), "the hook's error is the source");
         let exploded = manager.scope(refused_before_commit("hooks_refused", true)).await;
-        let Err(AppError::Tx(Error::HookFailed { message, .. })) = &exploded else { panic!("{exploded:?}") };
-        assert!(message.contains("the check exploded"), "{message}");
+        let Err(AppError::Tx(Error::HookFailed { source, .. })) = &exploded else { panic!("{exploded:?}") };
+        assert!(source.to_string().contains("the check exploded"), "{source}");
         assert_eq!(count(manager.pool(), "hooks_refused").await, 0);
+    }
+
+    #[transactional(retry = 2, backoff = "1ms")]
+    async fn hook_fails_once(fault: std::sync::Arc<FailOnce>) -> Result<(), AppError> {
+        covet_txn::before_commit(move || async move { fault.step().await }).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_in_a_before_commit_hook_retries_the_transaction() {
+        let table = format!("hooks_retry_{BACKEND}");
+        let Some(manager) = manager(&table, 2).await else { return };
+        let fault = std::sync::Arc::new(FailOnce::arm(&manager, &table, "40001").await);
+        let kind = fault.kind();
+        manager.scope(hook_fails_once(std::sync::Arc::clone(&fault))).await.expect("the second attempt commits");
+        assert_eq!(fault.attempts.load(Ordering::SeqCst), 2, "the hook ran once per attempt");
+        assert_eq!(pool_scalar(manager.pool(), format!("SELECT v FROM {table} WHERE id = 1")).await, 1);
+        let total = manager.metrics().total;
+        assert_eq!(total.retries, 1, "{total:?}");
+        let counted = match kind {
+            covet_txn::FailureKind::Deadlock => total.deadlocks,
+            covet_txn::FailureKind::SerializationFailure => total.serialization_failures,
+            _ => total.busy,
+        };
+        assert_eq!(counted, 1, "the hook's {kind} is counted: {total:?}");
+        assert_eq!(total.hook_failures, 1, "{total:?}");
     }
 
     #[transactional]

@@ -9,6 +9,8 @@ impl std::fmt::Display for MailError {
     }
 }
 
+impl std::error::Error for MailError {}
+
 #[covet_txn::on_commit]
 pub async fn send_receipt(event: &TxEvent) -> Result<(), MailError> {
     let _ = event.id;
