@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 
-use crate::backend::{Backend, SavepointAction, SavepointName};
+use crate::backend::{Backend, Restore, SavepointAction, SavepointName};
 use crate::error::{CommitOutcome, Error, Operation, RollbackOnlyCause};
 use crate::hooks::HookList;
 use crate::metrics::{Count, Metrics, Series};
-use crate::options::{Access, Isolation, Propagation, TxOptions};
+use crate::options::{Isolation, Propagation, TxOptions};
 use crate::retry::FailureKind;
 
 /// A transaction's process-unique id.
@@ -268,11 +268,9 @@ enum Origin<DB: Backend> {
 /// A transaction or autocommit session on one connection.
 pub(crate) struct Session<DB: Backend> {
     pub(crate) core: SessionCore,
-    access: Access,
     resolve_ambiguous_commit: bool,
-    /// Whether BEGIN bounded the server's statements, which on some servers
-    /// is session state to undo at the end.
-    server_timeout: bool,
+    /// What puts back the session settings the BEGIN changed.
+    restore: Restore,
     slot: Mutex<Slot<DB>>,
     origin: Origin<DB>,
     /// For asking, on a fresh connection, what became of a COMMIT that was
@@ -321,15 +319,16 @@ impl<DB: Backend> Session<DB> {
             ),
         };
         let server_timeout = server_timeout.filter(|_| transactional);
-        let access = options.access();
-        let mut held = Held::new(conn, &access, server_timeout.is_some(), &origin);
+        let mut held = Held::new(conn, None, &origin);
         if transactional {
-            let begun = DB::begin(held.conn(), DB::begin_sql(&access, server_timeout)).await;
+            let (restore, begun) = DB::begin(held.conn(), &options.access(), server_timeout).await;
+            held.restore = restore;
             if let Err(source) = begun {
                 held.roll_back_and_release().await;
                 return Err(Error::database(Operation::Begin, source));
             }
         }
+        let restore = held.restore;
         let conn = held.disarm();
         Ok(Arc::new(Session {
             core: SessionCore {
@@ -352,9 +351,8 @@ impl<DB: Backend> Session<DB> {
                 depth: AtomicU32::new(u32::from(transactional)),
                 accounting: accounting.filter(|_| transactional),
             },
-            access,
             resolve_ambiguous_commit: options.resolve_ambiguous_commit,
-            server_timeout: server_timeout.is_some(),
+            restore,
             slot: Mutex::new(Slot::Idle(conn)),
             origin,
             pool: pool.clone(),
@@ -419,7 +417,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     fn abandon_connection(&self, conn: PoolConnection<DB>) {
-        abandon(conn, &self.access, &self.origin);
+        abandon(conn, self.restore, &self.origin);
     }
 
     /// Runs one savepoint statement inside the transaction.
@@ -480,7 +478,7 @@ impl<DB: Backend> Session<DB> {
             self.core.finish(Ended::RolledBack);
             return Err(Error::TransactionAborted(reason));
         }
-        let mut held = Held::new(conn, &self.access, self.server_timeout, &self.origin);
+        let mut held = Held::new(conn, self.restore, &self.origin);
         if !self.core.transactional {
             held.release();
             Ok(())
@@ -494,9 +492,9 @@ impl<DB: Backend> Session<DB> {
     async fn rollback(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
         self.core.set_state(TxState::RollingBack);
         self.core.finish(Ended::RolledBack);
-        match DB::rollback(held.conn()).await {
-            Ok(()) => {
-                let restored = held.restore_session().await;
+        let restore = held.restore;
+        match DB::rollback(held.conn(), restore).await {
+            Ok(restored) => {
                 self.core.set_state(TxState::RolledBack);
                 if restored {
                     held.release();
@@ -529,10 +527,10 @@ impl<DB: Backend> Session<DB> {
             None
         };
         self.core.set_state(TxState::Committing);
-        match DB::commit(held.conn()).await {
-            Ok(()) => {
+        let restore = held.restore;
+        match DB::commit(held.conn(), restore).await {
+            Ok(restored) => {
                 self.core.finish(Ended::Committed);
-                let restored = held.restore_session().await;
                 self.core.set_state(TxState::Committed);
                 if restored {
                     held.release();
@@ -581,22 +579,15 @@ impl<DB: Backend> Session<DB> {
 /// the connection.
 struct Held<'s, DB: Backend> {
     conn: Option<PoolConnection<DB>>,
-    access: &'s Access,
-    server_timeout: bool,
+    restore: Restore,
     origin: &'s Origin<DB>,
 }
 
 impl<'s, DB: Backend> Held<'s, DB> {
-    fn new(
-        conn: PoolConnection<DB>,
-        access: &'s Access,
-        server_timeout: bool,
-        origin: &'s Origin<DB>,
-    ) -> Self {
+    fn new(conn: PoolConnection<DB>, restore: Restore, origin: &'s Origin<DB>) -> Self {
         Held {
             conn: Some(conn),
-            access,
-            server_timeout,
+            restore,
             origin,
         }
     }
@@ -613,22 +604,13 @@ impl<'s, DB: Backend> Held<'s, DB> {
             .expect("a held connection is present until released")
     }
 
-    /// Undoes session state the BEGIN set; `false` if that failed, in which
-    /// case the connection stays armed to be abandoned.
-    async fn restore_session(&mut self) -> bool {
-        match DB::restore_sql(self.access, self.server_timeout) {
-            Some(sql) => DB::execute(self.conn(), Cow::Borrowed(sql)).await.is_ok(),
-            None => true,
-        }
-    }
-
     /// Ends whatever transaction may be open: after a failed BEGIN (the
     /// request can hold several statements, some of which may have run), or
     /// before a COMMIT that must not be sent. Keeps the connection only if
     /// ROLLBACK and the session restore succeed.
     async fn roll_back_and_release(&mut self) {
-        let rolled_back = DB::rollback(self.conn()).await.is_ok();
-        if self.restore_session().await && rolled_back {
+        let restore = self.restore;
+        if matches!(DB::rollback(self.conn(), restore).await, Ok(true)) {
             self.release();
         }
     }
@@ -636,11 +618,15 @@ impl<'s, DB: Backend> Held<'s, DB> {
     /// After a COMMIT that failed with the server's answer, the transaction
     /// may still be open (SQLite keeps it on `SQLITE_BUSY`): roll back where
     /// the server has not already, and keep the connection only if that
-    /// works.
+    /// and the session restore work.
     async fn roll_back_after_failed_commit(&mut self) {
-        let rolled_back =
-            DB::FAILED_COMMIT_ENDS_TRANSACTION || DB::rollback(self.conn()).await.is_ok();
-        if rolled_back && self.restore_session().await {
+        let restore = self.restore;
+        let clean = if DB::FAILED_COMMIT_ENDS_TRANSACTION {
+            DB::restore(self.conn(), restore).await
+        } else {
+            matches!(DB::rollback(self.conn(), restore).await, Ok(true))
+        };
+        if clean {
             self.release();
         }
     }
@@ -659,15 +645,15 @@ impl<'s, DB: Backend> Held<'s, DB> {
 impl<DB: Backend> Drop for Held<'_, DB> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            abandon(conn, self.access, self.origin);
+            abandon(conn, self.restore, self.origin);
         }
     }
 }
 
 /// Abandons a connection and, if it was lent by an autocommit session, that
 /// session too: its connection is gone.
-fn abandon<DB: Backend>(conn: PoolConnection<DB>, access: &Access, origin: &Origin<DB>) {
-    DB::abandon(conn, access);
+fn abandon<DB: Backend>(conn: PoolConnection<DB>, restore: Restore, origin: &Origin<DB>) {
+    DB::abandon(conn, restore);
     if let Origin::Lent(parent) = origin {
         parent.abort("a transaction begun on this session's connection was abandoned");
     }

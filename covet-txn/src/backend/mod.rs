@@ -36,6 +36,10 @@ pub trait Backend: sqlx::Database + sealed::BackendOps {}
 
 impl<DB: sqlx::Database + sealed::BackendOps> Backend for DB {}
 
+/// The statement that puts back the session settings a transaction's BEGIN
+/// changed, if it changed any.
+pub(crate) type Restore = Option<&'static str>;
+
 /// Which savepoint a statement is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SavepointName<'a> {
@@ -73,10 +77,16 @@ pub(crate) mod sealed {
         /// bounds the server's statements and lock waits by that time.
         fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str>;
 
-        /// A statement to run after COMMIT or ROLLBACK to undo session state
-        /// that `begin_sql` set, if any.
-        fn restore_sql(_options: &Access, _server_timeout: bool) -> Option<&'static str> {
-            None
+        /// Begins a transaction. Returns the statement that puts back the
+        /// session settings the BEGIN changed, to run when the transaction
+        /// ends, even if the BEGIN failed part-way; and the BEGIN's result.
+        fn begin<'c>(
+            conn: &'c mut Self::Connection,
+            options: &Access,
+            server_timeout: Option<Duration>,
+        ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
+            let sql = Self::begin_sql(options, server_timeout);
+            async move { (None, Self::execute(conn, sql).await) }
         }
 
         /// The retryable failure a database error stands for, if it is this
@@ -121,26 +131,42 @@ pub(crate) mod sealed {
             }
         }
 
-        /// Begins a transaction with `begin_sql`'s statement.
-        fn begin<'c>(
-            conn: &'c mut Self::Connection,
-            sql: Cow<'static, str>,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
-            Self::execute(conn, sql)
-        }
-
-        /// Commits the transaction.
+        /// Commits the transaction and runs `restore`. `Err`: COMMIT failed;
+        /// `Ok(false)`: it committed, but the session could not be restored.
         fn commit(
             conn: &mut Self::Connection,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-            Self::execute(conn, Cow::Borrowed("COMMIT"))
+            restore: Restore,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+            async move {
+                Self::execute(conn, Cow::Borrowed("COMMIT")).await?;
+                Ok(Self::restore(conn, restore).await)
+            }
         }
 
-        /// Rolls the transaction back; succeeds when none is open.
+        /// Rolls the transaction back (succeeding when none is open) and runs
+        /// `restore`, as `commit` does.
         fn rollback(
             conn: &mut Self::Connection,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-            Self::execute(conn, Cow::Borrowed("ROLLBACK"))
+            restore: Restore,
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+            async move {
+                Self::execute(conn, Cow::Borrowed("ROLLBACK")).await?;
+                Ok(Self::restore(conn, restore).await)
+            }
+        }
+
+        /// Puts back the session settings a BEGIN changed; `false` if that
+        /// failed and the connection's settings are unknown.
+        fn restore(
+            conn: &mut Self::Connection,
+            restore: Restore,
+        ) -> impl Future<Output = bool> + Send + '_ {
+            async move {
+                match restore {
+                    Some(sql) => Self::execute(conn, Cow::Borrowed(sql)).await.is_ok(),
+                    None => true,
+                }
+            }
         }
 
         /// Runs a nested scope's savepoint statement.
@@ -162,7 +188,7 @@ pub(crate) mod sealed {
         /// Disposes of a connection whose protocol or transaction state is not
         /// known to be clean, so that it never returns to the pool inside a
         /// transaction.
-        fn abandon(conn: PoolConnection<Self>, options: &Access);
+        fn abandon(conn: PoolConnection<Self>, restore: Restore);
     }
 }
 

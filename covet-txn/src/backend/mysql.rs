@@ -14,7 +14,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlConnection};
 
 use super::sealed::BackendOps;
-use super::{access_clause, execute_raw, isolation_sql};
+use super::{Restore, access_clause, execute_raw, isolation_sql};
 use crate::options::Access;
 use crate::retry::FailureKind;
 
@@ -34,10 +34,16 @@ impl BackendOps for MySql {
         if let Some(timeout) = server_timeout {
             // Lock waits are bounded in whole seconds (at least 1); MariaDB
             // also bounds each statement (`/*M!` is read by MariaDB only).
+            // The session's own values are kept in user variables first, so
+            // that the end of the transaction puts back what the pool set,
+            // not the server's defaults.
             let lock_wait = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
             let _ = write!(
                 sql,
-                "SET SESSION innodb_lock_wait_timeout = {} /*M!100100 , max_statement_time = {:.3} */; ",
+                "SET @covet_lock_wait = @@SESSION.innodb_lock_wait_timeout \
+                 /*M!100100 , @covet_statement_time = @@SESSION.max_statement_time */; \
+                 SET SESSION innodb_lock_wait_timeout = {} \
+                 /*M!100100 , max_statement_time = {:.3} */; ",
                 lock_wait.max(1),
                 timeout.as_secs_f64()
             );
@@ -49,10 +55,28 @@ impl BackendOps for MySql {
         Cow::Owned(sql)
     }
 
-    fn restore_sql(_options: &Access, server_timeout: bool) -> Option<&'static str> {
-        server_timeout.then_some(
-            "SET SESSION innodb_lock_wait_timeout = DEFAULT /*M!100100 , max_statement_time = DEFAULT */",
-        )
+    fn begin<'c>(
+        conn: &'c mut MySqlConnection,
+        options: &Access,
+        server_timeout: Option<Duration>,
+    ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
+        let sql = Self::begin_sql(options, server_timeout);
+        let restore = server_timeout.map(|_| RESTORE_TIMEOUTS);
+        async move { (restore, Self::execute(conn, sql).await) }
+    }
+
+    fn commit(
+        conn: &mut MySqlConnection,
+        restore: Restore,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        end(conn, restore, "COMMIT", COMMIT_AND_RESTORE)
+    }
+
+    fn rollback(
+        conn: &mut MySqlConnection,
+        restore: Restore,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
+        end(conn, restore, "ROLLBACK", ROLLBACK_AND_RESTORE)
     }
 
     fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
@@ -83,10 +107,49 @@ impl BackendOps for MySql {
         execute_raw::<MySql>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<MySql>, _options: &Access) {
+    fn abandon(conn: PoolConnection<MySql>, _restore: Restore) {
         // A reply cut off mid-stream leaves the MySQL protocol out of step, and
         // returning such a connection to the pool can hang for ever. Closing
         // the socket is the only safe end; the server rolls back.
         drop(conn.detach());
     }
+}
+
+/// Puts back the lock-wait and statement timeouts the session had before a
+/// transaction with a deadline began (a literal, to be joined to the end of
+/// the transaction in one request).
+macro_rules! restore_timeouts {
+    () => {
+        "SET SESSION innodb_lock_wait_timeout = @covet_lock_wait \
+         /*M!100100 , max_statement_time = @covet_statement_time */"
+    };
+}
+
+const RESTORE_TIMEOUTS: &str = restore_timeouts!();
+const COMMIT_AND_RESTORE: &str = concat!("COMMIT; ", restore_timeouts!());
+const ROLLBACK_AND_RESTORE: &str = concat!("ROLLBACK; ", restore_timeouts!());
+
+/// Ends the transaction with `end`, and restores the session in the same
+/// request when there is something to restore (`both` is the two together).
+/// MySQL stops a multi-statement request at its first error, so an error in
+/// the first result is the end's own; one after it, the restore's.
+async fn end(
+    conn: &mut MySqlConnection,
+    restore: Restore,
+    end: &'static str,
+    both: &'static str,
+) -> Result<bool, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    if restore.is_none() {
+        return execute_raw::<MySql>(conn, Cow::Borrowed(end))
+            .await
+            .map(|()| true);
+    }
+    let mut results = sqlx::raw_sql(both).execute_many(conn);
+    results.try_next().await?;
+    let rest = async {
+        while results.try_next().await?.is_some() {}
+        Ok::<(), sqlx::Error>(())
+    };
+    Ok(rest.await.is_ok())
 }

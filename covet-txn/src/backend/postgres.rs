@@ -12,7 +12,7 @@ use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Postgres};
 
 use super::sealed::BackendOps;
-use super::{access_clause, execute_raw, isolation_sql};
+use super::{Restore, access_clause, execute_raw, isolation_sql};
 use crate::error::CommitOutcome;
 use crate::options::Access;
 use crate::retry::FailureKind;
@@ -95,7 +95,7 @@ impl BackendOps for Postgres {
         execute_raw::<Postgres>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<Postgres>, _options: &Access) {
+    fn abandon(conn: PoolConnection<Postgres>, _restore: Restore) {
         // A statement may have been cut off mid-reply; only closing the socket
         // is sure to end the transaction. The server rolls back when it sees
         // the connection go.

@@ -21,7 +21,7 @@ use sqlx::{SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
 use super::sealed::BackendOps;
-use super::{SavepointAction, execute_raw};
+use super::{Restore, SavepointAction, execute_raw};
 use crate::options::{Access, Isolation};
 use crate::retry::FailureKind;
 
@@ -29,19 +29,67 @@ impl BackendOps for Sqlite {
     const SYSTEM: &'static str = "sqlite";
 
     // SQLite runs in-process: there is no server to stop at the deadline.
+    // The pragmas a read-only or read-uncommitted transaction needs are set
+    // by `begin`, which knows whether the connection already has them.
     fn begin_sql(options: &Access, _server_timeout: Option<Duration>) -> Cow<'static, str> {
         let read_only = options.read_only == Some(true);
         Cow::Borrowed(match (options.isolation, read_only) {
-            (Some(Isolation::ReadUncommitted), true) => {
-                "PRAGMA query_only = ON; PRAGMA read_uncommitted = ON; BEGIN DEFERRED"
-            }
-            (Some(Isolation::ReadUncommitted), false) => {
-                "PRAGMA read_uncommitted = ON; BEGIN DEFERRED"
-            }
-            (_, true) => "PRAGMA query_only = ON; BEGIN DEFERRED",
             (Some(Isolation::Serializable), false) => "BEGIN IMMEDIATE",
-            (_, false) => "BEGIN DEFERRED",
+            _ => "BEGIN DEFERRED",
         })
+    }
+
+    // `query_only` and `read_uncommitted` are connection state, which the
+    // pool may have set itself: they are read first (one more trip to the
+    // worker, only for transactions that need them), switched on only where
+    // they are off, and switched back off after the transaction.
+    fn begin<'c>(
+        conn: &'c mut SqliteConnection,
+        options: &Access,
+        server_timeout: Option<Duration>,
+    ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
+        let wants_query_only = options.read_only == Some(true);
+        let wants_uncommitted = options.isolation == Some(Isolation::ReadUncommitted);
+        let plain = Self::begin_sql(options, server_timeout);
+        async move {
+            let (set_query_only, set_uncommitted) = if wants_query_only || wants_uncommitted {
+                let current: Result<(bool, bool), sqlx::Error> = sqlx::query_as(
+                    "SELECT (SELECT query_only FROM pragma_query_only()), \
+                     (SELECT read_uncommitted FROM pragma_read_uncommitted())",
+                )
+                .fetch_one(&mut *conn)
+                .await;
+                match current {
+                    Ok((query_only, uncommitted)) => (
+                        wants_query_only && !query_only,
+                        wants_uncommitted && !uncommitted,
+                    ),
+                    Err(error) => return (None, Err(error)),
+                }
+            } else {
+                (false, false)
+            };
+            let (begin, restore) = match (set_query_only, set_uncommitted) {
+                (true, true) => (
+                    "PRAGMA query_only = ON; PRAGMA read_uncommitted = ON; BEGIN DEFERRED"
+                        .into_sql_str(),
+                    Some("PRAGMA query_only = OFF; PRAGMA read_uncommitted = OFF"),
+                ),
+                (true, false) => (
+                    "PRAGMA query_only = ON; BEGIN DEFERRED".into_sql_str(),
+                    Some("PRAGMA query_only = OFF"),
+                ),
+                (false, true) => (
+                    "PRAGMA read_uncommitted = ON; BEGIN DEFERRED".into_sql_str(),
+                    Some("PRAGMA read_uncommitted = OFF"),
+                ),
+                (false, false) => (sql_str(plain), None),
+            };
+            (
+                restore,
+                SqliteTransactionManager::begin(conn, Some(begin)).await,
+            )
+        }
     }
 
     fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
@@ -54,35 +102,12 @@ impl BackendOps for Sqlite {
         }
     }
 
-    fn restore_sql(options: &Access, _server_timeout: bool) -> Option<&'static str> {
-        let read_only = options.read_only == Some(true);
-        match (options.isolation, read_only) {
-            (Some(Isolation::ReadUncommitted), true) => {
-                Some("PRAGMA query_only = OFF; PRAGMA read_uncommitted = OFF")
-            }
-            (Some(Isolation::ReadUncommitted), false) => Some("PRAGMA read_uncommitted = OFF"),
-            (_, true) => Some("PRAGMA query_only = OFF"),
-            (_, false) => None,
-        }
-    }
-
-    fn begin<'c>(
-        conn: &'c mut SqliteConnection,
-        sql: Cow<'static, str>,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
-        let statement = match sql {
-            Cow::Borrowed(text) => text.into_sql_str(),
-            Cow::Owned(text) => sqlx::AssertSqlSafe(text).into_sql_str(),
-        };
-        SqliteTransactionManager::begin(conn, Some(statement))
-    }
-
     // sqlx counts transaction levels per connection and ends only the
     // innermost one per call: at depth 2, its "commit" is a RELEASE. A scope
     // savepoint still open here (a nested scope cut off mid-way) must not
     // turn the transaction's COMMIT into a RELEASE, nor its ROLLBACK into a
     // ROLLBACK TO that leaves the transaction open on a pooled connection.
-    async fn commit(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    async fn commit(conn: &mut SqliteConnection, restore: Restore) -> Result<bool, sqlx::Error> {
         if SqliteTransactionManager::get_transaction_depth(conn) > 1 {
             return Err(sqlx::Error::InvalidArgument(
                 "a savepoint of this SQLite transaction is still open, so COMMIT would only \
@@ -90,14 +115,15 @@ impl BackendOps for Sqlite {
                     .to_owned(),
             ));
         }
-        SqliteTransactionManager::commit(conn).await
+        SqliteTransactionManager::commit(conn).await?;
+        Ok(Self::restore(conn, restore).await)
     }
 
-    async fn rollback(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    async fn rollback(conn: &mut SqliteConnection, restore: Restore) -> Result<bool, sqlx::Error> {
         while SqliteTransactionManager::get_transaction_depth(conn) > 0 {
             SqliteTransactionManager::rollback(conn).await?;
         }
-        Ok(())
+        Ok(Self::restore(conn, restore).await)
     }
 
     // Nested scopes use sqlx's numbered savepoints, run by the worker as
@@ -132,31 +158,30 @@ impl BackendOps for Sqlite {
         execute_raw::<Sqlite>(conn, sql)
     }
 
-    fn abandon(mut conn: PoolConnection<Sqlite>, options: &Access) {
+    fn abandon(mut conn: PoolConnection<Sqlite>, restore: Restore) {
         // SQLite's worker thread runs commands in order and always to the end.
         // A round trip to it first lets whatever was cut off (a BEGIN whose
         // answer nobody took, a statement) finish; then sqlx's count of open
         // transactions is exact, and rolling back to zero leaves the
         // connection clean for the pool. Closing instead would destroy an
         // in-memory database, so it is the last resort.
-        let restore = Sqlite::restore_sql(options, false);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(conn.detach());
             return;
         };
         runtime.spawn(async move {
-            let mut clean = sqlx::Connection::ping(&mut *conn).await.is_ok();
-            while clean && SqliteTransactionManager::get_transaction_depth(&conn) > 0 {
-                clean = SqliteTransactionManager::rollback(&mut conn).await.is_ok();
-            }
-            if let Some(restore) = restore.filter(|_| clean) {
-                clean = Sqlite::execute(&mut conn, Cow::Borrowed(restore))
-                    .await
-                    .is_ok();
-            }
+            let clean = sqlx::Connection::ping(&mut *conn).await.is_ok()
+                && matches!(Self::rollback(&mut conn, restore).await, Ok(true));
             if !clean {
                 drop(conn.detach());
             }
         });
+    }
+}
+
+fn sql_str(sql: Cow<'static, str>) -> sqlx::SqlStr {
+    match sql {
+        Cow::Borrowed(text) => text.into_sql_str(),
+        Cow::Owned(text) => sqlx::AssertSqlSafe(text).into_sql_str(),
     }
 }
