@@ -310,6 +310,18 @@ pub enum CommitOutcome {
     Unknown,
 }
 
+impl CommitOutcome {
+    /// The outcome as metrics and logs write it: `committed`,
+    /// `rolled_back`, `unknown`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CommitOutcome::Committed => "committed",
+            CommitOutcome::Aborted => "rolled_back",
+            CommitOutcome::Unknown => "unknown",
+        }
+    }
+}
+
 impl fmt::Display for CommitOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -73,8 +73,8 @@ pub use hooks::{
 };
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
 pub use metrics::{
-    ActiveTransaction, DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts,
-    MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
+    ActiveTransaction, CancelledCommits, DURATION_BUCKETS, DurationSummary, FunctionMetrics,
+    HistogramCounts, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
 };
 pub use options::{Isolation, Propagation, TxOptions};
 pub use retry::{Failure, FailureKind, RetryPolicy, RetryPredicate};

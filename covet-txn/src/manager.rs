@@ -474,7 +474,7 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
                     server_timeout: opening.server_timeout,
                     accounting: opening
                         .series
-                        .map(|series| Accounting::new(Arc::clone(&self.metrics), series)),
+                        .map(|series| Arc::new(Accounting::new(Arc::clone(&self.metrics), series))),
                 },
             )
             .await?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::error::CommitOutcome;
 use crate::hooks::Phase;
 use crate::options::Isolation;
 use crate::retry::FailureKind;
@@ -40,10 +41,14 @@ pub(crate) enum Count {
     SavepointsRolledBack,
     Failure(FailureKind),
     HookFailure(Phase),
+    /// A ROLLBACK (or ROLLBACK TO SAVEPOINT) that failed.
+    RollbackFailures,
+    /// A COMMIT cut off by a cancellation, by what became of it.
+    CancelledCommit(CommitOutcome),
 }
 
 impl Count {
-    const SLOTS: usize = 10 + FAILURE_KINDS.len() + HOOK_PHASES.len();
+    const SLOTS: usize = 11 + FAILURE_KINDS.len() + HOOK_PHASES.len() + COMMIT_OUTCOMES.len();
 
     fn slot(self) -> usize {
         match self {
@@ -61,6 +66,15 @@ impl Count {
             Count::HookFailure(phase) => {
                 10 + FAILURE_KINDS.len() + HOOK_PHASES.iter().position(|p| *p == phase).unwrap_or(0)
             }
+            Count::RollbackFailures => 10 + FAILURE_KINDS.len() + HOOK_PHASES.len(),
+            Count::CancelledCommit(outcome) => {
+                11 + FAILURE_KINDS.len()
+                    + HOOK_PHASES.len()
+                    + COMMIT_OUTCOMES
+                        .iter()
+                        .position(|o| *o == outcome)
+                        .unwrap_or(0)
+            }
         }
     }
 }
@@ -72,6 +86,12 @@ const FAILURE_KINDS: [FailureKind; 6] = [
     FailureKind::SnapshotConflict,
     FailureKind::Busy,
     FailureKind::ConnectionLost,
+];
+
+const COMMIT_OUTCOMES: [CommitOutcome; 3] = [
+    CommitOutcome::Committed,
+    CommitOutcome::Aborted,
+    CommitOutcome::Unknown,
 ];
 
 const HOOK_PHASES: [Phase; 4] = [
@@ -235,6 +255,12 @@ impl Series {
                 .iter()
                 .map(|phase| self.get(Count::HookFailure(*phase)))
                 .sum(),
+            rollback_failures: self.get(Count::RollbackFailures),
+            cancelled_commits: CancelledCommits {
+                committed: self.get(Count::CancelledCommit(CommitOutcome::Committed)),
+                rolled_back: self.get(Count::CancelledCommit(CommitOutcome::Aborted)),
+                unknown: self.get(Count::CancelledCommit(CommitOutcome::Unknown)),
+            },
             histogram: self.duration.read(),
             ..FunctionMetrics::default()
         };
@@ -447,6 +473,11 @@ pub struct FunctionMetrics {
     pub connections_lost: u64,
     /// Hooks that failed or panicked.
     pub hook_failures: u64,
+    /// ROLLBACKs (and ROLLBACK TO SAVEPOINTs) that failed; the connection
+    /// was closed, so the server rolled back.
+    pub rollback_failures: u64,
+    /// COMMITs cut off by a cancellation, by what became of them.
+    pub cancelled_commits: CancelledCommits,
     /// `committed / (committed + failed)`, `None` before any call ended.
     pub success_rate: Option<f64>,
     /// `failed / (committed + failed)`.
@@ -477,6 +508,10 @@ impl FunctionMetrics {
         self.busy += other.busy;
         self.connections_lost += other.connections_lost;
         self.hook_failures += other.hook_failures;
+        self.rollback_failures += other.rollback_failures;
+        self.cancelled_commits.committed += other.cancelled_commits.committed;
+        self.cancelled_commits.rolled_back += other.cancelled_commits.rolled_back;
+        self.cancelled_commits.unknown += other.cancelled_commits.unknown;
         self.histogram.add(&other.histogram);
     }
 
@@ -523,12 +558,41 @@ impl FunctionMetrics {
                 .connections_lost
                 .saturating_sub(earlier.connections_lost),
             hook_failures: self.hook_failures.saturating_sub(earlier.hook_failures),
+            rollback_failures: self
+                .rollback_failures
+                .saturating_sub(earlier.rollback_failures),
+            cancelled_commits: CancelledCommits {
+                committed: self
+                    .cancelled_commits
+                    .committed
+                    .saturating_sub(earlier.cancelled_commits.committed),
+                rolled_back: self
+                    .cancelled_commits
+                    .rolled_back
+                    .saturating_sub(earlier.cancelled_commits.rolled_back),
+                unknown: self
+                    .cancelled_commits
+                    .unknown
+                    .saturating_sub(earlier.cancelled_commits.unknown),
+            },
             histogram: self.histogram.since(&earlier.histogram),
             ..FunctionMetrics::default()
         };
         delta.derive();
         delta
     }
+}
+
+/// What became of COMMITs whose call was cancelled while they were in
+/// flight: the runtime waits for the server's answer in the background.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CancelledCommits {
+    /// The server committed.
+    pub committed: u64,
+    /// The server answered the COMMIT with an error: nothing committed.
+    pub rolled_back: u64,
+    /// No answer came before the deadline; the connection was closed.
+    pub unknown: u64,
 }
 
 /// Transaction durations, in milliseconds.

@@ -301,7 +301,7 @@ pub(crate) fn failure<'a>(error: &'a (dyn StdError + 'static), attempt: u32) -> 
 
 /// A uniform number in `[0, 1)` from a per-thread xorshift generator: jitter
 /// needs spread, not cryptographic quality, and no lock.
-fn unit_random() -> f64 {
+pub(crate) fn unit_random() -> f64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 
-use crate::backend::{Backend, Restore, SavepointAction, SavepointName};
+use crate::backend::{Backend, InFlightCommit, Restore, SavepointAction, SavepointName};
 use crate::error::{CommitOutcome, Error, Operation, RollbackOnlyCause};
 use crate::hooks::HookList;
 use crate::metrics::{Count, Metrics, Series};
@@ -134,16 +134,7 @@ pub(crate) struct SessionCore {
     depth: AtomicU32,
     /// Where the transaction is counted, for transactions (not autocommit
     /// sessions).
-    pub(crate) accounting: Option<Accounting>,
-}
-
-/// How a transaction ended, for counting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    Committed,
-    RolledBack,
-    /// COMMIT was cut off and its outcome could not be found out.
-    Unknown,
+    pub(crate) accounting: Option<Arc<Accounting>>,
 }
 
 /// Counting a transaction's end, once.
@@ -161,6 +152,21 @@ impl Accounting {
             series,
             finished: AtomicBool::new(false),
         }
+    }
+
+    /// Counts the transaction's end and takes it off the active list, the
+    /// first time only.
+    fn finish(&self, id: TxId, started_at: Instant, ended: CommitOutcome) {
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match ended {
+            CommitOutcome::Committed => self.series.add(Count::Committed),
+            CommitOutcome::Aborted => self.series.add(Count::RolledBack),
+            CommitOutcome::Unknown => {}
+        }
+        self.series.record_duration(started_at.elapsed());
+        self.metrics.deactivate(id.get());
     }
 }
 
@@ -226,23 +232,23 @@ impl SessionCore {
         self.depth.store(depth, Ordering::Release);
     }
 
-    /// Counts the transaction's end and takes it off the active list, the
-    /// first time only.
-    fn finish(&self, ended: Ended) {
-        let Some(accounting) = &self.accounting else {
-            return;
-        };
-        if accounting.finished.swap(true, Ordering::AcqRel) {
-            return;
+    /// Counts the transaction's end, the first time only.
+    fn finish(&self, ended: CommitOutcome) {
+        if let Some(accounting) = &self.accounting {
+            accounting.finish(self.id, self.started_at, ended);
         }
-        let series = &accounting.series;
-        match ended {
-            Ended::Committed => series.add(Count::Committed),
-            Ended::RolledBack => series.add(Count::RolledBack),
-            Ended::Unknown => {}
+    }
+
+    /// What the background recovery needs to record a COMMIT cut off in
+    /// flight.
+    fn cutoff(&self, token: Option<String>) -> CommitCutoff {
+        CommitCutoff {
+            accounting: self.accounting.clone(),
+            name: self.name,
+            id: self.id,
+            started_at: self.started_at,
+            token,
         }
-        series.record_duration(self.started_at.elapsed());
-        accounting.metrics.deactivate(self.id.get());
     }
 }
 
@@ -289,7 +295,7 @@ pub(crate) struct Opening<DB: Backend> {
     /// Bound the server's statements by this time, if set.
     pub(crate) server_timeout: Option<Duration>,
     /// Where to count the transaction.
-    pub(crate) accounting: Option<Accounting>,
+    pub(crate) accounting: Option<Arc<Accounting>>,
 }
 
 impl<DB: Backend> Session<DB> {
@@ -399,14 +405,13 @@ impl<DB: Backend> Session<DB> {
     /// fails with `reason`.
     pub(crate) fn abort(&self, reason: &'static str) {
         let _ = self.core.aborted.set(reason);
-        // Cut off while COMMIT was in flight, it may well have committed.
-        self.core
-            .finish(if self.core.state() == TxState::Committing {
-                Ended::Unknown
-            } else {
-                Ended::RolledBack
-            });
         let state = self.core.state();
+        // Cut off while COMMIT was in flight, it may well have committed:
+        // whoever holds the COMMIT (its background recovery, or the
+        // resolution of an ambiguous commit) counts how it ended.
+        if state != TxState::Committing {
+            self.core.finish(CommitOutcome::Aborted);
+        }
         if !matches!(state, TxState::Committed | TxState::RolledBack) {
             self.core.set_state(TxState::Failed);
         }
@@ -417,7 +422,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     fn abandon_connection(&self, conn: PoolConnection<DB>) {
-        abandon(conn, self.restore, &self.origin);
+        abandon(conn, self.restore, &self.origin, None);
     }
 
     /// Runs one savepoint statement inside the transaction.
@@ -461,12 +466,12 @@ impl<DB: Backend> Session<DB> {
                         .aborted
                         .set("a `TxConn` guard outlived the transaction's body");
                     self.core.set_state(TxState::Failed);
-                    self.core.finish(Ended::RolledBack);
+                    self.core.finish(CommitOutcome::Aborted);
                     return Err(Error::ConnectionBorrowed);
                 }
                 Slot::Closed => {
                     self.core.set_state(TxState::Failed);
-                    self.core.finish(Ended::RolledBack);
+                    self.core.finish(CommitOutcome::Aborted);
                     return Err(Error::TransactionAborted(
                         self.core.aborted().unwrap_or("it has already ended"),
                     ));
@@ -475,7 +480,7 @@ impl<DB: Backend> Session<DB> {
         };
         if let Some(reason) = self.core.aborted() {
             self.abandon_connection(conn);
-            self.core.finish(Ended::RolledBack);
+            self.core.finish(CommitOutcome::Aborted);
             return Err(Error::TransactionAborted(reason));
         }
         let mut held = Held::new(conn, self.restore, &self.origin);
@@ -491,7 +496,7 @@ impl<DB: Backend> Session<DB> {
 
     async fn rollback(&self, mut held: Held<'_, DB>) -> Result<(), Error> {
         self.core.set_state(TxState::RollingBack);
-        self.core.finish(Ended::RolledBack);
+        self.core.finish(CommitOutcome::Aborted);
         let restore = held.restore;
         match DB::rollback(held.conn(), restore).await {
             Ok(restored) => {
@@ -518,7 +523,7 @@ impl<DB: Backend> Session<DB> {
                 // the backend does with a failed COMMIT.
                 Err(source) => {
                     self.core.set_state(TxState::Failed);
-                    self.core.finish(Ended::RolledBack);
+                    self.core.finish(CommitOutcome::Aborted);
                     held.roll_back_and_release().await;
                     return Err(Error::database(Operation::Commit, source));
                 }
@@ -527,10 +532,13 @@ impl<DB: Backend> Session<DB> {
             None
         };
         self.core.set_state(TxState::Committing);
+        held.cutoff = Some(self.core.cutoff(token.clone()));
         let restore = held.restore;
-        match DB::commit(held.conn(), restore).await {
+        let committed = DB::commit(held.conn(), restore).await;
+        held.cutoff = None;
+        match committed {
             Ok(restored) => {
-                self.core.finish(Ended::Committed);
+                self.core.finish(CommitOutcome::Committed);
                 self.core.set_state(TxState::Committed);
                 if restored {
                     held.release();
@@ -541,23 +549,21 @@ impl<DB: Backend> Session<DB> {
                 if crate::backend::classify(&source) == Some(FailureKind::ConnectionLost) =>
             {
                 // The connection is gone; `held` drops armed and abandons it.
-                // The state stays `Committing` until the outcome is known, so
-                // that a cancellation meanwhile counts it as unknown.
+                // The state stays `Committing` until the outcome is known;
+                // cancelled meanwhile, it counts as unknown.
                 drop(held);
+                let unresolved = Unresolved(&self.core);
                 let outcome = match &token {
                     Some(token) => DB::resolve_commit(&self.pool, token).await,
                     None => CommitOutcome::Unknown,
                 };
+                std::mem::forget(unresolved);
                 self.core.set_state(if outcome == CommitOutcome::Committed {
                     TxState::Committed
                 } else {
                     TxState::Failed
                 });
-                self.core.finish(match outcome {
-                    CommitOutcome::Committed => Ended::Committed,
-                    CommitOutcome::Aborted => Ended::RolledBack,
-                    CommitOutcome::Unknown => Ended::Unknown,
-                });
+                self.core.finish(outcome);
                 Err(Error::AmbiguousCommit {
                     outcome,
                     transaction_id: token,
@@ -565,7 +571,7 @@ impl<DB: Backend> Session<DB> {
             }
             Err(source) => {
                 self.core.set_state(TxState::Failed);
-                self.core.finish(Ended::RolledBack);
+                self.core.finish(CommitOutcome::Aborted);
                 held.roll_back_after_failed_commit().await;
                 Err(Error::database(Operation::Commit, source))
             }
@@ -581,6 +587,8 @@ struct Held<'s, DB: Backend> {
     conn: Option<PoolConnection<DB>>,
     restore: Restore,
     origin: &'s Origin<DB>,
+    /// Set while COMMIT is in flight.
+    cutoff: Option<CommitCutoff>,
 }
 
 impl<'s, DB: Backend> Held<'s, DB> {
@@ -589,6 +597,7 @@ impl<'s, DB: Backend> Held<'s, DB> {
             conn: Some(conn),
             restore,
             origin,
+            cutoff: None,
         }
     }
 
@@ -645,17 +654,107 @@ impl<'s, DB: Backend> Held<'s, DB> {
 impl<DB: Backend> Drop for Held<'_, DB> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            abandon(conn, self.restore, self.origin);
+            abandon(conn, self.restore, self.origin, self.cutoff.take());
         }
     }
 }
 
-/// Abandons a connection and, if it was lent by an autocommit session, that
-/// session too: its connection is gone.
-fn abandon<DB: Backend>(conn: PoolConnection<DB>, restore: Restore, origin: &Origin<DB>) {
-    DB::abandon(conn, restore);
+/// Counts a commit whose connection was lost as unknown if the resolution
+/// of its outcome is cancelled.
+struct Unresolved<'a>(&'a SessionCore);
+
+impl Drop for Unresolved<'_> {
+    fn drop(&mut self) {
+        self.0.finish(CommitOutcome::Unknown);
+    }
+}
+
+/// A COMMIT whose call's future was dropped while it was in flight.
+struct CommitCutoff {
+    accounting: Option<Arc<Accounting>>,
+    name: &'static str,
+    id: TxId,
+    started_at: Instant,
+    token: Option<String>,
+}
+
+impl CommitCutoff {
+    /// Records what became of the COMMIT, once the server's answer was read
+    /// (or could not be).
+    fn settle(self, outcome: CommitOutcome) {
+        if let Some(accounting) = &self.accounting {
+            accounting.series.add(Count::CancelledCommit(outcome));
+            accounting.finish(self.id, self.started_at, outcome);
+        }
+        tracing::info!(
+            target: "covet_txn",
+            transaction = self.name,
+            transaction_id = self.id.get(),
+            outcome = outcome.name(),
+            "the call was cancelled while COMMIT was in flight; the server's answer was read \
+             in the background"
+        );
+    }
+}
+
+/// How long the background recovery of an abandoned connection waits for
+/// the server before closing the connection instead.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Abandons a connection whose future was dropped mid-statement (and, if it
+/// was lent by an autocommit session, that session too: its connection is
+/// gone). The connection keeps its pool slot while a background task reads
+/// the server's answer to what was in flight and cleans it up; then it goes
+/// back to the pool, or is closed if that fails or takes too long. Closing
+/// at once would not undo a COMMIT the server already received: it would
+/// only let the next borrower in before the commit shows.
+fn abandon<DB: Backend>(
+    conn: PoolConnection<DB>,
+    restore: Restore,
+    origin: &Origin<DB>,
+    cutoff: Option<CommitCutoff>,
+) {
     if let Origin::Lent(parent) = origin {
         parent.abort("a transaction begun on this session's connection was abandoned");
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(recover(conn, restore, cutoff))),
+        Err(_) => {
+            drop(conn.detach());
+            settle(cutoff, CommitOutcome::Unknown);
+        }
+    }
+}
+
+async fn recover<DB: Backend>(
+    mut conn: PoolConnection<DB>,
+    restore: Restore,
+    cutoff: Option<CommitCutoff>,
+) {
+    let in_flight = cutoff.as_ref().map(|cutoff| InFlightCommit {
+        token: cutoff.token.clone(),
+    });
+    let recovered = tokio::time::timeout(
+        RECOVERY_DEADLINE,
+        DB::recover(&mut conn, restore, in_flight),
+    )
+    .await;
+    match recovered {
+        Ok(Ok(outcome)) => {
+            settle(cutoff, outcome.unwrap_or(CommitOutcome::Unknown));
+            // Back to the pool, clean.
+            drop(conn);
+        }
+        Ok(Err(_)) | Err(_) => {
+            drop(conn.detach());
+            settle(cutoff, CommitOutcome::Unknown);
+        }
+    }
+}
+
+fn settle(cutoff: Option<CommitCutoff>, outcome: CommitOutcome) {
+    if let Some(cutoff) = cutoff {
+        cutoff.settle(outcome);
     }
 }
 

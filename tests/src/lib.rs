@@ -7,7 +7,11 @@ pub mod proxy;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use sqlx::pool::PoolOptions;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -78,12 +82,34 @@ pub async fn postgres(max_connections: u32) -> Option<PgPool> {
 /// A pool with these options on the test PostgreSQL server, or `None` (after
 /// a notice) when it is unreachable.
 pub async fn postgres_with(options: PgConnectOptions, max_connections: u32) -> Option<PgPool> {
-    let url = postgres_url();
-    let connected = PgPoolOptions::new()
+    postgres_pool(pool_options(max_connections), options).await
+}
+
+/// The pool settings every test pool starts from.
+pub fn pool_options<DB: sqlx::Database>(max_connections: u32) -> PoolOptions<DB> {
+    PoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await;
+}
+
+/// Counts the connections a pool opens, through its `after_connect`.
+pub fn counting_connections<DB: sqlx::Database>(
+    options: PoolOptions<DB>,
+) -> (PoolOptions<DB>, Arc<AtomicU64>) {
+    let opened = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&opened);
+    let options = options.after_connect(move |_, _| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    });
+    (options, opened)
+}
+
+/// A pool built from `pool` on the test PostgreSQL server, or `None` (after
+/// a notice) when it is unreachable.
+pub async fn postgres_pool(pool: PgPoolOptions, options: PgConnectOptions) -> Option<PgPool> {
+    let url = postgres_url();
+    let connected = pool.connect_with(options).await;
     match connected {
         Ok(pool) => Some(pool),
         Err(error) => {
@@ -102,12 +128,14 @@ pub async fn mysql(max_connections: u32) -> Option<MySqlPool> {
 /// A pool with these options on the test MariaDB server, or `None` (after a
 /// notice) when it is unreachable.
 pub async fn mysql_with(options: MySqlConnectOptions, max_connections: u32) -> Option<MySqlPool> {
+    mysql_pool(pool_options(max_connections), options).await
+}
+
+/// A pool built from `pool` on the test MariaDB server, or `None` (after a
+/// notice) when it is unreachable.
+pub async fn mysql_pool(pool: MySqlPoolOptions, options: MySqlConnectOptions) -> Option<MySqlPool> {
     let url = mysql_url();
-    let connected = MySqlPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await;
+    let connected = pool.connect_with(options).await;
     match connected {
         Ok(pool) => Some(pool),
         Err(error) => {
@@ -119,6 +147,11 @@ pub async fn mysql_with(options: MySqlConnectOptions, max_connections: u32) -> O
 
 /// A fresh SQLite database file for one test (WAL, 10 s busy timeout).
 pub async fn sqlite(test: &str, max_connections: u32) -> Option<SqlitePool> {
+    sqlite_pool(test, pool_options(max_connections)).await
+}
+
+/// A fresh SQLite database file for one test, with a pool built from `pool`.
+pub async fn sqlite_pool(test: &str, pool: SqlitePoolOptions) -> Option<SqlitePool> {
     let path = sqlite_path(test);
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.clone().into_os_string();
@@ -130,11 +163,7 @@ pub async fn sqlite(test: &str, max_connections: u32) -> Option<SqlitePool> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
-        .await;
+    let pool = pool.connect_with(options).await;
     match pool {
         Ok(pool) => Some(pool),
         Err(error) => panic!("cannot open SQLite file {}: {error}", path.display()),
@@ -155,6 +184,8 @@ pub fn sqlite_path(test: &str) -> PathBuf {
 ///
 /// - `Db`, the backend's sqlx database type;
 /// - `pool(test, max_connections)`, a pool or `None` to skip;
+/// - `pool_from(test, pool_options)`, the same built from sqlx pool options
+///   (see [`pool_options`] and [`counting_connections`]);
 /// - `manager(test, max_connections)`, a `TxManager` or `None` to skip;
 /// - `conn()`, the current transaction's connection;
 /// - `exec(sql)` and `scalar(sql)`, running SQL in the current transaction;
@@ -178,6 +209,10 @@ macro_rules! each_backend {
             pub async fn pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
                 $crate::postgres(max_connections).await
             }
+            #[allow(dead_code)]
+            pub async fn pool_from(_test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
+                $crate::postgres_pool(options, $crate::postgres_options()).await
+            }
             $crate::__backend_helpers!();
             $($body)*
         }
@@ -189,6 +224,10 @@ macro_rules! each_backend {
             pub async fn pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
                 $crate::mysql(max_connections).await
             }
+            #[allow(dead_code)]
+            pub async fn pool_from(_test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
+                $crate::mysql_pool(options, $crate::mysql_options()).await
+            }
             $crate::__backend_helpers!();
             $($body)*
         }
@@ -199,6 +238,10 @@ macro_rules! each_backend {
             pub const BACKEND: &str = "sqlite";
             pub async fn pool(test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
                 $crate::sqlite(test, max_connections).await
+            }
+            #[allow(dead_code)]
+            pub async fn pool_from(test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
+                $crate::sqlite_pool(test, options).await
             }
             $crate::__backend_helpers!();
             $($body)*

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
-use sqlx::pool::PoolConnection;
 
 use crate::error::CommitOutcome;
 use crate::retry::FailureKind;
@@ -39,6 +38,14 @@ impl<DB: sqlx::Database + sealed::BackendOps> Backend for DB {}
 /// The statement that puts back the session settings a transaction's BEGIN
 /// changed, if it changed any.
 pub(crate) type Restore = Option<&'static str>;
+
+/// A COMMIT whose call was cancelled while it was in flight.
+#[derive(Debug, Clone, Default)]
+pub struct InFlightCommit {
+    /// The transaction's server-side id, taken before COMMIT when the call
+    /// asked to resolve ambiguous commits.
+    pub(crate) token: Option<String>,
+}
 
 /// Which savepoint a statement is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,10 +192,35 @@ pub(crate) mod sealed {
             sql: Cow<'static, str>,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
 
-        /// Disposes of a connection whose protocol or transaction state is not
-        /// known to be clean, so that it never returns to the pool inside a
-        /// transaction.
-        fn abandon(conn: PoolConnection<Self>, restore: Restore);
+        /// Rolls back and restores the session, as the last step of
+        /// `recover`: a session that could not be restored is an error.
+        fn roll_back_cleanly(
+            conn: &mut Self::Connection,
+            restore: Restore,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+            async move {
+                if Self::rollback(conn, restore).await? {
+                    Ok(())
+                } else {
+                    Err(sqlx::Error::Protocol(
+                        "the session's settings could not be put back".to_owned(),
+                    ))
+                }
+            }
+        }
+
+        /// Brings back a connection whose future was dropped while a
+        /// statement was in flight: reads the server's answer to it (sqlx
+        /// reads pending replies before sending anything new), ends any
+        /// transaction left open, and restores the session. With `commit`,
+        /// the statement in flight was COMMIT, and the result says what
+        /// became of it. `Err`: the connection cannot be trusted and is
+        /// closed.
+        fn recover(
+            conn: &mut Self::Connection,
+            restore: Restore,
+            commit: Option<InFlightCommit>,
+        ) -> impl Future<Output = Result<Option<CommitOutcome>, sqlx::Error>> + Send + '_;
     }
 }
 

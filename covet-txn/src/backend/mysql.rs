@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlConnection};
 
 use super::sealed::BackendOps;
-use super::{Restore, access_clause, execute_raw, isolation_sql};
+use super::{InFlightCommit, Restore, access_clause, execute_raw, isolation_sql};
+use crate::error::CommitOutcome;
 use crate::options::Access;
 use crate::retry::FailureKind;
 
@@ -107,11 +107,27 @@ impl BackendOps for MySql {
         execute_raw::<MySql>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<MySql>, _restore: Restore) {
-        // A reply cut off mid-stream leaves the MySQL protocol out of step, and
-        // returning such a connection to the pool can hang for ever. Closing
-        // the socket is the only safe end; the server rolls back.
-        drop(conn.detach());
+    async fn recover(
+        conn: &mut MySqlConnection,
+        restore: Restore,
+        commit: Option<InFlightCommit>,
+    ) -> Result<Option<CommitOutcome>, sqlx::Error> {
+        // The answer to what was in flight is read first. Any error while
+        // reading it may leave MySQL's reply stream out of step, so it
+        // closes the connection; a tagged query at the end proves that each
+        // answer was matched to its own request.
+        sqlx::Connection::ping(&mut *conn).await?;
+        Self::roll_back_cleanly(conn, restore).await?;
+        let tag = crate::retry::unit_random().to_bits();
+        let echoed: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT '{tag}'")))
+            .fetch_one(&mut *conn)
+            .await?;
+        if echoed != tag.to_string() {
+            return Err(sqlx::Error::Protocol(
+                "a recovered connection answered out of step".to_owned(),
+            ));
+        }
+        Ok(commit.map(|_| CommitOutcome::Committed))
     }
 }
 

@@ -7,12 +7,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Postgres};
 
 use super::sealed::BackendOps;
-use super::{Restore, access_clause, execute_raw, isolation_sql};
+use super::{InFlightCommit, Restore, access_clause, execute_raw, isolation_sql};
 use crate::error::CommitOutcome;
 use crate::options::Access;
 use crate::retry::FailureKind;
@@ -65,11 +64,7 @@ impl BackendOps for Postgres {
     async fn resolve_commit(pool: &sqlx::Pool<Postgres>, token: &str) -> CommitOutcome {
         // The killed backend may still be finishing: ask for a while.
         for _ in 0..20 {
-            let status: Result<Option<String>, sqlx::Error> =
-                sqlx::query_scalar("SELECT pg_xact_status($1::xid8)")
-                    .bind(token)
-                    .fetch_one(pool)
-                    .await;
+            let status = xact_status(pool, token).await;
             match status.as_ref().map(Option::as_deref) {
                 Ok(Some("committed")) => return CommitOutcome::Committed,
                 Ok(Some("aborted")) => return CommitOutcome::Aborted,
@@ -95,10 +90,46 @@ impl BackendOps for Postgres {
         execute_raw::<Postgres>(conn, sql)
     }
 
-    fn abandon(conn: PoolConnection<Postgres>, _restore: Restore) {
-        // A statement may have been cut off mid-reply; only closing the socket
-        // is sure to end the transaction. The server rolls back when it sees
-        // the connection go.
-        drop(conn.detach());
+    async fn recover(
+        conn: &mut PgConnection,
+        restore: Restore,
+        commit: Option<InFlightCommit>,
+    ) -> Result<Option<CommitOutcome>, sqlx::Error> {
+        // The server applies a COMMIT it has received whether or not the
+        // client is still listening: its answer is read here, before the
+        // connection goes back to the pool, so that the next borrower sees
+        // the committed rows.
+        let answered = match sqlx::Connection::ping(&mut *conn).await {
+            Ok(()) => CommitOutcome::Committed,
+            Err(sqlx::Error::Database(_)) => {
+                // The error's own ReadyForQuery is still to be read.
+                sqlx::Connection::ping(&mut *conn).await?;
+                CommitOutcome::Aborted
+            }
+            Err(other) => return Err(other),
+        };
+        // A COMMIT answered without an error may still have been a quiet
+        // ROLLBACK of a transaction that an error had aborted; the id taken
+        // before COMMIT tells.
+        let outcome = match commit.as_ref().and_then(|commit| commit.token.as_deref()) {
+            Some(token) => match xact_status(&mut *conn, token).await?.as_deref() {
+                Some("committed") => CommitOutcome::Committed,
+                Some("aborted") => CommitOutcome::Aborted,
+                _ => CommitOutcome::Unknown,
+            },
+            None => answered,
+        };
+        Self::roll_back_cleanly(conn, restore).await?;
+        Ok(commit.map(|_| outcome))
     }
+}
+
+async fn xact_status(
+    executor: impl sqlx::PgExecutor<'_>,
+    token: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_xact_status($1::xid8)")
+        .bind(token)
+        .fetch_one(executor)
+        .await
 }

@@ -15,13 +15,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteError, SqliteTransactionManager};
 use sqlx::{SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
 use super::sealed::BackendOps;
-use super::{Restore, SavepointAction, execute_raw};
+use super::{InFlightCommit, Restore, SavepointAction, execute_raw};
+use crate::error::CommitOutcome;
 use crate::options::{Access, Isolation};
 use crate::retry::FailureKind;
 
@@ -158,24 +158,25 @@ impl BackendOps for Sqlite {
         execute_raw::<Sqlite>(conn, sql)
     }
 
-    fn abandon(mut conn: PoolConnection<Sqlite>, restore: Restore) {
-        // SQLite's worker thread runs commands in order and always to the end.
-        // A round trip to it first lets whatever was cut off (a BEGIN whose
-        // answer nobody took, a statement) finish; then sqlx's count of open
-        // transactions is exact, and rolling back to zero leaves the
-        // connection clean for the pool. Closing instead would destroy an
-        // in-memory database, so it is the last resort.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            drop(conn.detach());
-            return;
+    // SQLite's worker thread runs commands in order and always to the end:
+    // a round trip to it lets whatever was cut off (a BEGIN whose answer
+    // nobody took, a statement, a COMMIT) finish. Then sqlx's count of open
+    // transactions is exact: none left means a COMMIT in flight committed.
+    // Closing instead would destroy an in-memory database, so a failure here
+    // is the last resort.
+    async fn recover(
+        conn: &mut SqliteConnection,
+        restore: Restore,
+        commit: Option<InFlightCommit>,
+    ) -> Result<Option<CommitOutcome>, sqlx::Error> {
+        sqlx::Connection::ping(&mut *conn).await?;
+        let outcome = if SqliteTransactionManager::get_transaction_depth(conn) == 0 {
+            CommitOutcome::Committed
+        } else {
+            CommitOutcome::Aborted
         };
-        runtime.spawn(async move {
-            let clean = sqlx::Connection::ping(&mut *conn).await.is_ok()
-                && matches!(Self::rollback(&mut conn, restore).await, Ok(true));
-            if !clean {
-                drop(conn.detach());
-            }
-        });
+        Self::roll_back_cleanly(conn, restore).await?;
+        Ok(commit.map(|_| outcome))
     }
 }
 

@@ -39,7 +39,7 @@ type Read = fn(&FunctionMetrics) -> u64;
 /// and help text.
 type CounterField = (&'static str, &'static str, Read);
 
-const COUNTERS: [CounterField; 10] = [
+const COUNTERS: [CounterField; 11] = [
     (
         "transactions_started",
         "Transactions begun; each attempt counts.",
@@ -82,6 +82,17 @@ const COUNTERS: [CounterField; 10] = [
         "Nested scopes rolled back to their savepoint.",
         |f| f.savepoints_rolled_back,
     ),
+    (
+        "rollback_failures",
+        "ROLLBACKs that failed; the connection was closed, so the server rolled back.",
+        |f| f.rollback_failures,
+    ),
+];
+
+const CANCELLED_COMMITS: [(&str, Read); 3] = [
+    ("committed", |f| f.cancelled_commits.committed),
+    ("rolled_back", |f| f.cancelled_commits.rolled_back),
+    ("unknown", |f| f.cancelled_commits.unknown),
 ];
 
 const FAILURES: [(&str, Read); 6] = [
@@ -128,6 +139,25 @@ impl Collector for PrometheusCollector {
                     ("kind", kind.to_owned()),
                 ];
                 failures
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&read(function), None)?;
+            }
+        }
+
+        let mut cancelled = encoder.encode_descriptor(
+            "cancelled_commits",
+            "COMMITs whose call was cancelled while they were in flight, by what became of them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for function in &snapshot.functions {
+            for (outcome, read) in CANCELLED_COMMITS {
+                let labels = [
+                    ("manager", manager.to_owned()),
+                    ("function", function.function.clone()),
+                    ("outcome", outcome.to_owned()),
+                ];
+                cancelled
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&read(function), None)?;
             }
