@@ -150,15 +150,18 @@ pub enum Error {
     #[error("the transaction was rolled back, not committed: {0}")]
     RollbackOnly(RollbackOnlyCause),
 
-    /// `requires_new` needs a second connection but this task already holds
-    /// every connection the pool may open, so waiting would never end.
+    /// `requires_new` needs another connection, but transactions waiting
+    /// for one (this task's among them) already hold every connection the
+    /// pool may open, so none would ever be given back.
     #[error(
-        "`requires_new` needs another connection, but this task already holds {held} of the \
-         pool's {max} connections and waiting would deadlock: raise `max_connections` or \
-         use the default `nested` propagation"
+        "`requires_new` needs another connection, but transactions waiting for one already hold \
+         {held} of the pool's {max} connections, so none would ever be given back: make the \
+         pool larger than the number of transactions that run a `requires_new` call at the \
+         same time, or use the default `nested` propagation"
     )]
     PoolExhaustedByNesting {
-        /// Connections this task holds from the pool.
+        /// Connections held by transactions waiting for a `requires_new`
+        /// connection, this one's included.
         held: u32,
         /// The pool's `max_connections`.
         max: u32,
@@ -205,7 +208,8 @@ pub enum Error {
          back: make it shorter, or give it a longer `timeout`"
     )]
     Timeout {
-        /// The `timeout` the call was given.
+        /// The time the call had: its own `timeout`, or what was left of an
+        /// enclosing call's deadline when it began, whichever was shorter.
         timeout: Duration,
         /// Attempts started before the deadline.
         attempts: u32,

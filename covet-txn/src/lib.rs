@@ -54,6 +54,7 @@ mod manager;
 mod metrics;
 #[cfg(feature = "monitor")]
 pub mod monitor;
+mod nested_acquire;
 mod options;
 mod retry;
 mod savepoint;

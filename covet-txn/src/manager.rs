@@ -19,14 +19,16 @@ use sqlx::Pool;
 use crate::backend::Backend;
 use crate::context::{self, Frame};
 use crate::error::Error;
+use crate::error::Operation;
 use crate::hooks::{HookOutput, ManagerHooks, Phase, TxEvent};
 use crate::metrics::{
     Count, DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot, PoolStatus, Series, unix_millis,
 };
+use crate::nested_acquire::NestedAcquires;
 use crate::options::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::scope::{self, Attempts};
-use crate::transaction::{Accounting, ErasedSession, Opening, Session, TxConn};
+use crate::transaction::{Accounting, ErasedSession, Opening, Session, Source, TxConn};
 
 /// Runs transactions on one sqlx pool.
 ///
@@ -59,6 +61,7 @@ struct Shared<DB: Backend> {
     retry_policy: RetryPolicy,
     hooks: ManagerHooks,
     metrics: Arc<Metrics>,
+    nested_acquires: NestedAcquires,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
@@ -325,6 +328,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 retry_policy: self.retry_policy,
                 hooks: self.hooks,
                 metrics: Arc::new(Metrics::new(id, self.max_functions)),
+                nested_acquires: NestedAcquires::default(),
             }),
         }
     }
@@ -396,6 +400,8 @@ pub(crate) struct ErasedOpening {
     pub(crate) options: TxOptions,
     pub(crate) transactional: bool,
     pub(crate) lent_from: Option<Arc<dyn ErasedSession>>,
+    /// Connections of this pool the task holds while it waits for this one.
+    pub(crate) holding: u32,
     pub(crate) attempt: u32,
     pub(crate) server_timeout: Option<Duration>,
     /// The series to count the transaction in.
@@ -453,13 +459,27 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
 
     fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
         Box::pin(async move {
-            let lent_from = match opening.lent_from {
+            let source = match opening.lent_from {
                 Some(session) => {
-                    Some(session.into_any().downcast::<Session<DB>>().map_err(|_| {
+                    Source::Lent(session.into_any().downcast::<Session<DB>>().map_err(|_| {
                         Error::TransactionAborted("its connection belongs to another backend")
                     })?)
                 }
-                None => None,
+                None if opening.holding > 0 => {
+                    let acquire = async {
+                        self.pool
+                            .acquire()
+                            .await
+                            .map_err(|source| Error::database(Operation::Acquire, source))
+                    };
+                    let max = self.pool.options().get_max_connections();
+                    Source::Acquired(
+                        self.nested_acquires
+                            .wait(opening.holding, max, acquire)
+                            .await?,
+                    )
+                }
+                None => Source::Pool,
             };
             let transactional = opening.transactional;
             let session = Session::open(
@@ -469,7 +489,7 @@ impl<DB: Backend> ErasedManager for Shared<DB> {
                     name: opening.name,
                     options: opening.options,
                     transactional,
-                    lent_from,
+                    source,
                     attempt: opening.attempt,
                     server_timeout: opening.server_timeout,
                     accounting: opening

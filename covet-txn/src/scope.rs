@@ -43,6 +43,9 @@ enum Plan {
     Open {
         transactional: bool,
         lent_from: Option<Arc<dyn ErasedSession>>,
+        /// Connections of the same pool this task holds while it waits for
+        /// this one (`requires_new` inside a running transaction).
+        holding: u32,
     },
     /// Run in a savepoint of the parent frame's transaction.
     Savepoint(Arc<Frame>),
@@ -60,6 +63,9 @@ pub(crate) struct Call {
     /// When the call must be over: its own timeout, or the enclosing scope's
     /// deadline if that comes first.
     deadline: Option<Instant>,
+    /// The time the call had when it began, under that deadline: what a
+    /// timeout reports.
+    budget: Option<std::time::Duration>,
     /// Where the call is counted.
     series: Arc<Series>,
 }
@@ -82,6 +88,7 @@ impl Call {
             (Some(own), Some(inherited)) => Some(own.min(inherited)),
             (own, inherited) => own.or(inherited),
         };
+        let budget = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
         let name = options.name.unwrap_or("transaction");
         Ok(Call {
             series: manager.metrics().series(name),
@@ -91,6 +98,7 @@ impl Call {
             head,
             plan,
             deadline,
+            budget,
         })
     }
 
@@ -111,11 +119,11 @@ impl Call {
             target: "covet_txn",
             transaction = self.name,
             attempts,
-            timeout_ms = self.options.timeout.unwrap_or_default().as_secs_f64() * 1000.0,
+            timeout_ms = self.budget.unwrap_or_default().as_secs_f64() * 1000.0,
             "the transaction's deadline passed; it was rolled back"
         );
         Error::Timeout {
-            timeout: self.options.timeout.unwrap_or_default(),
+            timeout: self.budget.unwrap_or_default(),
             attempts,
         }
     }
@@ -134,12 +142,14 @@ impl Call {
             Plan::Open {
                 transactional,
                 lent_from,
+                holding,
             } => {
                 let opening = ErasedOpening {
                     name: self.name,
                     options: self.options,
                     transactional: *transactional,
                     lent_from: lent_from.clone(),
+                    holding: *holding,
                     attempt,
                     server_timeout: self
                         .deadline
@@ -865,12 +875,14 @@ fn plan(
                 Ok(Plan::Open {
                     transactional: true,
                     lent_from: None,
+                    holding: 0,
                 })
             }
             Propagation::Mandatory => Err(Error::NoTransaction),
             Propagation::Never | Propagation::Supports => Ok(Plan::Open {
                 transactional: false,
                 lent_from: None,
+                holding: 0,
             }),
         };
     };
@@ -883,6 +895,7 @@ fn plan(
         return Ok(Plan::Open {
             transactional: true,
             lent_from: None,
+            holding: held,
         });
     }
     if !running.session.core().transactional {
@@ -892,6 +905,7 @@ fn plan(
             _ => Ok(Plan::Open {
                 transactional: true,
                 lent_from: Some(Arc::clone(&running.session)),
+                holding: 0,
             }),
         };
     }

@@ -284,13 +284,23 @@ pub(crate) struct Session<DB: Backend> {
     pool: sqlx::Pool<DB>,
 }
 
+/// Where a new session's connection comes from.
+pub(crate) enum Source<DB: Backend> {
+    /// Taken from the pool now.
+    Pool,
+    /// Already taken from the pool.
+    Acquired(PoolConnection<DB>),
+    /// Borrowed from an autocommit session of the same manager.
+    Lent(Arc<Session<DB>>),
+}
+
 /// What a new session is opened on.
 pub(crate) struct Opening<DB: Backend> {
     pub(crate) manager_id: u64,
     pub(crate) name: &'static str,
     pub(crate) options: TxOptions,
     pub(crate) transactional: bool,
-    pub(crate) lent_from: Option<Arc<Session<DB>>>,
+    pub(crate) source: Source<DB>,
     pub(crate) attempt: u32,
     /// Bound the server's statements by this time, if set.
     pub(crate) server_timeout: Option<Duration>,
@@ -299,8 +309,8 @@ pub(crate) struct Opening<DB: Backend> {
 }
 
 impl<DB: Backend> Session<DB> {
-    /// Takes a connection (from `pool`, or from the session it is lent from),
-    /// begins the transaction if there is to be one, and returns the session.
+    /// Takes a connection (from `pool`, or as `source` says), begins the
+    /// transaction if there is to be one, and returns the session.
     pub(crate) async fn open(
         pool: &sqlx::Pool<DB>,
         opening: Opening<DB>,
@@ -310,14 +320,15 @@ impl<DB: Backend> Session<DB> {
             name,
             options,
             transactional,
-            lent_from,
+            source,
             attempt,
             server_timeout,
             accounting,
         } = opening;
-        let (conn, origin) = match lent_from {
-            Some(parent) => (parent.lend()?, Origin::Lent(parent)),
-            None => (
+        let (conn, origin) = match source {
+            Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
+            Source::Acquired(conn) => (conn, Origin::Pool),
+            Source::Pool => (
                 pool.acquire()
                     .await
                     .map_err(|source| Error::database(Operation::Acquire, source))?,

@@ -117,6 +117,97 @@ each_backend! {
         assert_eq!(count(manager.pool(), "prop_new_one").await, 0);
     }
 
+    /// A request that reads in its transaction, then waits at `gate` until
+    /// `gate`'s other requests hold their connections too, then records an
+    /// audit row in a transaction of its own.
+    #[transactional(timeout = "20s")]
+    async fn request_with_independent_audit(
+        table: &str,
+        id: i64,
+        gate: &tokio::sync::Barrier,
+    ) -> Result<(), AppError> {
+        scalar(format!("SELECT COUNT(*) FROM {table}")).await?;
+        gate.wait().await;
+        independent_insert(table, id).await
+    }
+
+    /// `requests` requests at once, at most `at_most` of them running at a
+    /// time, each waiting for `together` of them to hold a connection before
+    /// its audit.
+    async fn concurrent_requests(
+        manager: &covet_txn::TxManager<Db>,
+        table: &str,
+        requests: i64,
+        at_most: usize,
+        together: usize,
+    ) -> Vec<Result<(), AppError>> {
+        let gate = tokio::sync::Barrier::new(together);
+        let running = tokio::sync::Semaphore::new(at_most);
+        let (gate, running) = (&gate, &running);
+        let calls = (0..requests).map(|id| async move {
+            let _turn = running.acquire().await.expect("the semaphore stays open");
+            manager.scope(request_with_independent_audit(table, id, gate)).await
+        });
+        futures_util::future::join_all(calls).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requires_new_in_transactions_that_hold_the_whole_pool_fails_at_once_instead_of_deadlocking() {
+        let table = format!("prop_new_full_{BACKEND}");
+        let Some(manager) = manager(&table, 4).await else { return };
+        reset_table(manager.pool(), &table, COLUMNS).await;
+        let started = std::time::Instant::now();
+        // Three rounds of four requests, each round holding all four of the
+        // pool's connections while it asks for a fifth.
+        let results = concurrent_requests(&manager, &table, 12, 12, 4).await;
+        // None waits for its deadline: each commits (a connection freed by a
+        // failed one reached it) or fails at once.
+        let exhausted = results
+            .iter()
+            .filter(|result| matches!(result, Err(AppError::Tx(Error::PoolExhaustedByNesting { max: 4, .. }))))
+            .count();
+        let committed = results.iter().filter(|result| result.is_ok()).count();
+        assert_eq!(exhausted + committed, 12, "{results:?}");
+        assert!(exhausted >= 4, "{results:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(count(manager.pool(), &table).await, committed as i64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requires_new_waits_its_turn_while_the_pool_has_room() {
+        let table = format!("prop_new_room_{BACKEND}");
+        let Some(manager) = manager(&table, 4).await else { return };
+        reset_table(manager.pool(), &table, COLUMNS).await;
+        // At most two at a time: each holds one connection and waits for a
+        // second, four in all.
+        let results = concurrent_requests(&manager, &table, 12, 2, 2).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(count(manager.pool(), &table).await, 12);
+    }
+
+    #[transactional(timeout = "300ms")]
+    async fn outer_waiting_for_a_second_connection(table: &str) -> Result<(), AppError> {
+        scalar(format!("SELECT COUNT(*) FROM {table}")).await?;
+        independent_insert(table, 1).await
+    }
+
+    #[tokio::test]
+    async fn requires_new_under_an_inherited_deadline_reports_the_time_it_had() {
+        let table = format!("prop_new_deadline_{BACKEND}");
+        let Some(manager) = manager(&table, 2).await else { return };
+        reset_table(manager.pool(), &table, COLUMNS).await;
+        // Someone else holds the pool's other connection.
+        let blocker = manager.pool().acquire().await.expect("a connection");
+        let result = manager.scope(outer_waiting_for_a_second_connection(&table)).await;
+        drop(blocker);
+        let Err(AppError::Tx(error @ Error::Timeout { timeout, .. })) = &result else { panic!("{result:?}") };
+        assert!(
+            *timeout > std::time::Duration::from_millis(100) && *timeout <= std::time::Duration::from_millis(300),
+            "{timeout:?}"
+        );
+        assert!(!error.to_string().contains("0ns"), "{error}");
+    }
+
     #[transactional(propagation = "mandatory")]
     async fn mandatory_insert(table: &str, id: i64) -> Result<(), AppError> {
         insert_row(table, id).await
