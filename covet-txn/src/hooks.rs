@@ -143,6 +143,10 @@ pub struct TxEvent {
     pub started_at: Instant,
     /// How long it had run when the event was made.
     pub duration: Duration,
+    /// For `on_rollback`: the ROLLBACK (or ROLLBACK TO SAVEPOINT) itself
+    /// failed with this error. The connection was then closed, so the server
+    /// rolled back.
+    pub rollback_error: Option<Arc<Error>>,
 }
 
 impl TxEvent {
@@ -157,6 +161,7 @@ impl TxEvent {
             cause,
             started_at: info.started_at,
             duration: info.started_at.elapsed(),
+            rollback_error: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 
 use crate::backend::{SERVER_TIMEOUT_GRACE, SERVER_TIMEOUT_LIMIT, SavepointAction, SavepointName};
 use crate::context::{self, Frame, FrameKind};
-use crate::error::{CommitOutcome, Error, LastFailure, RollbackOnlyCause};
+use crate::error::{CommitOutcome, Error, LastFailure, Operation, RollbackOnlyCause};
 use crate::hooks::{self, ManagerHooks, Phase, PhaseRun, RollbackCause, TxEvent, TxOutcome};
 use crate::manager::{ErasedOpening, ManagerHandle};
 use crate::metrics::{Count, Series};
@@ -322,7 +322,7 @@ impl Call {
         let Some(manager) = hooks else {
             // An autocommit session: nothing to commit or roll back.
             guard.disarm();
-            end_quietly(session.as_ref(), self.name).await;
+            end_quietly(session.as_ref(), self.name, &self.series).await;
             return match outcome {
                 Ok(result) => result,
                 Err(panic) => resume_unwind(panic),
@@ -596,8 +596,11 @@ impl Ending<'_> {
             }
         }
         if self.has_hooks() {
-            self.after_end(Phase::AfterCommit, TxOutcome::Committed, None)
-                .await;
+            self.after_end(
+                Phase::AfterCommit,
+                TxEvent::new(&self.frame.info(), TxOutcome::Committed, None),
+            )
+            .await;
         }
         Ok(value)
     }
@@ -623,35 +626,36 @@ impl Ending<'_> {
             )
             .await;
         }
-        end_quietly(self.session.as_ref(), self.frame.name).await;
+        let failed = end_quietly(self.session.as_ref(), self.frame.name, self.series).await;
         if let Some(cause) = cause {
-            self.after_rollback(cause).await;
+            self.after_rollback_failed(cause, failed).await;
         }
     }
 
     /// on_rollback hooks, after the transaction is gone.
     async fn after_rollback(&self, cause: RollbackCause) {
+        self.after_rollback_failed(cause, None).await;
+    }
+
+    /// on_rollback hooks, after a rollback that may have failed.
+    async fn after_rollback_failed(&self, cause: RollbackCause, failed: Option<Arc<Error>>) {
         self.session.core().seal_fate();
         if self.has_hooks() {
-            self.after_end(Phase::AfterRollback, TxOutcome::RolledBack, Some(cause))
-                .await;
+            let mut event = TxEvent::new(&self.frame.info(), TxOutcome::RolledBack, Some(cause));
+            event.rollback_error = failed;
+            self.after_end(Phase::AfterRollback, event).await;
         }
     }
 
     /// The hooks of a phase after the end, run to completion even if the
     /// call's future is dropped meanwhile.
-    fn after_end(
-        &self,
-        phase: Phase,
-        outcome: TxOutcome,
-        cause: Option<RollbackCause>,
-    ) -> hooks::RunToCompletion {
+    fn after_end(&self, phase: Phase, event: TxEvent) -> hooks::RunToCompletion {
         hooks::after_end(
             phase,
             Arc::clone(self.session),
             self.manager.clone(),
             Some(Arc::clone(self.series)),
-            TxEvent::new(&self.frame.info(), outcome, cause),
+            event,
         )
     }
 }
@@ -676,7 +680,7 @@ impl ScopeEnding<'_> {
     /// `describe`.
     async fn roll_back(&self, cause: Option<RollbackCause>) {
         self.series.add(Count::SavepointsRolledBack);
-        let run = cause.map(|cause| PhaseRun {
+        let mut run = cause.map(|cause| PhaseRun {
             hooks: &self.session.core().hooks,
             manager: None,
             series: Some(self.series),
@@ -689,8 +693,10 @@ impl ScopeEnding<'_> {
             )
             .await;
         }
-        roll_back_savepoint(self.session, self.savepoint, self.frame.name).await;
-        if let Some(run) = &run {
+        let failed =
+            roll_back_savepoint(self.session, self.savepoint, self.frame.name, self.series).await;
+        if let Some(run) = &mut run {
+            run.event.rollback_error = failed;
             run.run_scope_after_rollback(self.frame.depth).await;
         }
     }
@@ -995,16 +1001,31 @@ impl Drop for CancelGuard<'_> {
 }
 
 /// Rolls back after the body failed. A failure to roll back must not hide
-/// the body's own error; the connection is abandoned either way.
-async fn end_quietly(session: &dyn ErasedSession, name: &'static str) {
-    if let Err(error) = session.end(false).await {
-        tracing::warn!(
-            target: "covet_txn",
-            transaction = name,
-            %error,
-            "rollback failed; the connection was closed, so the server rolls back"
-        );
-    }
+/// the body's own error; the connection is abandoned either way. A ROLLBACK
+/// that failed is counted and returned, for the on_rollback hooks.
+async fn end_quietly(
+    session: &dyn ErasedSession,
+    name: &'static str,
+    series: &Series,
+) -> Option<Arc<Error>> {
+    let error = session.end(false).await.err()?;
+    tracing::warn!(
+        target: "covet_txn",
+        transaction = name,
+        %error,
+        "rollback failed; the connection was closed, so the server rolls back"
+    );
+    let statement_failed = matches!(
+        error,
+        Error::Database {
+            operation: Operation::Rollback,
+            ..
+        }
+    );
+    statement_failed.then(|| {
+        series.add(Count::RollbackFailures);
+        Arc::new(error)
+    })
 }
 
 /// Undoes a failed nested scope. If even that fails, the transaction can no
@@ -1015,13 +1036,13 @@ async fn roll_back_savepoint(
     session: &dyn ErasedSession,
     savepoint: SavepointName<'_>,
     scope: &'static str,
-) {
-    let Err(error) = session
+    series: &Series,
+) -> Option<Arc<Error>> {
+    let error = session
         .savepoint(SavepointAction::RollbackAndRelease, savepoint)
         .await
-    else {
-        return;
-    };
+        .err()?;
+    series.add(Count::RollbackFailures);
     let core = session.core();
     match retry::classify(&error) {
         Some(kind) => core.doom(kind),
@@ -1034,4 +1055,5 @@ async fn roll_back_savepoint(
         %error,
         "rolling back to a savepoint failed; the transaction cannot commit"
     );
+    Some(Arc::new(error))
 }

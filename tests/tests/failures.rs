@@ -420,6 +420,104 @@ mod killed_in_before_commit_hook {
     }
 }
 
+/// A ROLLBACK that fails (its connection was killed) is counted, and the
+/// on_rollback hooks see its error.
+mod failed_rollback {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[transactional(manager = manager)]
+    async fn postgres_fails_after_losing_its_connection(
+        manager: &TxManager<Postgres>,
+        admin: &sqlx::PgPool,
+    ) -> Result<(), AppError> {
+        killed_during_savepoint_rollback::kill_postgres(manager, admin).await?;
+        Err(AppError::Refused("the body failed"))
+    }
+
+    #[transactional(manager = manager)]
+    async fn mariadb_fails_after_losing_its_connection(
+        manager: &TxManager<MySql>,
+        admin: &sqlx::MySqlPool,
+    ) -> Result<(), AppError> {
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *manager.conn()?)
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+            .execute(admin)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(AppError::Refused("the body failed"))
+    }
+
+    /// What the on_rollback hook saw of the ROLLBACK's failure.
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+    fn watching<DB: covet_txn::Backend>(pool: sqlx::Pool<DB>) -> (TxManager<DB>, Seen) {
+        let seen = Seen::default();
+        let recorded = Arc::clone(&seen);
+        let manager = TxManager::builder(pool)
+            .on_rollback(move |event| {
+                let recorded = Arc::clone(&recorded);
+                async move {
+                    let failure = event.rollback_error.as_ref().map(|error| error.to_string());
+                    recorded
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .push(failure);
+                }
+            })
+            .build();
+        (manager, seen)
+    }
+
+    fn check<DB: covet_txn::Backend>(
+        manager: &TxManager<DB>,
+        seen: &Seen,
+        result: Result<(), AppError>,
+    ) {
+        assert!(
+            matches!(result, Err(AppError::Refused(_))),
+            "the body's own error comes back: {result:?}"
+        );
+        assert_eq!(manager.metrics().total.rollback_failures, 1);
+        let seen = seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let failure = seen[0].clone().unwrap_or_default();
+        assert!(failure.starts_with("ROLLBACK failed"), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn postgres_a_failed_rollback_is_counted_and_shown_to_on_rollback_hooks() {
+        let (Some(admin), Some(pool)) = (
+            covet_txn_tests::postgres(1).await,
+            covet_txn_tests::postgres(1).await,
+        ) else {
+            return;
+        };
+        let (manager, seen) = watching(pool);
+        let result = postgres_fails_after_losing_its_connection(&manager, &admin).await;
+        check(&manager, &seen, result);
+    }
+
+    #[tokio::test]
+    async fn mariadb_a_failed_rollback_is_counted_and_shown_to_on_rollback_hooks() {
+        let (Some(admin), Some(pool)) = (
+            covet_txn_tests::mysql(1).await,
+            covet_txn_tests::mysql(1).await,
+        ) else {
+            return;
+        };
+        let (manager, seen) = watching(pool);
+        let result = mariadb_fails_after_losing_its_connection(&manager, &admin).await;
+        check(&manager, &seen, result);
+    }
+}
+
 mod ambiguous_commit {
     use super::*;
 

@@ -160,6 +160,16 @@ each_backend! {
         assert!(text.trim_end().ends_with("# EOF"));
         let failures_kinds = samples.iter().filter(|(metric, labels, _)| metric == "covet_txn_failures_total" && labels.contains_key("kind")).count();
         assert!(failures_kinds >= 6, "deadlocks and serialization failures have series of their own");
+        assert_eq!(value("covet_txn_rollback_failures_total", "::refuses"), 0.0);
+        let outcomes: Vec<&str> = samples
+            .iter()
+            .filter(|(metric, labels, _)| {
+                metric == "covet_txn_cancelled_commits_total"
+                    && labels.get("function").is_some_and(|f| f.ends_with("::commits"))
+            })
+            .filter_map(|(_, labels, _)| labels.get("outcome").map(String::as_str))
+            .collect();
+        assert_eq!(outcomes, ["committed", "rolled_back", "unknown"]);
     }
 
     #[tokio::test]
