@@ -1,6 +1,6 @@
 //! The task-local context: which transactional scopes are open in the
 //! current task, innermost first, and the functions that reach into them
-//! ([`conn`], [`current`]).
+//! ([`conn`], [`current`], [`set_rollback_only`], [`is_rollback_only`]).
 //!
 //! Each scope installs its frame with tokio's `LocalKey::scope` for exactly
 //! the life of its body, so frames follow the task's futures: two branches of
@@ -8,13 +8,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::engine::{Backend, EngineHandle};
 use crate::error::Error;
-use crate::manager::ManagerHandle;
+use crate::event::TxInfo;
 use crate::options::Propagation;
-use crate::transaction::{ErasedSession, Session, TxConn, TxInfo};
+use crate::session::{SessionHandle, TxConn};
+use crate::state::RollbackOnlyCause;
 
 tokio::task_local! {
     static CURRENT: Arc<Frame>;
@@ -29,14 +31,15 @@ pub(crate) enum FrameKind {
     Savepoint,
     /// Joined the session as it is, with no statement of its own.
     Joined,
-    /// Opened an autocommit session (`supports`/`never` without a transaction).
+    /// Opened an autocommit session (`supports`, `never` or `not_supported`
+    /// without a transaction to join).
     Autocommit,
 }
 
 /// One open transactional scope.
 pub(crate) struct Frame {
-    pub(crate) manager: ManagerHandle,
-    pub(crate) session: Arc<dyn ErasedSession>,
+    pub(crate) engine: EngineHandle,
+    pub(crate) session: SessionHandle,
     pub(crate) kind: FrameKind,
     /// 1 for the outermost transaction, one more per savepoint; 0 in autocommit.
     pub(crate) depth: u32,
@@ -45,6 +48,10 @@ pub(crate) struct Frame {
     /// When the scope must be over, if it has a deadline (its own or an
     /// enclosing scope's).
     pub(crate) deadline: Option<Instant>,
+    /// Whether the session is a test transaction, which always rolls back.
+    pub(crate) test: bool,
+    /// Set by [`set_rollback_only`] in this scope: it rolls back at its end.
+    pub(crate) rollback_requested: AtomicBool,
     pub(crate) parent: Option<Arc<Frame>>,
 }
 
@@ -79,14 +86,24 @@ impl Frame {
         u32::try_from(held).unwrap_or(u32::MAX)
     }
 
+    /// The name of the scope that began this frame's session.
+    pub(crate) fn transaction_name(&self) -> &'static str {
+        let id = self.session.core().id;
+        self.chain()
+            .find(|frame| {
+                matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit)
+                    && frame.session.core().id == id
+            })
+            .map_or(self.name, |root| root.name)
+    }
+
     /// Marks a nested scope of this frame as running until the claim is
     /// dropped. The mark is the session's depth, not a flag on the frame:
     /// every frame at this depth (this one and the `required` scopes joined
     /// to it) then sees it, so that no `join!` branch can slip statements or
     /// another savepoint into the nested scope's savepoint.
     pub(crate) fn claim_child(self: &Arc<Frame>) -> Result<ChildClaim, Error> {
-        let core = self.session.core();
-        if !core.enter_scope(self.depth) {
+        if !self.session.core().enter_scope(self.depth) {
             return Err(Error::ConcurrentScope);
         }
         Ok(ChildClaim(Arc::clone(self)))
@@ -101,27 +118,26 @@ impl Frame {
         }
     }
 
+    /// Whether this scope asked to roll back at its end.
+    pub(crate) fn rollback_requested(&self) -> bool {
+        self.rollback_requested.load(Ordering::Acquire)
+    }
+
     pub(crate) fn info(&self) -> TxInfo {
         let core = self.session.core();
-        let transaction_name = self
-            .chain()
-            .find(|frame| {
-                matches!(frame.kind, FrameKind::Root | FrameKind::Autocommit)
-                    && frame.session.core().id == core.id
-            })
-            .map_or(self.name, |root| root.name);
         TxInfo {
             id: core.id,
             name: self.name,
-            transaction_name,
+            transaction_name: self.transaction_name(),
             depth: self.depth,
             isolation: core.isolation,
             read_only: core.read_only,
             propagation: self.propagation,
-            state: core.state(),
+            state: core.machine.state(),
             transactional: core.transactional,
-            rollback_only: core.is_rollback_only(),
-            backend: core.backend,
+            rollback_only: core.machine.is_rollback_only(),
+            scope_rollback_only: self.rollback_requested(),
+            backend: core.system,
             attempt: core.attempt,
             started_at: core.started_at,
             deadline: self.deadline,
@@ -167,20 +183,16 @@ pub(crate) fn lend<DB: Backend>(select: impl Fn(&Frame) -> bool) -> Result<TxCon
         .try_with(|head| {
             let mut running = None;
             for frame in head.chain().filter(|frame| select(frame)) {
-                if !frame.session.as_any().is::<Session<DB>>() {
-                    running.get_or_insert(frame.session.core().backend);
+                let Some(session) = DB::unerase(&frame.session) else {
+                    running.get_or_insert(frame.session.core().system);
                     continue;
-                }
+                };
                 frame.ensure_no_child()?;
-                let session = Arc::clone(&frame.session)
-                    .into_any()
-                    .downcast::<Session<DB>>()
-                    .map_err(|_| Error::NoTransaction)?;
                 return TxConn::lend_from(session);
             }
             Err(match running {
                 Some(running) => Error::WrongBackend {
-                    requested: DB::SYSTEM,
+                    requested: DB::default_dialect().system(),
                     running,
                 },
                 None => Error::NoTransaction,
@@ -196,18 +208,20 @@ pub(crate) fn lend<DB: Backend>(select: impl Fn(&Frame) -> bool) -> Result<TxCon
 /// [`Error::WrongBackend`] if the running transactions are on other backends,
 /// [`Error::ConnectionBorrowed`] while another [`TxConn`] of the same
 /// transaction is alive, and [`Error::ConcurrentScope`] while a nested scope of
-/// this one is running alongside.
+/// this one is running alongside. The typed accessors
+/// ([`postgres::conn`](crate::postgres::conn), [`mysql::conn`](crate::mysql::conn),
+/// [`sqlite::conn`](crate::sqlite::conn)) need no type annotation.
 ///
-/// ```no_run
+/// ```
 /// use covet_txn::transactional;
-/// use sqlx::Postgres;
+/// use sqlx::Sqlite;
 ///
 /// #[transactional]
 /// async fn rename(id: i64, name: &str) -> Result<u64, covet_txn::Error> {
-///     let done = sqlx::query("UPDATE users SET name = $1 WHERE id = $2")
+///     let done = sqlx::query("UPDATE users SET name = ? WHERE id = ?")
 ///         .bind(name)
 ///         .bind(id)
-///         .execute(&mut *covet_txn::conn::<Postgres>()?)
+///         .execute(&mut *covet_txn::conn::<Sqlite>()?)
 ///         .await?;
 ///     Ok(done.rows_affected())
 /// }
@@ -220,4 +234,57 @@ pub fn conn<DB: Backend>() -> Result<TxConn<DB>, Error> {
 /// outside any.
 pub fn current() -> Option<TxInfo> {
     head().map(|frame| frame.info())
+}
+
+/// Makes the current scope roll back at its end instead of committing, as
+/// Django's `transaction.set_rollback(True)` and Spring's
+/// `setRollbackOnly()` do.
+///
+/// - In the scope that began the transaction, the transaction rolls back
+///   when the function returns, and the call returns what the function
+///   returned: the rollback was asked for, so it is not an error.
+/// - In a nested scope (a savepoint), the savepoint rolls back at the
+///   scope's end, and the enclosing transaction goes on.
+/// - In a scope joined to the transaction (`required`, `mandatory`,
+///   `supports`), which has no savepoint of its own, the whole transaction
+///   is marked rollback-only: the outermost call fails with
+///   [`Error::RollbackOnly`], so that nobody believes it committed.
+///
+/// Fails with [`Error::NoTransaction`] outside a transaction.
+///
+/// ```
+/// # async fn demo() -> Result<(), covet_txn::Error> {
+/// # let dry_run = true;
+/// if dry_run {
+///     covet_txn::set_rollback_only()?;
+/// }
+/// # Ok(()) }
+/// ```
+pub fn set_rollback_only() -> Result<(), Error> {
+    let frame = head().ok_or(Error::NoTransaction)?;
+    match frame.kind {
+        FrameKind::Root | FrameKind::Savepoint => {
+            frame.rollback_requested.store(true, Ordering::Release);
+            Ok(())
+        }
+        FrameKind::Joined if frame.session.core().transactional => {
+            frame
+                .session
+                .core()
+                .machine
+                .mark_rollback_only(RollbackOnlyCause::Requested { scope: frame.name });
+            frame.rollback_requested.store(true, Ordering::Release);
+            Ok(())
+        }
+        FrameKind::Joined | FrameKind::Autocommit => Err(Error::NoTransaction),
+    }
+}
+
+/// Whether the current scope will roll back at its end: it asked to with
+/// [`set_rollback_only`], or its transaction can no longer commit. `false`
+/// outside a transaction.
+pub fn is_rollback_only() -> bool {
+    head().is_some_and(|frame| {
+        frame.rollback_requested() || frame.session.core().machine.is_rollback_only()
+    })
 }

@@ -3,13 +3,15 @@
 //! Each variant says what happened and, in its message, what to do about it.
 //! Errors of the user's own statements never pass through here: they reach the
 //! user's error type unchanged. This type carries only what the runtime itself
-//! decided or what failed in a statement the runtime sent.
+//! decided or what failed in a statement the runtime sent. Which database
+//! errors a new attempt can fix is the dialects' business, not this module's.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::options::{Isolation, Propagation};
-use crate::retry::{self, FailureKind};
+use crate::failure::{self, CommitOutcome, FailureKind, LastFailure};
+use crate::options::{Isolation, Propagation, UnknownName};
+use crate::state::RollbackOnlyCause;
 
 /// A statement the runtime sends on its own account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,33 +119,52 @@ pub enum Error {
         running: &'static str,
     },
 
-    /// A nested call asked for a different isolation level than the running
-    /// transaction has.
+    /// A nested call asked for a stronger isolation level than the running
+    /// transaction has: the server fixed the level at BEGIN. A weaker or
+    /// equal level joins.
     #[error(
         "this nested call asks for isolation {requested} but the running transaction \
-         runs at {}: a level is fixed when a transaction begins, so ask for it on the \
-         outermost call or use `propagation = \"requires_new\"`",
-        running.map_or("the server default", Isolation::name)
+         runs at {}, which is weaker: a level is fixed when a transaction begins, so ask for \
+         {requested} on the outermost call, or use `propagation = \"requires_new\"`",
+        running.map_or("the server's default", Isolation::name)
     )]
     IsolationMismatch {
-        /// The level of the running transaction (`None`: the server default).
+        /// The level of the running transaction (`None`: the server's default).
         running: Option<Isolation>,
         /// The level the nested call asked for.
         requested: Isolation,
     },
 
-    /// A nested call asked for a different access mode than the running
-    /// transaction has.
+    /// A nested call asked for a read-write transaction but the running one
+    /// is read-only. A read-only request joins a read-write transaction.
     #[error(
-        "this nested call asks for a {} transaction but the running one is {}: ask for \
-         the access mode on the outermost call or use `propagation = \"requires_new\"`",
-        if *requested_read_only { "read-only" } else { "read-write" },
-        if *requested_read_only { "read-write" } else { "read-only" }
+        "this nested call asks for a read-write transaction but the running one is \
+         read-only: ask for read-write on the outermost call, or use \
+         `propagation = \"requires_new\"`"
     )]
-    AccessModeMismatch {
-        /// Whether the nested call asked for read-only.
-        requested_read_only: bool,
+    AccessModeMismatch,
+
+    /// A `durable` call ran inside a transaction, where its commit would not
+    /// be its own: the transaction around it could still roll it back.
+    #[error(
+        "`{scope}` is durable, so it must be the outermost transaction, but it runs inside \
+         `{running}`: call it outside any transaction, or drop `durable`"
+    )]
+    NotOutermost {
+        /// The durable call.
+        scope: &'static str,
+        /// The transaction it ran in.
+        running: &'static str,
     },
+
+    /// A call inside a test transaction would write outside it (`{0}`), and
+    /// what it wrote would outlive the test.
+    #[error(
+        "`{0}` propagation inside a test transaction would commit outside it, so the test \
+         would leave data behind: use the default `nested` propagation in code under test, \
+         or run this test without a test transaction"
+    )]
+    EscapesTestTransaction(Propagation),
 
     /// The transaction was marked rollback-only, so it was rolled back
     /// instead of committed; the cause says by what.
@@ -246,15 +267,15 @@ pub enum Error {
     /// back. The hook's error is the `source()`: a database failure in it
     /// (a deadlock, a serialization failure, a lost connection) is retried
     /// like one in the function's body.
-    #[error("the transaction was rolled back because its {phase} hook `{hook}` failed: {source}")]
+    #[error(
+        "the transaction was rolled back because its before_commit hook `{hook}` failed: {source}"
+    )]
     HookFailed {
-        /// The phase the hook ran in.
-        phase: crate::hooks::Phase,
         /// The hook's name (the function that declared or registered it).
         hook: &'static str,
         /// What it returned.
         #[source]
-        source: crate::hooks::HookError,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// A nested scope hit a failure that only a retry of the whole
@@ -267,138 +288,15 @@ pub enum Error {
     Doomed(FailureKind),
 }
 
-/// Why a transaction was marked rollback-only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RollbackOnlyCause {
-    /// A scope joined to the transaction (`required`, `mandatory`,
-    /// `supports`) failed: its work cannot be undone alone.
-    JoinedScopeFailed {
-        /// The scope that failed.
-        scope: &'static str,
-    },
-    /// A nested scope failed and rolling back to its savepoint failed too,
-    /// so the transaction holds work that should have been undone.
-    SavepointRollbackFailed {
-        /// The nested scope.
-        scope: &'static str,
-    },
-}
-
-impl fmt::Display for RollbackOnlyCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RollbackOnlyCause::JoinedScopeFailed { scope } => write!(
-                f,
-                "the joined scope `{scope}` failed and marked it rollback-only; let that error \
-                 propagate, or use the default `nested` propagation to recover from it with a \
-                 savepoint"
-            ),
-            RollbackOnlyCause::SavepointRollbackFailed { scope } => write!(
-                f,
-                "the nested scope `{scope}` failed and rolling back to its savepoint failed too, \
-                 so the transaction still holds that scope's work"
-            ),
-        }
-    }
-}
-
-/// What became of a transaction whose COMMIT was cut off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommitOutcome {
-    /// The server committed it.
-    Committed,
-    /// The server did not commit it.
-    Aborted,
-    /// It could not be found out.
-    Unknown,
-}
-
-impl CommitOutcome {
-    /// The outcome as metrics and logs write it: `committed`,
-    /// `rolled_back`, `unknown`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            CommitOutcome::Committed => "committed",
-            CommitOutcome::Aborted => "rolled_back",
-            CommitOutcome::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for CommitOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CommitOutcome::Committed => "committed",
-            CommitOutcome::Aborted => "not committed",
-            CommitOutcome::Unknown => "unknown",
-        })
-    }
-}
-
-/// The database failure of the last attempt, kept when retries run out.
-#[derive(Debug, Clone)]
-pub struct LastFailure {
-    kind: Option<FailureKind>,
-    code: Option<String>,
-    message: String,
-}
-
-impl LastFailure {
-    pub(crate) fn new(failure: &retry::Failure<'_>) -> Self {
-        let database = failure.database_error();
-        LastFailure {
-            kind: failure.kind(),
-            code: database.and_then(|database| database.code().map(|code| code.into_owned())),
-            message: database.map_or_else(
-                || failure.error().to_string(),
-                |database| database.message().to_owned(),
-            ),
-        }
-    }
-
-    /// The classification of the failure.
-    pub fn kind(&self) -> Option<FailureKind> {
-        self.kind
-    }
-
-    /// The database's error code (SQLSTATE on PostgreSQL).
-    pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
-    /// The database's message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for LastFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            Some(kind) => write!(f, "{kind}")?,
-            None => f.write_str("an error")?,
-        }
-        if let Some(code) = &self.code {
-            write!(f, " ({code})")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for LastFailure {}
-
 impl Error {
     pub(crate) fn database(operation: Operation, source: sqlx::Error) -> Self {
         Error::Database { operation, source }
     }
 
-    /// The retryable failure this error stands for, if any.
-    pub(crate) fn failure_kind(&self) -> Option<FailureKind> {
+    /// The retryable failure this error stands for that no database code
+    /// says (a nested scope's doom, a commit resolved as not committed).
+    pub(crate) fn own_failure_kind(&self) -> Option<FailureKind> {
         match self {
-            Error::Database { source, .. } | Error::Query(source) => {
-                crate::backend::classify(source)
-            }
             Error::Doomed(kind) => Some(*kind),
             Error::AmbiguousCommit {
                 outcome: CommitOutcome::Aborted,
@@ -417,12 +315,34 @@ impl Error {
     }
 }
 
+impl From<UnknownName> for Error {
+    fn from(error: UnknownName) -> Self {
+        Error::InvalidOption(error.to_string())
+    }
+}
+
+/// Whether running the call again is ruled out whatever a predicate says:
+/// after a COMMIT that may have gone through (a retry could commit twice),
+/// or once the call's deadline has passed.
+pub(crate) fn never_retried(error: &(dyn std::error::Error + 'static)) -> bool {
+    failure::chain(error).any(|error| {
+        matches!(
+            error.downcast_ref::<Error>(),
+            Some(Error::Timeout { .. })
+                | Some(Error::AmbiguousCommit {
+                    outcome: CommitOutcome::Unknown | CommitOutcome::Committed,
+                    ..
+                })
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn messages_say_what_to_do() {
+    fn messages_name_both_sides_and_say_what_to_do() {
         let message = Error::IsolationMismatch {
             running: Some(Isolation::ReadCommitted),
             requested: Isolation::Serializable,
@@ -431,14 +351,7 @@ mod tests {
         assert!(message.contains("serializable"), "{message}");
         assert!(message.contains("read_committed"), "{message}");
         assert!(message.contains("requires_new"), "{message}");
-
-        let message = Error::AccessModeMismatch {
-            requested_read_only: true,
-        }
-        .to_string();
-        assert!(
-            message.contains("read-only transaction but the running one is read-write"),
-            "{message}"
-        );
+        let message = Error::AccessModeMismatch.to_string();
+        assert!(message.contains("read-write transaction but the running one is read-only"));
     }
 }

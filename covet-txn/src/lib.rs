@@ -1,9 +1,8 @@
 //! Declarative, correct and fast database transactions for async Rust, on
 //! sqlx over PostgreSQL, MySQL/MariaDB and SQLite.
 //!
-//! ```no_run
+//! ```
 //! use covet_txn::{transactional, TxManager};
-//! use sqlx::Sqlite;
 //!
 //! #[transactional(isolation = "serializable")]
 //! async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), covet_txn::Error> {
@@ -11,76 +10,137 @@
 //!         sqlx::query("UPDATE accounts SET balance = balance + ? WHERE id = ?")
 //!             .bind(delta)
 //!             .bind(id)
-//!             .execute(&mut *covet_txn::conn::<Sqlite>()?)
+//!             .execute(&mut *covet_txn::sqlite::conn()?)
 //!             .await?;
 //!     }
 //!     Ok(())
 //! }
 //!
 //! # async fn demo() -> Result<(), covet_txn::Error> {
-//! let pool = sqlx::SqlitePool::connect("sqlite://bank.db").await?;
-//! TxManager::new(pool).install_default()?;
-//! transfer(1, 2, 50).await?;
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! sqlx::raw_sql("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);
+//!                INSERT INTO accounts VALUES (1, 100), (2, 0)")
+//!     .execute(&pool)
+//!     .await?;
+//! let manager = TxManager::new(pool);
+//! manager.scope(transfer(1, 2, 50)).await?;
 //! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 //! ```
 //!
 //! A `#[transactional]` function begins a transaction when none is running in
 //! its task, or nests in the running one inside a SAVEPOINT; it commits when
 //! the function returns `Ok` and rolls back on `Err`, on a panic, or when its
-//! future is dropped. [`conn`] lends the current transaction's connection to
-//! any sqlx query. The same machinery without the macro is
+//! future is dropped. [`conn`] (or the typed [`postgres::conn`],
+//! [`mysql::conn`], [`sqlite::conn`]) lends the current transaction's
+//! connection to any sqlx query. The same machinery without the macro is
 //! [`TxManager::transaction`].
 //!
-//! Modules, one per concept: `options` (what a call asks for), `context`
-//! (the task-local scopes), `manager` (pools and defaults), `scope` (running
-//! one call), `retry` (whether and when to run a call again), `hooks` (side
-//! effects tied to a transaction's fate), `metrics` (counting them),
-//! [`monitor`] (snapshots, alerts, health, reports; feature `monitor`),
-//! `dashboard` (the live web page; feature `dashboard`), `transaction` (a
-//! transaction's connection and state), `savepoint` (savepoints by hand), `backend` (everything that differs per
-//! database), `error`.
+//! # How the crate is built
+//!
+//! Modules form layers, and each imports only from the layers below it (a
+//! test in `tests/tests/layers.rs` checks it):
+//!
+//! | layer | modules | what they own |
+//! |---|---|---|
+//! | vocabulary | `options`, `failure` | isolation levels, propagation, failure kinds: data only |
+//! | state | `state`, `error` | a transaction's state machine; the runtime's one error type |
+//! | events and rules | `event`, `retry`, `nested_acquire` | what hooks see; retry policy and backoff; pool waits of `requires_new` |
+//! | requests and dialects | `request`, [`dialect`], `observe` | what a call asks for; per-database SQL, settings and error codes; counting and tracing |
+//! | drivers and hook storage | `backend/`, `hooks::list`, `hooks::run` | running a dialect's SQL on each wire protocol; where hooks wait and how a phase runs |
+//! | session | `session/` | one transaction on one connection: open, savepoints, end, recovery of a cut-off connection |
+//! | engine | `engine` | a manager as the runtime sees it: pool, dialect, policy, metrics |
+//! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
+//! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
+//! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
+//! | public API | `manager`, `__private`, [`monitor`] | [`TxManager`] and the closure API; what generated code calls; the monitor |
 
 #![warn(missing_docs)]
 
 extern crate self as covet_txn;
 
 mod backend;
+mod call;
 mod context;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+mod defaults;
+pub mod dialect;
+mod engine;
 mod error;
+mod event;
+mod failure;
 mod hooks;
 mod manager;
-mod metrics;
 #[cfg(feature = "monitor")]
 pub mod monitor;
 mod nested_acquire;
+mod observe;
 mod options;
+mod request;
 mod retry;
 mod savepoint;
-mod scope;
-mod transaction;
+mod session;
+mod state;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::Backend;
-pub use context::{conn, current};
-pub use error::{CommitOutcome, Error, LastFailure, Operation, RollbackOnlyCause};
-pub use hooks::{
-    HookError, HookOutput, Phase, Registration, RollbackCause, TxEvent, TxOutcome, before_commit,
-    before_rollback, on_commit, on_rollback,
-};
+pub use context::{conn, current, is_rollback_only, set_rollback_only};
+pub use engine::Backend;
+pub use error::{Error, Operation};
+pub use event::{HookError, HookOutput, Phase, RollbackCause, TxEvent, TxInfo, TxOutcome};
+pub use failure::{CommitOutcome, ErrorSource, Failure, FailureKind, LastFailure};
+pub use hooks::{Registration, before_commit, before_rollback, on_commit, on_rollback};
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
-pub use metrics::{
-    ActiveTransaction, CancelledCommits, DURATION_BUCKETS, DurationSummary, FunctionMetrics,
-    HistogramCounts, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
-};
-pub use options::{Isolation, Propagation, TxOptions};
-pub use retry::{Failure, FailureKind, RetryPolicy, RetryPredicate};
+pub use observe::counters::{DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts};
+pub use observe::metrics::{ActiveTransaction, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus};
+pub use options::{Isolation, Propagation, UnknownName};
+pub use request::{CallOptions, TxOptions};
+pub use retry::{RetryPolicy, RetryPredicate};
 pub use savepoint::{Savepoint, named_savepoint, savepoint};
-pub use transaction::{TxConn, TxId, TxInfo, TxState};
+pub use session::TxConn;
+pub use state::{RollbackOnlyCause, TxId, TxState};
+
+/// PostgreSQL (feature `postgres`): its dialect, and the current
+/// transaction's connection without a type annotation.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use crate::backend::postgres::PostgresDialect;
+
+    /// The current PostgreSQL transaction's connection: [`conn`](crate::conn)
+    /// for `sqlx::Postgres`.
+    pub fn conn() -> Result<crate::TxConn<sqlx::Postgres>, crate::Error> {
+        crate::conn::<sqlx::Postgres>()
+    }
+}
+
+/// MySQL and MariaDB (feature `mysql`): their dialect, and the current
+/// transaction's connection without a type annotation.
+#[cfg(feature = "mysql")]
+pub mod mysql {
+    pub use crate::backend::mysql::MySqlDialect;
+
+    /// The current MySQL transaction's connection: [`conn`](crate::conn)
+    /// for `sqlx::MySql`.
+    pub fn conn() -> Result<crate::TxConn<sqlx::MySql>, crate::Error> {
+        crate::conn::<sqlx::MySql>()
+    }
+}
+
+/// SQLite (feature `sqlite`): its dialect, and the current transaction's
+/// connection without a type annotation.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use crate::backend::sqlite::SqliteDialect;
+
+    /// The current SQLite transaction's connection: [`conn`](crate::conn)
+    /// for `sqlx::Sqlite`.
+    pub fn conn() -> Result<crate::TxConn<sqlx::Sqlite>, crate::Error> {
+        crate::conn::<sqlx::Sqlite>()
+    }
+}
 
 /// Runs an `async fn` in a transaction.
 ///
@@ -90,9 +150,9 @@ pub use covet_txn_macros::transactional;
 /// Declare handlers that a `#[transactional]` function lists by phase:
 /// `#[transactional(on_commit = [send_receipt])]`. A handler is an `async fn`
 /// or a plain `fn` taking `&TxEvent` and returning `()` or `Result<(), E>`
-/// with `E: Display`.
+/// with `E: Into<Box<dyn Error + Send + Sync>>`.
 ///
-/// ```no_run
+/// ```
 /// use covet_txn::{TxEvent, transactional};
 ///
 /// #[covet_txn::on_commit]

@@ -1,73 +1,62 @@
-//! The transaction manager: a sqlx pool with an identity, the closure API
-//! that runs a body in a transaction, and the default manager that
-//! `#[transactional]` uses when it names none.
+//! The transaction manager: a sqlx pool with a dialect, a retry policy,
+//! hooks and metrics; the closure API that runs a body in a transaction;
+//! and installing a manager as the default that `#[transactional]` uses when
+//! it names none.
 //!
 //! A manager is cheap to clone and can be shared across tasks; several
 //! managers (several databases) live side by side, each scope finding the
 //! transactions of its own manager only.
 
-use std::error::Error as StdError;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use sqlx::Pool;
 
-use crate::backend::Backend;
-use crate::context::{self, Frame};
+use crate::call::attempts::{Attempts, run_once};
+use crate::context;
+use crate::defaults;
+use crate::dialect::Dialect;
+use crate::engine::{Backend, Engine, EngineHandle};
 use crate::error::Error;
-use crate::error::Operation;
-use crate::hooks::{HookOutput, ManagerHooks, Phase, TxEvent};
-use crate::metrics::{
-    Count, DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot, PoolStatus, Series, unix_millis,
-};
+use crate::event::{HookOutput, Phase, TxEvent, boxed_hook};
+use crate::failure::{ErrorSource, inspect_source};
+use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
-use crate::options::TxOptions;
+use crate::observe::metrics::{DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot};
+use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
-use crate::scope::{self, Attempts};
-use crate::transaction::{Accounting, ErasedSession, Opening, Session, Source, TxConn};
+use crate::session::TxConn;
 
 /// Runs transactions on one sqlx pool.
 ///
-/// ```no_run
-/// use covet_txn::{TxManager, TxOptions, Isolation};
+/// ```
+/// use covet_txn::{Isolation, TxManager, TxOptions};
 /// # async fn demo() -> Result<(), covet_txn::Error> {
-/// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
 /// let manager = TxManager::new(pool);
-/// manager.install_default()?; // for `#[transactional]` without `manager = ...`
 ///
 /// let options = TxOptions::new().isolation(Isolation::Serializable);
-/// let total: i64 = manager
+/// let answer: i64 = manager
 ///     .transaction(options, || async {
-///         let total = sqlx::query_scalar("SELECT sum(balance)::bigint FROM accounts")
-///             .fetch_one(&mut *covet_txn::conn::<sqlx::Postgres>()?)
+///         let answer = sqlx::query_scalar("SELECT 6 * 7")
+///             .fetch_one(&mut *covet_txn::sqlite::conn()?)
 ///             .await?;
-///         Ok::<_, covet_txn::Error>(total)
+///         Ok::<_, covet_txn::Error>(answer)
 ///     })
 ///     .await?;
-/// # let _ = total; Ok(()) }
+/// assert_eq!(answer, 42);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 pub struct TxManager<DB: Backend> {
-    shared: Arc<Shared<DB>>,
-}
-
-struct Shared<DB: Backend> {
-    id: u64,
-    name: String,
-    pool: Pool<DB>,
-    retry_policy: RetryPolicy,
-    hooks: ManagerHooks,
-    metrics: Arc<Metrics>,
-    nested_acquires: NestedAcquires,
+    engine: Arc<Engine<DB>>,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
     fn clone(&self) -> Self {
         TxManager {
-            shared: Arc::clone(&self.shared),
+            engine: Arc::clone(&self.engine),
         }
     }
 }
@@ -75,11 +64,8 @@ impl<DB: Backend> Clone for TxManager<DB> {
 impl<DB: Backend> std::fmt::Debug for TxManager<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TxManager")
-            .field("name", &self.shared.name)
-            .field(
-                "backend",
-                &<DB as crate::backend::sealed::BackendOps>::SYSTEM,
-            )
+            .field("name", &self.engine.name)
+            .field("backend", &self.engine.dialect.system())
             .finish()
     }
 }
@@ -92,10 +78,10 @@ impl<DB: Backend> TxManager<DB> {
 
     /// A manager for `pool`, configured step by step.
     ///
-    /// ```no_run
-    /// use std::time::{Duration, SystemTime};
+    /// ```
+    /// use std::time::Duration;
     /// use covet_txn::{RetryPolicy, TxManager};
-    /// # fn demo(pool: sqlx::PgPool) {
+    /// # fn demo(pool: sqlx::SqlitePool) {
     /// let manager = TxManager::builder(pool)
     ///     .name("orders")
     ///     .retry_policy(RetryPolicy::new().retries(5).backoff(Duration::from_millis(2)))
@@ -109,40 +95,44 @@ impl<DB: Backend> TxManager<DB> {
             retry_policy: RetryPolicy::new(),
             hooks: ManagerHooks::default(),
             max_functions: DEFAULT_MAX_FUNCTIONS,
+            dialect: None,
         }
     }
 
     /// The pool transactions are taken from.
     pub fn pool(&self) -> &Pool<DB> {
-        &self.shared.pool
+        &self.engine.pool
     }
 
     /// The manager's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.engine.name
+    }
+
+    /// The dialect the manager's transactions are written in.
+    pub fn dialect(&self) -> &Arc<dyn Dialect<DB>> {
+        &self.engine.dialect
     }
 
     /// Makes this manager the process-wide default for `#[transactional]`
     /// functions that name none. Call it once at start-up; a second call fails
     /// with [`Error::DefaultManagerAlreadySet`].
     pub fn install_default(&self) -> Result<(), Error> {
-        DEFAULT
-            .set(self.handle())
-            .map_err(|_| Error::DefaultManagerAlreadySet)
+        defaults::install(self.handle())
     }
 
     /// Runs `body` with this manager as the default of the current task,
     /// ahead of the process-wide default. Useful in tests and for
     /// per-tenant databases.
     pub fn scope<F: Future>(&self, body: F) -> impl Future<Output = F::Output> + use<DB, F> {
-        SCOPED_DEFAULT.scope(self.handle(), body)
+        defaults::scope(self.handle(), body)
     }
 
     /// Everything this manager has counted, and the transactions running
     /// now. Taking it never holds up transactions for more than copying the
     /// active list.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.handle().metrics_snapshot()
+        self.handle().snapshot()
     }
 
     /// Starts a monitor with the default settings: a sample every 10 s, a
@@ -175,26 +165,33 @@ impl<DB: Backend> TxManager<DB> {
 
     /// The retry policy of calls that ask for `retry` without saying how.
     pub fn retry_policy(&self) -> RetryPolicy {
-        self.shared.retry_policy
+        self.engine.retry_policy
     }
 
     /// Runs `body` in a transaction of this manager with `options`: begins one
     /// (or nests, joins, per the propagation), commits if `body` returns `Ok`,
     /// rolls back if it returns `Err` or panics. What `#[transactional]`
-    /// expands to.
+    /// expands to. `options` is a [`TxOptions`], or [`CallOptions`] made by
+    /// [`TxOptions::commit_on`]. The body's error type is any
+    /// `std::error::Error` that converts from [`Error`], `anyhow::Error`, or
+    /// `Box<dyn Error + Send + Sync>`.
     ///
     /// The body runs once; for retries use
     /// [`transaction_with_retry`](Self::transaction_with_retry).
-    pub async fn transaction<T, E, F, Fut>(&self, options: TxOptions, body: F) -> Result<T, E>
+    pub async fn transaction<T, E, M, F, Fut>(
+        &self,
+        options: impl Into<CallOptions<E>>,
+        body: F,
+    ) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + StdError + 'static,
+        E: From<Error> + ErrorSource<M>,
     {
-        scope::run(
+        run_once(
             Some(self.handle()),
-            options,
-            inspect_std_error,
+            options.into(),
+            inspect_source::<E, M>,
             Box::pin(body()),
         )
         .await
@@ -203,29 +200,29 @@ impl<DB: Backend> TxManager<DB> {
     /// Like [`transaction`](Self::transaction), but runs `body` again (a fresh
     /// future each time) when an attempt fails in a way a retry can fix, as
     /// the options' retry settings (or this manager's policy) allow.
-    pub async fn transaction_with_retry<T, E, F, Fut>(
+    pub async fn transaction_with_retry<T, E, M, F, Fut>(
         &self,
-        options: TxOptions,
+        options: impl Into<CallOptions<E>>,
         body: F,
     ) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + StdError + 'static,
+        E: From<Error> + ErrorSource<M>,
     {
-        retry_loop(Some(self.handle()), options.retry(), body).await
+        retry_loop(Some(self.handle()), options.into(), body).await
     }
 
     /// Lends the connection of this manager's innermost running transaction;
     /// [`conn`](crate::conn) picks the innermost of any manager.
     pub fn conn(&self) -> Result<TxConn<DB>, Error> {
-        let id = self.shared.id;
+        let id = self.engine.id;
         context::lend::<DB>(|frame| frame.session.core().manager_id == id)
     }
 
     #[doc(hidden)]
-    pub fn handle(&self) -> ManagerHandle {
-        ManagerHandle(Arc::clone(&self.shared) as Arc<dyn ErasedManager>)
+    pub fn handle(&self) -> EngineHandle {
+        DB::erase_engine(Arc::clone(&self.engine))
     }
 }
 
@@ -237,13 +234,22 @@ pub struct TxManagerBuilder<DB: Backend> {
     retry_policy: RetryPolicy,
     hooks: ManagerHooks,
     max_functions: usize,
+    dialect: Option<Arc<dyn Dialect<DB>>>,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
     /// A name for logs and metrics (for example the database it serves); by
-    /// default the backend's name.
+    /// default the dialect's `db.system` name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The dialect of the database behind the pool, when it is not the
+    /// driver's own: a database that speaks the PostgreSQL or MySQL protocol
+    /// with rules of its own (see [`dialect`](crate::dialect)).
+    pub fn dialect(mut self, dialect: impl Dialect<DB>) -> Self {
+        self.dialect = Some(Arc::new(dialect));
         self
     }
 
@@ -298,10 +304,8 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         F: Fn(TxEvent) -> Fut + Send + Sync + 'static,
         Fut: Future<Output: HookOutput> + Send + 'static,
     {
-        self.hooks.add(
-            phase,
-            Arc::new(move |event| Box::pin(hook(event).map(HookOutput::into_hook_result))),
-        );
+        self.hooks
+            .add(phase, Arc::new(move |event| boxed_hook(hook(event))));
         self
     }
 
@@ -316,17 +320,17 @@ impl<DB: Backend> TxManagerBuilder<DB> {
     /// The manager.
     pub fn build(self) -> TxManager<DB> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let name = self
-            .name
-            .unwrap_or_else(|| <DB as crate::backend::sealed::BackendOps>::SYSTEM.to_owned());
+        let dialect = self.dialect.unwrap_or_else(DB::default_dialect);
+        let name = self.name.unwrap_or_else(|| dialect.system().to_owned());
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         TxManager {
-            shared: Arc::new(Shared {
+            engine: Arc::new(Engine {
                 id,
                 name,
                 pool: self.pool,
+                dialect,
                 retry_policy: self.retry_policy,
-                hooks: self.hooks,
+                hooks: Arc::new(self.hooks),
                 metrics: Arc::new(Metrics::new(id, self.max_functions)),
                 nested_acquires: NestedAcquires::default(),
             }),
@@ -336,246 +340,68 @@ impl<DB: Backend> TxManagerBuilder<DB> {
 
 /// Runs `body` in a transaction of the default manager. See
 /// [`TxManager::transaction`].
-pub async fn transaction<T, E, F, Fut>(options: TxOptions, body: F) -> Result<T, E>
+pub async fn transaction<T, E, M, F, Fut>(
+    options: impl Into<CallOptions<E>>,
+    body: F,
+) -> Result<T, E>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + StdError + 'static,
+    E: From<Error> + ErrorSource<M>,
 {
-    scope::run(None, options, inspect_std_error, Box::pin(body())).await
+    run_once(
+        None,
+        options.into(),
+        inspect_source::<E, M>,
+        Box::pin(body()),
+    )
+    .await
 }
 
 /// Runs `body` in a transaction of the default manager, retrying. See
 /// [`TxManager::transaction_with_retry`].
-pub async fn transaction_with_retry<T, E, F, Fut>(options: TxOptions, body: F) -> Result<T, E>
+pub async fn transaction_with_retry<T, E, M, F, Fut>(
+    options: impl Into<CallOptions<E>>,
+    body: F,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + StdError + 'static,
+    E: From<Error> + ErrorSource<M>,
 {
-    retry_loop(None, options.retry(), body).await
+    retry_loop(None, options.into(), body).await
 }
 
-async fn retry_loop<T, E, F, Fut>(
-    manager: Option<ManagerHandle>,
-    options: TxOptions,
+async fn retry_loop<T, E, M, F, Fut>(
+    manager: Option<EngineHandle>,
+    mut options: CallOptions<E>,
     mut body: F,
 ) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + StdError + 'static,
+    E: From<Error> + ErrorSource<M>,
 {
+    options.options = options.options.retry();
     let mut attempts = Attempts::new(manager, options);
     loop {
-        if let Some(result) = attempts.attempt(inspect_std_error, Box::pin(body())).await {
+        if let Some(result) = attempts
+            .attempt(inspect_source::<E, M>, Box::pin(body()))
+            .await
+        {
             return result;
         }
     }
 }
 
-fn inspect_std_error<E: StdError + 'static>(error: &E) -> Option<&(dyn StdError + 'static)> {
-    Some(error)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A manager with its backend erased, as scopes and defaults hold it.
-#[doc(hidden)]
-#[derive(Clone)]
-pub struct ManagerHandle(Arc<dyn ErasedManager>);
-
-/// A manager held without keeping it alive.
-#[cfg_attr(not(feature = "monitor"), allow(dead_code))]
-pub(crate) struct WeakManager(std::sync::Weak<dyn ErasedManager>);
-
-impl WeakManager {
-    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
-    pub(crate) fn upgrade(&self) -> Option<ManagerHandle> {
-        self.0.upgrade().map(ManagerHandle)
+    #[test]
+    fn options_given_as_tx_options_take_any_error_type() {
+        use crate::request::TxOptions;
+        let options: CallOptions<std::io::Error> = TxOptions::new().into();
+        assert!(options.commit_on.is_none());
     }
-}
-
-/// What the scope runner needs of a manager.
-pub(crate) struct ErasedOpening {
-    pub(crate) name: &'static str,
-    pub(crate) options: TxOptions,
-    pub(crate) transactional: bool,
-    pub(crate) lent_from: Option<Arc<dyn ErasedSession>>,
-    /// Connections of this pool the task holds while it waits for this one.
-    pub(crate) holding: u32,
-    pub(crate) attempt: u32,
-    pub(crate) server_timeout: Option<Duration>,
-    /// The series to count the transaction in.
-    pub(crate) series: Option<Arc<Series>>,
-}
-
-trait ErasedManager: Send + Sync + 'static {
-    fn id(&self) -> u64;
-    fn max_connections(&self) -> u32;
-    fn retry_policy(&self) -> RetryPolicy;
-    fn hooks(&self) -> &ManagerHooks;
-    fn metrics(&self) -> &Arc<Metrics>;
-    fn name(&self) -> &str;
-    fn backend(&self) -> &'static str;
-    fn pool_status(&self) -> PoolStatus;
-    fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>>;
-}
-
-impl<DB: Backend> ErasedManager for Shared<DB> {
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn max_connections(&self) -> u32 {
-        self.pool.options().get_max_connections()
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        self.retry_policy
-    }
-
-    fn hooks(&self) -> &ManagerHooks {
-        &self.hooks
-    }
-
-    fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn backend(&self) -> &'static str {
-        <DB as crate::backend::sealed::BackendOps>::SYSTEM
-    }
-
-    fn pool_status(&self) -> PoolStatus {
-        PoolStatus {
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-            max: self.pool.options().get_max_connections(),
-        }
-    }
-
-    fn open(&self, opening: ErasedOpening) -> BoxFuture<'_, Result<Arc<dyn ErasedSession>, Error>> {
-        Box::pin(async move {
-            let source = match opening.lent_from {
-                Some(session) => {
-                    Source::Lent(session.into_any().downcast::<Session<DB>>().map_err(|_| {
-                        Error::TransactionAborted("its connection belongs to another backend")
-                    })?)
-                }
-                None if opening.holding > 0 => {
-                    let acquire = async {
-                        self.pool
-                            .acquire()
-                            .await
-                            .map_err(|source| Error::database(Operation::Acquire, source))
-                    };
-                    let max = self.pool.options().get_max_connections();
-                    Source::Acquired(
-                        self.nested_acquires
-                            .wait(opening.holding, max, acquire)
-                            .await?,
-                    )
-                }
-                None => Source::Pool,
-            };
-            let transactional = opening.transactional;
-            let session = Session::open(
-                &self.pool,
-                Opening {
-                    manager_id: self.id,
-                    name: opening.name,
-                    options: opening.options,
-                    transactional,
-                    source,
-                    attempt: opening.attempt,
-                    server_timeout: opening.server_timeout,
-                    accounting: opening
-                        .series
-                        .map(|series| Arc::new(Accounting::new(Arc::clone(&self.metrics), series))),
-                },
-            )
-            .await?;
-            let session = session as Arc<dyn ErasedSession>;
-            if let Some(accounting) = &session.core().accounting {
-                accounting.series.add(Count::Started);
-                self.metrics.activate(Arc::clone(&session));
-            }
-            Ok(session)
-        })
-    }
-}
-
-impl ManagerHandle {
-    pub(crate) fn id(&self) -> u64 {
-        self.0.id()
-    }
-
-    pub(crate) fn max_connections(&self) -> u32 {
-        self.0.max_connections()
-    }
-
-    pub(crate) fn retry_policy(&self) -> RetryPolicy {
-        self.0.retry_policy()
-    }
-
-    pub(crate) fn hooks(&self) -> &ManagerHooks {
-        self.0.hooks()
-    }
-
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        self.0.metrics()
-    }
-
-    pub(crate) fn backend(&self) -> &'static str {
-        self.0.backend()
-    }
-
-    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
-    pub(crate) fn downgrade(&self) -> WeakManager {
-        WeakManager(Arc::downgrade(&self.0))
-    }
-
-    pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
-        let metrics = self.0.metrics();
-        let (functions, total) = metrics.snapshot();
-        MetricsSnapshot {
-            manager: self.0.name().to_owned(),
-            backend: self.0.backend().to_owned(),
-            taken_at_ms: unix_millis(SystemTime::now()),
-            total,
-            functions,
-            active: metrics.active(),
-            pool: self.0.pool_status(),
-        }
-    }
-
-    pub(crate) async fn open(
-        &self,
-        opening: ErasedOpening,
-    ) -> Result<Arc<dyn ErasedSession>, Error> {
-        self.0.open(opening).await
-    }
-
-    /// The manager a scope without an explicit one runs on: the task's scoped
-    /// default, else the process-wide default, else the manager of the
-    /// innermost running transaction.
-    pub(crate) fn resolve_default(head: Option<&Arc<Frame>>) -> Result<ManagerHandle, Error> {
-        if let Ok(scoped) = SCOPED_DEFAULT.try_with(ManagerHandle::clone) {
-            return Ok(scoped);
-        }
-        if let Some(global) = DEFAULT.get() {
-            return Ok(global.clone());
-        }
-        head.map(|frame| frame.manager.clone())
-            .ok_or(Error::NoDefaultManager)
-    }
-}
-
-static DEFAULT: OnceLock<ManagerHandle> = OnceLock::new();
-
-tokio::task_local! {
-    static SCOPED_DEFAULT: ManagerHandle;
 }

@@ -5,22 +5,27 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 
-use crate::backend::Backend;
-use crate::manager::{ManagerHandle, TxManager};
-use crate::scope::{self, Inspect};
+use crate::call::attempts;
+use crate::engine::{Backend, EngineHandle};
+use crate::manager::TxManager;
 
 pub use crate::error::Error;
-pub use crate::hooks::{DeclaredHook, HookFuture, HookOutput, Phase, TxEvent};
-pub use crate::options::{Isolation, Propagation, TxOptions};
+pub use crate::event::{DeclaredHook, HookFuture, HookOutput, Phase, TxEvent};
+pub use crate::options::{Isolation, Propagation};
+pub use crate::request::{CallOptions, TxOptions};
 pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
 pub use core::{concat, module_path, stringify};
 
+/// Finds the `std::error::Error` inside a function's error type, whatever it
+/// is, so that the retry classification can walk its `source()` chain.
+pub type Inspect<E> = fn(&E) -> Option<&(dyn StdError + 'static)>;
+
 /// Runs one call of a `#[transactional]` function without `retry`.
 pub fn run<T, E, Fut>(
-    manager: Option<ManagerHandle>,
-    options: TxOptions,
+    manager: Option<EngineHandle>,
+    options: impl Into<CallOptions<E>>,
     inspect: Inspect<E>,
     body: Fut,
 ) -> impl Future<Output = Result<T, E>>
@@ -28,40 +33,44 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    scope::run(manager, options, inspect, Box::pin(body))
+    // Boxed before any wrapper is built: a nested call's future then holds
+    // a pointer, not the callee's whole state machine, and the compiler's
+    // layout of a call stays shallow however deep calls nest.
+    attempts::run_once(manager, options.into(), inspect, Box::pin(body))
 }
 
 /// The attempts of one call of a `#[transactional]` function with `retry`:
 /// the generated loop builds a fresh body for each.
-pub struct Attempts(scope::Attempts);
+pub struct Attempts<E>(attempts::Attempts<E>);
 
-impl Attempts {
+impl<E: From<Error>> Attempts<E> {
     /// Starts a call.
-    pub fn new(manager: Option<ManagerHandle>, options: TxOptions) -> Self {
-        Attempts(scope::Attempts::new(manager, options))
+    pub fn new(manager: Option<EngineHandle>, options: impl Into<CallOptions<E>>) -> Self {
+        Attempts(attempts::Attempts::new(manager, options.into()))
     }
 
-    /// Runs one attempt; `None` means: build the body again and retry.
-    pub async fn attempt<T, E, Fut>(
-        &mut self,
+    /// Runs one attempt; `None` means: build the body again and retry. The
+    /// inspection comes with the body, whose type fixes the error type it
+    /// inspects.
+    pub fn attempt<'a, T: 'a, Fut>(
+        &'a mut self,
         inspect: Inspect<E>,
         body: Fut,
-    ) -> Option<Result<T, E>>
+    ) -> impl Future<Output = Option<Result<T, E>>> + 'a
     where
-        Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
+        Fut: Future<Output = Result<T, E>> + 'a,
     {
-        self.0.attempt(inspect, Box::pin(body)).await
+        self.0.attempt(inspect, Box::pin(body))
     }
 }
 
 /// The manager of a function without `manager = ...`: found at run time.
-pub const fn default_manager() -> Option<ManagerHandle> {
+pub const fn default_manager() -> Option<EngineHandle> {
     None
 }
 
 /// The manager of a function with `manager = <expr>`.
-pub fn manager<M: ManagerArg + ?Sized>(manager: &M) -> Option<ManagerHandle> {
+pub fn manager<M: ManagerArg + ?Sized>(manager: &M) -> Option<EngineHandle> {
     manager.covet_manager_handle()
 }
 
@@ -74,35 +83,35 @@ pub fn manager<M: ManagerArg + ?Sized>(manager: &M) -> Option<ManagerHandle> {
 )]
 pub trait ManagerArg {
     /// The manager as the runtime holds it.
-    fn covet_manager_handle(&self) -> Option<ManagerHandle>;
+    fn covet_manager_handle(&self) -> Option<EngineHandle>;
 }
 
 impl<DB: Backend> ManagerArg for TxManager<DB> {
-    fn covet_manager_handle(&self) -> Option<ManagerHandle> {
+    fn covet_manager_handle(&self) -> Option<EngineHandle> {
         Some(self.handle())
     }
 }
 
 impl<M: ManagerArg + ?Sized> ManagerArg for &M {
-    fn covet_manager_handle(&self) -> Option<ManagerHandle> {
+    fn covet_manager_handle(&self) -> Option<EngineHandle> {
         (**self).covet_manager_handle()
     }
 }
 
 impl<M: ManagerArg + ?Sized> ManagerArg for Arc<M> {
-    fn covet_manager_handle(&self) -> Option<ManagerHandle> {
+    fn covet_manager_handle(&self) -> Option<EngineHandle> {
         (**self).covet_manager_handle()
     }
 }
 
 impl<M: ManagerArg + ?Sized> ManagerArg for Box<M> {
-    fn covet_manager_handle(&self) -> Option<ManagerHandle> {
+    fn covet_manager_handle(&self) -> Option<EngineHandle> {
         (**self).covet_manager_handle()
     }
 }
 
 impl<M: ManagerArg, F: FnOnce() -> M> ManagerArg for LazyLock<M, F> {
-    fn covet_manager_handle(&self) -> Option<ManagerHandle> {
+    fn covet_manager_handle(&self) -> Option<EngineHandle> {
         LazyLock::force(self).covet_manager_handle()
     }
 }
@@ -129,9 +138,16 @@ pub fn reuse<T: Reusable>(argument: &T) -> T {
     argument.covet_reuse()
 }
 
+/// Never called: the type of `unreachable::<R>()` fixes the output type of
+/// the async block it returns from, so that `?` in the body converts into
+/// the function's declared error type.
+pub fn unreachable<R>() -> R {
+    unreachable!("a type hint that never runs")
+}
+
 /// Finds the `std::error::Error` inside a function's error type, whatever
-/// it is, so that the retry classification can walk its `source()` chain:
-/// `(&&&&Probe(error)).covet_error()` picks the first of these that applies.
+/// it is: `(&&&Probe(error)).covet_error()` picks the first of these that
+/// applies.
 pub struct Probe<'a, E>(pub &'a E);
 
 /// The error type is a `std::error::Error` (`thiserror` enums,
@@ -191,6 +207,23 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
     }
 }
 
+/// The inspection of a function's error type, as a closure: picks the first
+/// `Probe` impl that applies. Expands in the user's crate, where the error
+/// type is concrete.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __covet_inspect {
+    ($private:path) => {
+        |__covet_error| {
+            #[allow(unused_imports)]
+            use $private::{ViaDeref as _, ViaNothing as _, ViaPlainDeref as _, ViaStdError as _};
+            (&&&&$private::Probe(__covet_error)).covet_error()
+        }
+    };
+}
+
+pub use crate::__covet_inspect as inspect;
+
 /// A handler declared with `#[on_commit]` and the other phase attributes.
 pub trait Hook {
     /// The phase it was declared for.
@@ -201,62 +234,47 @@ pub trait Hook {
     fn run(event: TxEvent) -> HookFuture;
 }
 
-/// Boxes a handler's future.
+/// Boxes a handler's future, whose output the generated code converted
+/// with [`HookOutput::into_hook_result`] (spanned on the handler's return
+/// type).
 pub fn boxed_hook<F>(future: F) -> HookFuture
 where
-    F: Future<Output = Result<(), crate::hooks::HookError>> + Send + 'static,
+    F: Future<Output = Result<(), crate::event::HookError>> + Send + 'static,
 {
     Box::pin(future)
 }
 
-/// Declared with `#[before_commit]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a #[before_commit] handler",
-    label = "listed under `before_commit`",
-    note = "declare it with #[before_commit], or list it under the phase it was declared for"
-)]
-pub trait BeforeCommitHook: Hook {}
+/// One marker trait per phase, with the function that checks, at compile
+/// time, that a handler listed under the phase was declared for it.
+macro_rules! phases {
+    ($(
+        $attribute:literal, $marker:ident, $declared:ident,
+        message = $message:literal, label = $label:literal;
+    )+) => {
+        $(
+            #[doc = concat!("Declared with `#[", $attribute, "]`.")]
+            #[diagnostic::on_unimplemented(
+                message = $message,
+                label = $label,
+                note = "declare it with the attribute of the phase it is listed under, or list it under the phase it was declared for"
+            )]
+            pub trait $marker: Hook {}
 
-/// Declared with `#[on_commit]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not an #[on_commit] handler",
-    label = "listed under `on_commit`",
-    note = "declare it with #[on_commit], or list it under the phase it was declared for"
-)]
-pub trait OnCommitHook: Hook {}
-
-/// Declared with `#[before_rollback]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a #[before_rollback] handler",
-    label = "listed under `before_rollback`",
-    note = "declare it with #[before_rollback], or list it under the phase it was declared for"
-)]
-pub trait BeforeRollbackHook: Hook {}
-
-/// Declared with `#[on_rollback]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not an #[on_rollback] handler",
-    label = "listed under `on_rollback`",
-    note = "declare it with #[on_rollback], or list it under the phase it was declared for"
-)]
-pub trait OnRollbackHook: Hook {}
-
-/// A handler listed under `before_commit = [...]`.
-pub const fn declared_before_commit<H: BeforeCommitHook>() -> DeclaredHook {
-    DeclaredHook::new(H::PHASE, H::NAME, H::run)
+            #[doc = concat!("A handler listed under `", $attribute, " = [...]`.")]
+            pub const fn $declared<H: $marker>() -> DeclaredHook {
+                DeclaredHook::new(H::PHASE, H::NAME, H::run)
+            }
+        )+
+    };
 }
 
-/// A handler listed under `on_commit = [...]`.
-pub const fn declared_on_commit<H: OnCommitHook>() -> DeclaredHook {
-    DeclaredHook::new(H::PHASE, H::NAME, H::run)
-}
-
-/// A handler listed under `before_rollback = [...]`.
-pub const fn declared_before_rollback<H: BeforeRollbackHook>() -> DeclaredHook {
-    DeclaredHook::new(H::PHASE, H::NAME, H::run)
-}
-
-/// A handler listed under `on_rollback = [...]`.
-pub const fn declared_on_rollback<H: OnRollbackHook>() -> DeclaredHook {
-    DeclaredHook::new(H::PHASE, H::NAME, H::run)
+phases! {
+    "before_commit", BeforeCommitHook, declared_before_commit,
+        message = "`{Self}` is not a #[before_commit] handler", label = "listed under `before_commit`";
+    "on_commit", OnCommitHook, declared_on_commit,
+        message = "`{Self}` is not an #[on_commit] handler", label = "listed under `on_commit`";
+    "before_rollback", BeforeRollbackHook, declared_before_rollback,
+        message = "`{Self}` is not a #[before_rollback] handler", label = "listed under `before_rollback`";
+    "on_rollback", OnRollbackHook, declared_on_rollback,
+        message = "`{Self}` is not an #[on_rollback] handler", label = "listed under `on_rollback`";
 }

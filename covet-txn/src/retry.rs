@@ -1,101 +1,14 @@
-//! Deciding whether a failed transaction runs again, and when.
+//! How often a failed transaction runs again and how long it waits in
+//! between: the retry policy, a call's overrides of it, and the jittered
+//! backoff.
 //!
-//! This module owns the retry policy (how many times, how long to wait) and
-//! the walk down an error's `source()` chain that finds the database failure
-//! inside whatever error type the user returns. What a failure *is* (which
-//! codes mean deadlock on which server) belongs to the backend modules; this
-//! module only asks them.
+//! Whether a failure is one a new attempt can fix is decided elsewhere (the
+//! dialect classifies, the call's attempts ask); this module only holds the
+//! rules and computes the waits.
 
-use std::cell::Cell;
-use std::error::Error as StdError;
-use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-use crate::backend;
-use crate::error::{CommitOutcome, Error};
-
-/// Why a transaction failed in a way that running it again can fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// The server could not serialize the transaction (PostgreSQL 40001).
-    SerializationFailure,
-    /// The server chose this transaction as a deadlock victim (PostgreSQL
-    /// 40P01, MySQL 1213).
-    Deadlock,
-    /// A lock wait timed out (MySQL 1205).
-    LockTimeout,
-    /// A row changed after the transaction's snapshot was taken (MariaDB 1020
-    /// with `innodb_snapshot_isolation`).
-    SnapshotConflict,
-    /// The database was busy or locked (SQLite `SQLITE_BUSY`, `SQLITE_LOCKED`
-    /// and their extended codes).
-    Busy,
-    /// The connection was lost before COMMIT was sent, so nothing committed.
-    ConnectionLost,
-}
-
-impl FailureKind {
-    /// The kind's lower-case name, as metrics and logs write it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            FailureKind::SerializationFailure => "serialization_failure",
-            FailureKind::Deadlock => "deadlock",
-            FailureKind::LockTimeout => "lock_timeout",
-            FailureKind::SnapshotConflict => "snapshot_conflict",
-            FailureKind::Busy => "busy",
-            FailureKind::ConnectionLost => "connection_lost",
-        }
-    }
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A failed attempt, as a [`RetryPolicy::retry_if`] predicate sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Failure<'a> {
-    error: &'a (dyn StdError + 'static),
-    kind: Option<FailureKind>,
-    attempt: u32,
-}
-
-impl<'a> Failure<'a> {
-    /// The error the function returned.
-    pub fn error(&self) -> &'a (dyn StdError + 'static) {
-        self.error
-    }
-
-    /// What the built-in classification found, if it is a retryable failure.
-    pub fn kind(&self) -> Option<FailureKind> {
-        self.kind
-    }
-
-    /// Whether covet-txn would retry it without a predicate.
-    pub fn retryable_by_default(&self) -> bool {
-        self.kind.is_some()
-    }
-
-    /// The attempt that failed, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The database's error, found anywhere in the error's `source()` chain.
-    pub fn database_error(&self) -> Option<&'a (dyn sqlx::error::DatabaseError + 'static)> {
-        chain(self.error).find_map(backend::database_error)
-    }
-
-    /// Whether the database reported a unique-key violation.
-    pub fn is_unique_violation(&self) -> bool {
-        self.database_error()
-            .is_some_and(|database| database.is_unique_violation())
-    }
-}
+use crate::failure::Failure;
 
 /// Decides, given the built-in classification, whether to retry.
 pub type RetryPredicate = fn(&Failure<'_>) -> bool;
@@ -192,7 +105,7 @@ impl RetryPolicy {
         let cap = self.max_backoff.as_secs_f64();
         let nominal = grown.min(cap).max(0.0);
         // Rounding can carry a cap of `Duration::MAX` past it.
-        Duration::try_from_secs_f64((nominal * (0.5 + unit_random())).min(cap))
+        Duration::try_from_secs_f64((nominal * (0.5 + fastrand::f64())).min(cap))
             .unwrap_or(self.max_backoff)
     }
 
@@ -251,68 +164,6 @@ impl RetryOverrides {
         multiplier: None,
         predicate: None,
     };
-}
-
-/// An error and its sources, outermost first.
-pub(crate) fn chain<'a>(
-    error: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(error), |error| {
-        let error: &'a (dyn StdError + 'static) = *error;
-        error.source()
-    })
-}
-
-/// The retryable failure inside an error, looking through its whole
-/// `source()` chain and through covet-txn's own wrappers.
-pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-    chain(error).find_map(|error| {
-        if let Some(own) = error.downcast_ref::<Error>() {
-            return own.failure_kind();
-        }
-        backend::classify(error)
-    })
-}
-
-/// Whether running the call again is ruled out whatever a predicate says:
-/// after a COMMIT that may have gone through (a retry could commit twice),
-/// or once the call's deadline has passed.
-pub(crate) fn never_retried(error: &(dyn StdError + 'static)) -> bool {
-    chain(error).any(|error| {
-        matches!(
-            error.downcast_ref::<Error>(),
-            Some(Error::Timeout { .. })
-                | Some(Error::AmbiguousCommit {
-                    outcome: CommitOutcome::Unknown | CommitOutcome::Committed,
-                    ..
-                })
-        )
-    })
-}
-
-/// Builds the predicate's view of a failure.
-pub(crate) fn failure<'a>(error: &'a (dyn StdError + 'static), attempt: u32) -> Failure<'a> {
-    Failure {
-        error,
-        kind: classify(error),
-        attempt,
-    }
-}
-
-/// A uniform number in `[0, 1)` from a per-thread xorshift generator: jitter
-/// needs spread, not cryptographic quality, and no lock.
-pub(crate) fn unit_random() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{SavepointAction, SavepointName};
 use crate::context::{self, Frame};
+use crate::dialect::{SavepointAction, SavepointName};
 use crate::error::Error;
 
 /// A savepoint in the current transaction.
@@ -17,7 +17,7 @@ use crate::error::Error;
 /// stays until its transactional scope ends, which releases or rolls back
 /// everything inside it.
 ///
-/// ```no_run
+/// ```
 /// # async fn demo() -> Result<(), covet_txn::Error> {
 /// let before_import = covet_txn::named_savepoint("before_import").await?;
 /// # let import_failed = true;

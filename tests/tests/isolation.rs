@@ -34,8 +34,13 @@ each_backend! {
     }
 
     #[transactional(isolation = "read_committed")]
-    async fn nested_read_committed() -> Result<(), AppError> {
-        Ok(())
+    async fn nested_read_committed() -> Result<covet_txn::TxId, AppError> {
+        covet_txn::current().map(|info| info.id).ok_or(AppError::Refused("no transaction"))
+    }
+
+    #[transactional(read_only = true)]
+    async fn nested_read_only() -> Result<covet_txn::TxId, AppError> {
+        covet_txn::current().map(|info| info.id).ok_or(AppError::Refused("no transaction"))
     }
 
     #[transactional(isolation = "serializable")]
@@ -43,37 +48,47 @@ each_backend! {
         Ok(())
     }
 
-    #[transactional(read_only = true)]
-    async fn nested_read_only() -> Result<(), AppError> {
+    #[transactional(read_only = false)]
+    async fn nested_read_write() -> Result<(), AppError> {
         Ok(())
     }
 
     #[transactional(isolation = "SERIALIZABLE")]
     async fn outer_serializable() -> Result<(), AppError> {
-        let weaker = nested_read_committed().await;
+        let outer = covet_txn::current().map(|info| info.id);
+        // What the running transaction already gives joins it.
+        assert_eq!(nested_read_committed().await.ok(), outer, "a weaker level nests in it");
+        assert_eq!(nested_read_only().await.ok(), outer, "a read-only request nests in it");
+        nested_serializable().await?;
+        Ok(())
+    }
+
+    #[transactional(isolation = "read_committed", read_only = true)]
+    async fn outer_read_committed_read_only() -> Result<(), AppError> {
+        let stronger = nested_serializable().await;
         assert!(
             matches!(
-                weaker,
+                stronger,
                 Err(AppError::Tx(Error::IsolationMismatch {
-                    running: Some(Isolation::Serializable),
-                    requested: Isolation::ReadCommitted
+                    running: Some(Isolation::ReadCommitted),
+                    requested: Isolation::Serializable
                 }))
             ),
-            "{weaker:?}"
+            "{stronger:?}"
         );
-        nested_serializable().await?;
-        let read_only = nested_read_only().await;
-        assert!(
-            matches!(read_only, Err(AppError::Tx(Error::AccessModeMismatch { requested_read_only: true }))),
-            "{read_only:?}"
-        );
+        let writer = nested_read_write().await;
+        assert!(matches!(writer, Err(AppError::Tx(Error::AccessModeMismatch))), "{writer:?}");
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_nested_call_asking_for_another_isolation_or_access_mode_is_an_error() {
+    async fn a_nested_call_joins_what_satisfies_it_and_is_refused_what_does_not() {
         let Some(manager) = manager("iso_nested", 1).await else { return };
         manager.scope(outer_serializable()).await.expect("the outer commits");
+        if BACKEND != "sqlite" {
+            // SQLite is always serializable: every level is satisfied there.
+            manager.scope(outer_read_committed_read_only()).await.expect("the outer commits");
+        }
     }
 }
 

@@ -1,39 +1,30 @@
-//! The one trait behind which every database difference lives.
+//! The drivers: how each wire protocol sqlx speaks runs the SQL a dialect
+//! writes, in as few requests as it allows, and how a connection whose
+//! future was dropped mid-statement is brought back. One file per backend,
+//! holding its driver and its built-in dialect; nothing outside this folder
+//! matches on the database.
 //!
-//! A backend module owns its SQL (how to begin at an isolation level, how to
-//! end, what a savepoint statement looks like) and what to do with a
-//! connection whose transaction was abandoned mid-way. Nothing outside
-//! `backend/` matches on the database.
+//! The driver trait is sealed and implemented for sqlx's PostgreSQL, MySQL
+//! and SQLite types only; what varies between databases that share a driver
+//! is the dialect's business (`dialect`).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 
-use crate::error::CommitOutcome;
-use crate::retry::FailureKind;
-
-use crate::options::Access;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-use crate::options::Isolation;
+use crate::dialect::{Dialect, SavepointAction};
+use crate::error::Error;
+use crate::failure::{self, CommitOutcome, FailureKind};
 
 #[cfg(feature = "mysql")]
-mod mysql;
+pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
-
-/// A database covet-txn can run transactions on: [`sqlx::Postgres`],
-/// [`sqlx::MySql`] (also MariaDB) and [`sqlx::Sqlite`], each behind its cargo
-/// feature.
-///
-/// The trait is sealed: its methods are the runtime's business.
-pub trait Backend: sqlx::Database + sealed::BackendOps {}
-
-impl<DB: sqlx::Database + sealed::BackendOps> Backend for DB {}
+pub(crate) mod sqlite;
 
 /// The statement that puts back the session settings a transaction's BEGIN
 /// changed, if it changed any.
@@ -47,187 +38,147 @@ pub struct InFlightCommit {
     pub(crate) token: Option<String>,
 }
 
-/// Which savepoint a statement is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SavepointName<'a> {
-    /// The savepoint of the nested scope at this depth (2 for the first).
-    Scope(u32),
-    /// A savepoint the user created by hand, by its checked name.
-    Named(&'a str),
+/// A driver: one of sqlx's databases, as the runtime talks to it.
+pub trait Driver: sqlx::Database + Sized {
+    /// The dialect a manager uses unless its builder names another.
+    fn default_dialect() -> Arc<dyn Dialect<Self>>;
+
+    /// Sends trusted SQL in one request over the simple protocol.
+    fn execute<'c>(
+        conn: &'c mut Self::Connection,
+        sql: Cow<'static, str>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
+
+    /// Runs a dialect's probe and returns its one row of booleans.
+    fn probe<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'c;
+
+    /// Begins a transaction with the dialect's statement.
+    fn begin<'c>(
+        conn: &'c mut Self::Connection,
+        statement: Cow<'static, str>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        Self::execute(conn, statement)
+    }
+
+    /// Commits (`commit`) or rolls back with the dialect's `statement`, then
+    /// runs `restore`. `Err`: the statement itself failed; `Ok(false)`: it
+    /// succeeded, but the session could not be restored.
+    fn end<'c>(
+        conn: &'c mut Self::Connection,
+        _commit: bool,
+        statement: &'static str,
+        restore: Restore,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'c {
+        async move {
+            Self::execute(conn, Cow::Borrowed(statement)).await?;
+            Ok(Self::restore(conn, restore).await)
+        }
+    }
+
+    /// Puts back the session settings a BEGIN changed; `false` if that
+    /// failed and the connection's settings are unknown.
+    fn restore<'c>(
+        conn: &'c mut Self::Connection,
+        restore: Restore,
+    ) -> impl Future<Output = bool> + Send + 'c {
+        async move {
+            match restore {
+                Some(sql) => Self::execute(conn, Cow::Borrowed(sql)).await.is_ok(),
+                None => true,
+            }
+        }
+    }
+
+    /// Runs a nested scope's savepoint statement at `depth`.
+    fn scope_savepoint<'c>(
+        conn: &'c mut Self::Connection,
+        dialect: &dyn Dialect<Self>,
+        action: SavepointAction,
+        depth: u32,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        let sql = dialect.savepoint(action, crate::dialect::SavepointName::Scope(depth));
+        Self::execute(conn, sql)
+    }
+
+    /// Runs a query that returns one text value, with an optional text
+    /// parameter: the dialect's commit token and commit status.
+    fn fetch_text<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'static str,
+        parameter: Option<String>,
+    ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + 'c;
+
+    /// Asks, on a connection of `pool` (not the transaction's), what became
+    /// of the transaction `token` identifies.
+    fn resolve_commit(
+        pool: sqlx::Pool<Self>,
+        dialect: Arc<dyn Dialect<Self>>,
+        token: String,
+    ) -> impl Future<Output = CommitOutcome> + Send {
+        async move {
+            let Some(status_sql) = dialect.commit_status() else {
+                return CommitOutcome::Unknown;
+            };
+            // The killed connection may still be finishing: ask for a while.
+            for _ in 0..20 {
+                let Ok(mut conn) = pool.acquire().await else {
+                    return CommitOutcome::Unknown;
+                };
+                let status = Self::fetch_text(&mut conn, status_sql, Some(token.clone())).await;
+                match status.as_ref().map(Option::as_deref) {
+                    Ok(Some("committed")) => return CommitOutcome::Committed,
+                    Ok(Some("aborted")) => return CommitOutcome::Aborted,
+                    Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    Ok(None) | Err(_) => return CommitOutcome::Unknown,
+                }
+            }
+            CommitOutcome::Unknown
+        }
+    }
+
+    /// Brings back a connection whose future was dropped while a statement
+    /// was in flight: reads the server's answer to it (sqlx reads pending
+    /// replies before sending anything new), ends any transaction left
+    /// open, and restores the session. With `commit`, the statement in
+    /// flight was COMMIT, and the result says what became of it. `Err`: the
+    /// connection cannot be trusted and is closed.
+    fn recover<'c>(
+        conn: &'c mut Self::Connection,
+        dialect: &'c dyn Dialect<Self>,
+        restore: Restore,
+        commit: Option<InFlightCommit>,
+    ) -> impl Future<Output = Result<Option<CommitOutcome>, sqlx::Error>> + Send + 'c;
+
+    /// The error as a database error, if it is this driver's concrete error
+    /// type (a user's error may hold one without sqlx's wrapper).
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)>;
 }
 
-/// What a savepoint statement does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SavepointAction {
-    Create,
-    Release,
-    /// Roll back and keep the savepoint for another rollback.
-    RollbackTo,
-    /// Roll back and free the savepoint, as a scope does when it fails.
-    RollbackAndRelease,
-}
-
-pub(crate) mod sealed {
-    use super::*;
-
-    /// The per-database operations. Implemented once per backend module.
-    pub trait BackendOps: sqlx::Database + Sized {
-        /// The OpenTelemetry `db.system` name.
-        const SYSTEM: &'static str;
-
-        /// Whether a COMMIT that fails with the server's answer has always
-        /// ended the transaction, so that no ROLLBACK needs to follow.
-        const FAILED_COMMIT_ENDS_TRANSACTION: bool = false;
-
-        /// The statement (possibly several, sent as one request) that begins a
-        /// transaction with these options. With `server_timeout`, it also
-        /// bounds the server's statements and lock waits by that time.
-        fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str>;
-
-        /// Begins a transaction. Returns the statement that puts back the
-        /// session settings the BEGIN changed, to run when the transaction
-        /// ends, even if the BEGIN failed part-way; and the BEGIN's result.
-        fn begin<'c>(
-            conn: &'c mut Self::Connection,
-            options: &Access,
-            server_timeout: Option<Duration>,
-        ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
-            let sql = Self::begin_sql(options, server_timeout);
-            async move { (None, Self::execute(conn, sql).await) }
-        }
-
-        /// The retryable failure a database error stands for, if it is this
-        /// backend's error and a retryable one.
-        fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind>;
-
-        /// The error as a database error, if it is this backend's concrete
-        /// error type (a user's error may hold one without sqlx's wrapper).
-        fn as_database_error<'a>(
-            error: &'a (dyn StdError + 'static),
-        ) -> Option<&'a (dyn DatabaseError + 'static)>;
-
-        /// Something to identify the transaction by after its COMMIT was cut
-        /// off, taken just before COMMIT (one more statement).
-        fn commit_token(
-            _conn: &mut Self::Connection,
-        ) -> impl Future<Output = Result<Option<String>, sqlx::Error>> + Send + '_ {
-            std::future::ready(Ok(None))
-        }
-
-        /// Asks the server, on a fresh connection, what became of the
-        /// transaction `token` identifies.
-        fn resolve_commit(
-            _pool: &sqlx::Pool<Self>,
-            _token: &str,
-        ) -> impl Future<Output = CommitOutcome> + Send {
-            std::future::ready(CommitOutcome::Unknown)
-        }
-
-        /// The statement for a savepoint action. `name` is a validated
-        /// identifier, never raw user input.
-        fn savepoint_sql(action: SavepointAction, name: &str) -> String {
-            match action {
-                SavepointAction::Create => format!("SAVEPOINT {name}"),
-                SavepointAction::Release => format!("RELEASE SAVEPOINT {name}"),
-                SavepointAction::RollbackTo => format!("ROLLBACK TO SAVEPOINT {name}"),
-                // Rolling back keeps the savepoint alive on every server; releasing
-                // it in the same request frees it without another round trip.
-                SavepointAction::RollbackAndRelease => {
-                    format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
-                }
-            }
-        }
-
-        /// Commits the transaction and runs `restore`. `Err`: COMMIT failed;
-        /// `Ok(false)`: it committed, but the session could not be restored.
-        fn commit(
-            conn: &mut Self::Connection,
-            restore: Restore,
-        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
-            async move {
-                Self::execute(conn, Cow::Borrowed("COMMIT")).await?;
-                Ok(Self::restore(conn, restore).await)
-            }
-        }
-
-        /// Rolls the transaction back (succeeding when none is open) and runs
-        /// `restore`, as `commit` does.
-        fn rollback(
-            conn: &mut Self::Connection,
-            restore: Restore,
-        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
-            async move {
-                Self::execute(conn, Cow::Borrowed("ROLLBACK")).await?;
-                Ok(Self::restore(conn, restore).await)
-            }
-        }
-
-        /// Puts back the session settings a BEGIN changed; `false` if that
-        /// failed and the connection's settings are unknown.
-        fn restore(
-            conn: &mut Self::Connection,
-            restore: Restore,
-        ) -> impl Future<Output = bool> + Send + '_ {
-            async move {
-                match restore {
-                    Some(sql) => Self::execute(conn, Cow::Borrowed(sql)).await.is_ok(),
-                    None => true,
-                }
-            }
-        }
-
-        /// Runs a nested scope's savepoint statement.
-        fn scope_savepoint(
-            conn: &mut Self::Connection,
-            action: SavepointAction,
-            depth: u32,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-            let name = format!("covet_sp_{depth}");
-            Self::execute(conn, Cow::Owned(Self::savepoint_sql(action, &name)))
-        }
-
-        /// Sends trusted SQL in one request over the simple protocol.
-        fn execute<'c>(
-            conn: &'c mut Self::Connection,
-            sql: Cow<'static, str>,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
-
-        /// Rolls back and restores the session, as the last step of
-        /// `recover`: a session that could not be restored is an error.
-        fn roll_back_cleanly(
-            conn: &mut Self::Connection,
-            restore: Restore,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
-            async move {
-                if Self::rollback(conn, restore).await? {
-                    Ok(())
-                } else {
-                    Err(sqlx::Error::Protocol(
-                        "the session's settings could not be put back".to_owned(),
-                    ))
-                }
-            }
-        }
-
-        /// Brings back a connection whose future was dropped while a
-        /// statement was in flight: reads the server's answer to it (sqlx
-        /// reads pending replies before sending anything new), ends any
-        /// transaction left open, and restores the session. With `commit`,
-        /// the statement in flight was COMMIT, and the result says what
-        /// became of it. `Err`: the connection cannot be trusted and is
-        /// closed.
-        fn recover(
-            conn: &mut Self::Connection,
-            restore: Restore,
-            commit: Option<InFlightCommit>,
-        ) -> impl Future<Output = Result<Option<CommitOutcome>, sqlx::Error>> + Send + '_;
+/// Rolls back and restores the session, as the last step of a recovery: a
+/// session that could not be restored is an error.
+pub(crate) async fn roll_back_cleanly<DB: Driver>(
+    conn: &mut DB::Connection,
+    dialect: &dyn Dialect<DB>,
+    restore: Restore,
+) -> Result<(), sqlx::Error> {
+    if DB::end(conn, false, dialect.rollback(), restore).await? {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(
+            "the session's settings could not be put back".to_owned(),
+        ))
     }
 }
 
 /// The database error one link of an error chain holds, in any of the
 /// shapes it takes there: a `sqlx::Error`, the `Box<dyn DatabaseError>` that
 /// `sqlx::Error::source()` yields (which is what an `#[error(transparent)]`
-/// wrapper forwards to), or a backend's concrete error type.
+/// wrapper forwards to), or a driver's concrete error type.
 pub(crate) fn database_error<'a>(
     error: &'a (dyn StdError + 'static),
 ) -> Option<&'a (dyn DatabaseError + 'static)> {
@@ -238,66 +189,59 @@ pub(crate) fn database_error<'a>(
         return Some(&**boxed);
     }
     #[cfg(feature = "postgres")]
-    if let Some(database) = <sqlx::Postgres as sealed::BackendOps>::as_database_error(error) {
+    if let Some(database) = <sqlx::Postgres as Driver>::as_database_error(error) {
         return Some(database);
     }
     #[cfg(feature = "mysql")]
-    if let Some(database) = <sqlx::MySql as sealed::BackendOps>::as_database_error(error) {
+    if let Some(database) = <sqlx::MySql as Driver>::as_database_error(error) {
         return Some(database);
     }
     #[cfg(feature = "sqlite")]
-    if let Some(database) = <sqlx::Sqlite as sealed::BackendOps>::as_database_error(error) {
+    if let Some(database) = <sqlx::Sqlite as Driver>::as_database_error(error) {
         return Some(database);
     }
     None
 }
 
-/// The retryable failure one link of an error chain stands for: a database
-/// error of any compiled-in backend, or a lost connection.
-pub(crate) fn classify(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-    if let Some(database) = database_error(error) {
-        return classify_database(database);
-    }
-    match error.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed) => {
-            Some(FailureKind::ConnectionLost)
+/// The database error anywhere in an error's `source()` chain.
+pub(crate) fn find_database_error<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a (dyn DatabaseError + 'static)> {
+    failure::chain(error).find_map(database_error)
+}
+
+/// The retryable failure inside an error, as `dialect` classifies database
+/// errors, looking through the error's whole `source()` chain: a database
+/// error in any shape, a lost connection, or one of covet-txn's own errors
+/// that stands for one.
+pub(crate) fn classify<DB: sqlx::Database>(
+    dialect: &dyn Dialect<DB>,
+    error: &(dyn StdError + 'static),
+) -> Option<FailureKind> {
+    failure::chain(error).find_map(|link| {
+        if let Some(kind) = link
+            .downcast_ref::<Error>()
+            .and_then(Error::own_failure_kind)
+        {
+            return Some(kind);
         }
-        Some(_) => None,
-        None => error
-            .downcast_ref::<std::io::Error>()
-            .map(|_| FailureKind::ConnectionLost),
-    }
+        if let Some(database) = database_error(link) {
+            return dialect.classify(database);
+        }
+        match link.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed) => {
+                Some(FailureKind::ConnectionLost)
+            }
+            Some(_) => None,
+            None => link
+                .downcast_ref::<std::io::Error>()
+                .map(|_| FailureKind::ConnectionLost),
+        }
+    })
 }
-
-fn classify_database(database: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
-    #[cfg(feature = "postgres")]
-    if let Some(kind) = <sqlx::Postgres as sealed::BackendOps>::classify(database) {
-        return Some(kind);
-    }
-    #[cfg(feature = "mysql")]
-    if let Some(kind) = <sqlx::MySql as sealed::BackendOps>::classify(database) {
-        return Some(kind);
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(kind) = <sqlx::Sqlite as sealed::BackendOps>::classify(database) {
-        return Some(kind);
-    }
-    None
-}
-
-/// How long the server may keep working past the client's deadline: the
-/// client gives up first and reports a timeout, and the server stops
-/// shortly after, freeing the transaction's locks.
-pub(crate) const SERVER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
-
-/// The longest server-side timeout set: PostgreSQL's `statement_timeout` is
-/// a 32-bit count of milliseconds (about 24.8 days). A deadline further away
-/// is left to the client alone.
-pub(crate) const SERVER_TIMEOUT_LIMIT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// Runs `sql` through sqlx's raw-SQL path, the one that sends several
 /// statements in one request and logs them like any other statement.
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub(crate) async fn execute_raw<'c, DB>(
     conn: &'c mut DB::Connection,
     sql: Cow<'static, str>,
@@ -315,16 +259,21 @@ where
 
 /// The access-mode clause PostgreSQL and MySQL share.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn access_clause(options: &Access) -> &'static str {
-    match options.read_only {
+pub(crate) fn access_clause(read_only: Option<bool>) -> &'static str {
+    match read_only {
         Some(true) => " READ ONLY",
         Some(false) => " READ WRITE",
         None => "",
     }
 }
 
-/// The isolation level written for SQL, if one was asked for.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn isolation_sql(options: &Access) -> Option<&'static str> {
-    options.isolation.map(Isolation::sql)
-}
+/// How long the server may keep working past the client's deadline: the
+/// client gives up first and reports a timeout, and the server stops
+/// shortly after, freeing the transaction's locks.
+pub(crate) const SERVER_TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest server-side timeout set: PostgreSQL's `statement_timeout` is
+/// a 32-bit count of milliseconds (about 24.8 days). A deadline further away
+/// is left to the client alone.
+pub(crate) const SERVER_TIMEOUT_LIMIT: std::time::Duration =
+    std::time::Duration::from_millis(i32::MAX as u64);

@@ -1,85 +1,75 @@
 //! MySQL and MariaDB: `START TRANSACTION` has no isolation clause, so the
-//! level is set by `SET TRANSACTION` sent in the same request, which costs no
-//! extra round trip.
+//! level is set by `SET TRANSACTION` in the same request; a deadline sets
+//! session timeouts in that request too, after keeping the session's own
+//! values, which the COMMIT or ROLLBACK request puts back.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt::Write;
-use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
+use futures_util::TryStreamExt;
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
-use sqlx::{MySql, MySqlConnection};
+use sqlx::{MySql, MySqlConnection, Row};
 
-use super::sealed::BackendOps;
-use super::{InFlightCommit, Restore, access_clause, execute_raw, isolation_sql};
-use crate::error::CommitOutcome;
-use crate::options::Access;
-use crate::retry::FailureKind;
+use super::{Driver, InFlightCommit, Restore, access_clause, execute_raw, roll_back_cleanly};
+use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use crate::failure::{CommitOutcome, FailureKind};
+use crate::options::Isolation;
 
-impl BackendOps for MySql {
-    const SYSTEM: &'static str = "mysql";
+/// MySQL's and MariaDB's rules: 1213 (deadlock), 1205 (lock wait timeout)
+/// and 1020 (a row changed under MariaDB's snapshot isolation) are retried,
+/// as are the codes of a killed or lost connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MySqlDialect;
 
-    fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str> {
-        let access = access_clause(options);
-        if server_timeout.is_none() && options.isolation.is_none() {
-            return if access.is_empty() {
-                Cow::Borrowed("START TRANSACTION")
-            } else {
-                Cow::Owned(format!("START TRANSACTION{access}"))
-            };
-        }
-        let mut sql = String::new();
-        if let Some(timeout) = server_timeout {
-            // Lock waits are bounded in whole seconds (at least 1); MariaDB
-            // also bounds each statement (`/*M!` is read by MariaDB only).
-            // The session's own values are kept in user variables first, so
-            // that the end of the transaction puts back what the pool set,
-            // not the server's defaults.
-            let lock_wait = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-            let _ = write!(
-                sql,
-                "SET @covet_lock_wait = @@SESSION.innodb_lock_wait_timeout \
-                 /*M!100100 , @covet_statement_time = @@SESSION.max_statement_time */; \
-                 SET SESSION innodb_lock_wait_timeout = {} \
-                 /*M!100100 , max_statement_time = {:.3} */; ",
-                lock_wait.max(1),
-                timeout.as_secs_f64()
-            );
-        }
-        if let Some(level) = isolation_sql(options) {
-            let _ = write!(sql, "SET TRANSACTION ISOLATION LEVEL {level}; ");
+/// Puts back the lock-wait and statement timeouts the session had before a
+/// transaction with a deadline began.
+const RESTORE_TIMEOUTS: &str = "SET SESSION innodb_lock_wait_timeout = @covet_lock_wait \
+     /*M!100100 , max_statement_time = @covet_statement_time */";
+
+impl Dialect<MySql> for MySqlDialect {
+    fn system(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn default_isolation(&self) -> Isolation {
+        Isolation::RepeatableRead
+    }
+
+    fn begin(&self, request: &BeginRequest, _probed: &[bool]) -> Begin {
+        let access = access_clause(request.access.read_only);
+        let (isolation, timeout) = (request.access.isolation, request.server_timeout);
+        let Some(timeout) = timeout else {
+            return Begin::plain(start_statement(isolation, request.access.read_only));
+        };
+        // Lock waits are bounded in whole seconds (at least 1); MariaDB also
+        // bounds each statement (`/*M!` is read by MariaDB only). The
+        // session's own values are kept in user variables first, so that the
+        // end of the transaction puts back what the pool set, not the
+        // server's defaults.
+        let lock_wait = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        let mut sql = format!(
+            "SET @covet_lock_wait = @@SESSION.innodb_lock_wait_timeout \
+             /*M!100100 , @covet_statement_time = @@SESSION.max_statement_time */; \
+             SET SESSION innodb_lock_wait_timeout = {} \
+             /*M!100100 , max_statement_time = {:.3} */; ",
+            lock_wait.max(1),
+            timeout.as_secs_f64()
+        );
+        if let Some(level) = isolation {
+            let _ = write!(sql, "SET TRANSACTION ISOLATION LEVEL {}; ", level.sql());
         }
         let _ = write!(sql, "START TRANSACTION{access}");
-        Cow::Owned(sql)
+        Begin::restoring(sql, RESTORE_TIMEOUTS)
     }
 
-    fn begin<'c>(
-        conn: &'c mut MySqlConnection,
-        options: &Access,
-        server_timeout: Option<Duration>,
-    ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
-        let sql = Self::begin_sql(options, server_timeout);
-        let restore = server_timeout.map(|_| RESTORE_TIMEOUTS);
-        async move { (restore, Self::execute(conn, sql).await) }
+    fn savepoint(&self, action: SavepointAction, name: SavepointName<'_>) -> Cow<'static, str> {
+        crate::dialect::standard_savepoint(action, name)
     }
 
-    fn commit(
-        conn: &mut MySqlConnection,
-        restore: Restore,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
-        end(conn, restore, "COMMIT", COMMIT_AND_RESTORE)
-    }
-
-    fn rollback(
-        conn: &mut MySqlConnection,
-        restore: Restore,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + '_ {
-        end(conn, restore, "ROLLBACK", ROLLBACK_AND_RESTORE)
-    }
-
-    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+    fn classify(&self, error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
         let database = error.try_downcast_ref::<MySqlDatabaseError>()?;
         match database.number() {
             1213 => Some(FailureKind::Deadlock),
@@ -91,13 +81,32 @@ impl BackendOps for MySql {
             _ => None,
         }
     }
+}
 
-    fn as_database_error<'a>(
-        error: &'a (dyn StdError + 'static),
-    ) -> Option<&'a (dyn DatabaseError + 'static)> {
-        error
-            .downcast_ref::<MySqlDatabaseError>()
-            .map(|database| database as &(dyn DatabaseError + 'static))
+/// `START TRANSACTION` with the isolation level and access mode, in one
+/// request, without building a string for any combination.
+fn start_statement(isolation: Option<Isolation>, read_only: Option<bool>) -> &'static str {
+    macro_rules! start {
+        ($($level:literal)?) => {
+            match access_clause(read_only) {
+                " READ ONLY" => concat!($("SET TRANSACTION ISOLATION LEVEL ", $level, "; ",)? "START TRANSACTION READ ONLY"),
+                " READ WRITE" => concat!($("SET TRANSACTION ISOLATION LEVEL ", $level, "; ",)? "START TRANSACTION READ WRITE"),
+                _ => concat!($("SET TRANSACTION ISOLATION LEVEL ", $level, "; ",)? "START TRANSACTION"),
+            }
+        };
+    }
+    match isolation {
+        None => start!(),
+        Some(Isolation::ReadUncommitted) => start!("READ UNCOMMITTED"),
+        Some(Isolation::ReadCommitted) => start!("READ COMMITTED"),
+        Some(Isolation::RepeatableRead) => start!("REPEATABLE READ"),
+        Some(Isolation::Serializable) => start!("SERIALIZABLE"),
+    }
+}
+
+impl Driver for MySql {
+    fn default_dialect() -> Arc<dyn Dialect<MySql>> {
+        Arc::new(MySqlDialect)
     }
 
     fn execute<'c>(
@@ -107,8 +116,53 @@ impl BackendOps for MySql {
         execute_raw::<MySql>(conn, sql)
     }
 
+    async fn probe(
+        conn: &mut MySqlConnection,
+        sql: &'static str,
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let row = sqlx::query(sql).fetch_one(conn).await?;
+        (0..row.len()).map(|column| row.try_get(column)).collect()
+    }
+
+    // The restore joins the end in one request. MySQL stops a
+    // multi-statement request at its first error, so an error in the first
+    // result is the end's own; one after it, the restore's.
+    async fn end(
+        conn: &mut MySqlConnection,
+        _commit: bool,
+        statement: &'static str,
+        restore: Restore,
+    ) -> Result<bool, sqlx::Error> {
+        let Some(restore) = restore else {
+            return execute_raw::<MySql>(conn, Cow::Borrowed(statement))
+                .await
+                .map(|()| true);
+        };
+        let both = format!("{statement}; {restore}");
+        let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(both)).execute_many(conn);
+        results.try_next().await?;
+        let rest = async {
+            while results.try_next().await?.is_some() {}
+            Ok::<(), sqlx::Error>(())
+        };
+        Ok(rest.await.is_ok())
+    }
+
+    async fn fetch_text(
+        conn: &mut MySqlConnection,
+        sql: &'static str,
+        parameter: Option<String>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let mut query = sqlx::query_scalar(sql);
+        if let Some(parameter) = parameter {
+            query = query.bind(parameter);
+        }
+        query.fetch_one(conn).await
+    }
+
     async fn recover(
         conn: &mut MySqlConnection,
+        dialect: &dyn Dialect<MySql>,
         restore: Restore,
         commit: Option<InFlightCommit>,
     ) -> Result<Option<CommitOutcome>, sqlx::Error> {
@@ -117,55 +171,42 @@ impl BackendOps for MySql {
         // closes the connection; a tagged query at the end proves that each
         // answer was matched to its own request.
         sqlx::Connection::ping(&mut *conn).await?;
-        Self::roll_back_cleanly(conn, restore).await?;
-        let tag = crate::retry::unit_random().to_bits();
-        let echoed: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT '{tag}'")))
+        roll_back_cleanly(conn, dialect, restore).await?;
+        let tag = fastrand::u64(..).to_string();
+        let echoed = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT '{tag}'")))
             .fetch_one(&mut *conn)
             .await?;
-        if echoed != tag.to_string() {
+        if echoed.try_get::<String, _>(0)? != tag {
             return Err(sqlx::Error::Protocol(
                 "a recovered connection answered out of step".to_owned(),
             ));
         }
         Ok(commit.map(|_| CommitOutcome::Committed))
     }
-}
 
-/// Puts back the lock-wait and statement timeouts the session had before a
-/// transaction with a deadline began (a literal, to be joined to the end of
-/// the transaction in one request).
-macro_rules! restore_timeouts {
-    () => {
-        "SET SESSION innodb_lock_wait_timeout = @covet_lock_wait \
-         /*M!100100 , max_statement_time = @covet_statement_time */"
-    };
-}
-
-const RESTORE_TIMEOUTS: &str = restore_timeouts!();
-const COMMIT_AND_RESTORE: &str = concat!("COMMIT; ", restore_timeouts!());
-const ROLLBACK_AND_RESTORE: &str = concat!("ROLLBACK; ", restore_timeouts!());
-
-/// Ends the transaction with `end`, and restores the session in the same
-/// request when there is something to restore (`both` is the two together).
-/// MySQL stops a multi-statement request at its first error, so an error in
-/// the first result is the end's own; one after it, the restore's.
-async fn end(
-    conn: &mut MySqlConnection,
-    restore: Restore,
-    end: &'static str,
-    both: &'static str,
-) -> Result<bool, sqlx::Error> {
-    use futures_util::TryStreamExt;
-    if restore.is_none() {
-        return execute_raw::<MySql>(conn, Cow::Borrowed(end))
-            .await
-            .map(|()| true);
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<MySqlDatabaseError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
-    let mut results = sqlx::raw_sql(both).execute_many(conn);
-    results.try_next().await?;
-    let rest = async {
-        while results.try_next().await?.is_some() {}
-        Ok::<(), sqlx::Error>(())
-    };
-    Ok(rest.await.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isolation_level_rides_in_the_start_request() {
+        assert_eq!(start_statement(None, None), "START TRANSACTION");
+        assert_eq!(
+            start_statement(None, Some(true)),
+            "START TRANSACTION READ ONLY"
+        );
+        assert_eq!(
+            start_statement(Some(Isolation::Serializable), None),
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION"
+        );
+    }
 }

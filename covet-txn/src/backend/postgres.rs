@@ -1,47 +1,53 @@
-//! PostgreSQL: the isolation level and access mode go into the BEGIN itself,
-//! so every transaction begins in one statement.
+//! PostgreSQL: the isolation level, the access mode and the server-side
+//! timeouts all go into the BEGIN request itself (`SET LOCAL` ends with the
+//! transaction, so nothing is left to restore), and a COMMIT that fails
+//! always ends the transaction.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
-use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, Postgres, Row};
 
-use super::sealed::BackendOps;
-use super::{InFlightCommit, Restore, access_clause, execute_raw, isolation_sql};
-use crate::error::CommitOutcome;
-use crate::options::Access;
-use crate::retry::FailureKind;
+use super::{Driver, InFlightCommit, Restore, access_clause, execute_raw, roll_back_cleanly};
+use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use crate::failure::{CommitOutcome, FailureKind};
+use crate::options::Isolation;
 
-impl BackendOps for Postgres {
-    const SYSTEM: &'static str = "postgresql";
+/// PostgreSQL's rules: SQLSTATE 40001 and 40P01 are retried, as are the
+/// codes of a connection the server ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostgresDialect;
 
-    // PostgreSQL ends the transaction whatever COMMIT answers.
-    const FAILED_COMMIT_ENDS_TRANSACTION: bool = true;
+impl Dialect<Postgres> for PostgresDialect {
+    fn system(&self) -> &'static str {
+        "postgresql"
+    }
 
-    fn begin_sql(options: &Access, server_timeout: Option<Duration>) -> Cow<'static, str> {
-        let access = access_clause(options);
-        let begin = match isolation_sql(options) {
-            None if access.is_empty() => Cow::Borrowed("BEGIN"),
-            None => Cow::Owned(format!("BEGIN{access}")),
-            Some(level) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level}{access}")),
-        };
-        match server_timeout {
-            // `SET LOCAL` ends with the transaction: nothing to restore.
+    fn default_isolation(&self) -> Isolation {
+        Isolation::ReadCommitted
+    }
+
+    fn begin(&self, request: &BeginRequest, _probed: &[bool]) -> Begin {
+        let begin = begin_statement(request.access.isolation, request.access.read_only);
+        match request.server_timeout {
             Some(timeout) => {
                 let millis = timeout.as_millis().max(1);
-                Cow::Owned(format!(
+                Begin::plain(format!(
                     "{begin}; SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
                 ))
             }
-            None => begin,
+            None => Begin::plain(begin),
         }
     }
 
-    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+    fn savepoint(&self, action: SavepointAction, name: SavepointName<'_>) -> Cow<'static, str> {
+        crate::dialect::standard_savepoint(action, name)
+    }
+
+    fn classify(&self, error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
         let database = error.try_downcast_ref::<PgDatabaseError>()?;
         match database.code() {
             "40001" => Some(FailureKind::SerializationFailure),
@@ -54,33 +60,44 @@ impl BackendOps for Postgres {
         }
     }
 
-    async fn commit_token(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
-        let id: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
-            .fetch_one(conn)
-            .await?;
-        Ok(Some(id))
+    // PostgreSQL ends the transaction whatever COMMIT answers.
+    fn failed_commit_ends_transaction(&self) -> bool {
+        true
     }
 
-    async fn resolve_commit(pool: &sqlx::Pool<Postgres>, token: &str) -> CommitOutcome {
-        // The killed backend may still be finishing: ask for a while.
-        for _ in 0..20 {
-            let status = xact_status(pool, token).await;
-            match status.as_ref().map(Option::as_deref) {
-                Ok(Some("committed")) => return CommitOutcome::Committed,
-                Ok(Some("aborted")) => return CommitOutcome::Aborted,
-                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Ok(None) | Err(_) => return CommitOutcome::Unknown,
+    fn commit_token(&self) -> Option<&'static str> {
+        Some("SELECT pg_current_xact_id()::text")
+    }
+
+    fn commit_status(&self) -> Option<&'static str> {
+        Some("SELECT pg_xact_status($1::xid8)")
+    }
+}
+
+/// `BEGIN` with the isolation level and access mode, without building a
+/// string for any combination.
+fn begin_statement(isolation: Option<Isolation>, read_only: Option<bool>) -> &'static str {
+    macro_rules! begin {
+        ($($level:literal)?) => {
+            match access_clause(read_only) {
+                " READ ONLY" => concat!("BEGIN", $(" ISOLATION LEVEL ", $level,)? " READ ONLY"),
+                " READ WRITE" => concat!("BEGIN", $(" ISOLATION LEVEL ", $level,)? " READ WRITE"),
+                _ => concat!("BEGIN", $(" ISOLATION LEVEL ", $level)?),
             }
-        }
-        CommitOutcome::Unknown
+        };
     }
+    match isolation {
+        None => begin!(),
+        Some(Isolation::ReadUncommitted) => begin!("READ UNCOMMITTED"),
+        Some(Isolation::ReadCommitted) => begin!("READ COMMITTED"),
+        Some(Isolation::RepeatableRead) => begin!("REPEATABLE READ"),
+        Some(Isolation::Serializable) => begin!("SERIALIZABLE"),
+    }
+}
 
-    fn as_database_error<'a>(
-        error: &'a (dyn StdError + 'static),
-    ) -> Option<&'a (dyn DatabaseError + 'static)> {
-        error
-            .downcast_ref::<PgDatabaseError>()
-            .map(|database| database as &(dyn DatabaseError + 'static))
+impl Driver for Postgres {
+    fn default_dialect() -> Arc<dyn Dialect<Postgres>> {
+        Arc::new(PostgresDialect)
     }
 
     fn execute<'c>(
@@ -90,8 +107,26 @@ impl BackendOps for Postgres {
         execute_raw::<Postgres>(conn, sql)
     }
 
+    async fn probe(conn: &mut PgConnection, sql: &'static str) -> Result<Vec<bool>, sqlx::Error> {
+        let row = sqlx::query(sql).fetch_one(conn).await?;
+        (0..row.len()).map(|column| row.try_get(column)).collect()
+    }
+
+    async fn fetch_text(
+        conn: &mut PgConnection,
+        sql: &'static str,
+        parameter: Option<String>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let mut query = sqlx::query_scalar(sql);
+        if let Some(parameter) = parameter {
+            query = query.bind(parameter);
+        }
+        query.fetch_one(conn).await
+    }
+
     async fn recover(
         conn: &mut PgConnection,
+        dialect: &dyn Dialect<Postgres>,
         restore: Restore,
         commit: Option<InFlightCommit>,
     ) -> Result<Option<CommitOutcome>, sqlx::Error> {
@@ -111,25 +146,48 @@ impl BackendOps for Postgres {
         // A COMMIT answered without an error may still have been a quiet
         // ROLLBACK of a transaction that an error had aborted; the id taken
         // before COMMIT tells.
-        let outcome = match commit.as_ref().and_then(|commit| commit.token.as_deref()) {
-            Some(token) => match xact_status(&mut *conn, token).await?.as_deref() {
-                Some("committed") => CommitOutcome::Committed,
-                Some("aborted") => CommitOutcome::Aborted,
-                _ => CommitOutcome::Unknown,
-            },
-            None => answered,
+        let token = commit.as_ref().and_then(|commit| commit.token.clone());
+        let outcome = match (token, dialect.commit_status()) {
+            (Some(token), Some(status)) => {
+                match Self::fetch_text(conn, status, Some(token))
+                    .await?
+                    .as_deref()
+                {
+                    Some("committed") => CommitOutcome::Committed,
+                    Some("aborted") => CommitOutcome::Aborted,
+                    _ => CommitOutcome::Unknown,
+                }
+            }
+            _ => answered,
         };
-        Self::roll_back_cleanly(conn, restore).await?;
+        roll_back_cleanly(conn, dialect, restore).await?;
         Ok(commit.map(|_| outcome))
+    }
+
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<PgDatabaseError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
 }
 
-async fn xact_status(
-    executor: impl sqlx::PgExecutor<'_>,
-    token: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_xact_status($1::xid8)")
-        .bind(token)
-        .fetch_one(executor)
-        .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_carries_isolation_and_access_in_one_statement() {
+        assert_eq!(begin_statement(None, None), "BEGIN");
+        assert_eq!(begin_statement(None, Some(true)), "BEGIN READ ONLY");
+        assert_eq!(
+            begin_statement(Some(Isolation::Serializable), Some(false)),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE"
+        );
+        assert_eq!(
+            begin_statement(Some(Isolation::RepeatableRead), None),
+            "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        );
+    }
 }

@@ -1,98 +1,91 @@
-//! SQLite: one writer at a time and always serializable. Writing transactions
-//! that ask for `serializable` take the write lock up front (`BEGIN
-//! IMMEDIATE`), because a deferred transaction that reads and then writes
-//! fails with `SQLITE_BUSY` under contention whatever the busy timeout.
-//! Read-only and read-uncommitted are connection pragmas, restored at the end.
+//! SQLite: one writer at a time and always serializable. Writing
+//! transactions that ask for `serializable` take the write lock up front
+//! (`BEGIN IMMEDIATE`), because a deferred transaction that reads and then
+//! writes fails with `SQLITE_BUSY` under contention whatever the busy
+//! timeout. Read-only and read-uncommitted are connection pragmas, which the
+//! pool may have set itself: they are read first and changed only where they
+//! differ.
 //!
-//! BEGIN, COMMIT and ROLLBACK go through sqlx's own transaction manager: the
-//! connection's worker thread then knows a transaction is open, rolls back a
-//! BEGIN whose answer nobody waits for, and runs these as dedicated commands
-//! (cheaper than a prepared statement each).
+//! BEGIN, COMMIT, ROLLBACK and nested scopes' savepoints go through sqlx's
+//! own transaction manager: the connection's worker thread then knows a
+//! transaction is open, rolls back a BEGIN whose answer nobody waits for,
+//! and runs these as dedicated commands (cheaper than a prepared statement
+//! each).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
-use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{SqliteError, SqliteTransactionManager};
-use sqlx::{SqlSafeStr, Sqlite, SqliteConnection};
+use sqlx::{Row, SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
-use super::sealed::BackendOps;
-use super::{InFlightCommit, Restore, SavepointAction, execute_raw};
-use crate::error::CommitOutcome;
-use crate::options::{Access, Isolation};
-use crate::retry::FailureKind;
+use super::{Driver, InFlightCommit, Restore, execute_raw, roll_back_cleanly};
+use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use crate::failure::{CommitOutcome, FailureKind};
+use crate::options::Isolation;
 
-impl BackendOps for Sqlite {
-    const SYSTEM: &'static str = "sqlite";
+/// SQLite's rules: `SQLITE_BUSY`, `SQLITE_LOCKED` and their extended codes
+/// are retried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqliteDialect;
 
-    // SQLite runs in-process: there is no server to stop at the deadline.
-    // The pragmas a read-only or read-uncommitted transaction needs are set
-    // by `begin`, which knows whether the connection already has them.
-    fn begin_sql(options: &Access, _server_timeout: Option<Duration>) -> Cow<'static, str> {
-        let read_only = options.read_only == Some(true);
-        Cow::Borrowed(match (options.isolation, read_only) {
-            (Some(Isolation::Serializable), false) => "BEGIN IMMEDIATE",
-            _ => "BEGIN DEFERRED",
-        })
+/// Reads the two pragmas a transaction may switch on.
+const READ_PRAGMAS: &str = "SELECT (SELECT query_only FROM pragma_query_only()), \
+     (SELECT read_uncommitted FROM pragma_read_uncommitted())";
+
+impl Dialect<Sqlite> for SqliteDialect {
+    fn system(&self) -> &'static str {
+        "sqlite"
     }
 
-    // `query_only` and `read_uncommitted` are connection state, which the
-    // pool may have set itself: they are read first (one more trip to the
-    // worker, only for transactions that need them), switched on only where
-    // they are off, and switched back off after the transaction.
-    fn begin<'c>(
-        conn: &'c mut SqliteConnection,
-        options: &Access,
-        server_timeout: Option<Duration>,
-    ) -> impl Future<Output = (Restore, Result<(), sqlx::Error>)> + Send + 'c {
-        let wants_query_only = options.read_only == Some(true);
-        let wants_uncommitted = options.isolation == Some(Isolation::ReadUncommitted);
-        let plain = Self::begin_sql(options, server_timeout);
-        async move {
-            let (set_query_only, set_uncommitted) = if wants_query_only || wants_uncommitted {
-                let current: Result<(bool, bool), sqlx::Error> = sqlx::query_as(
-                    "SELECT (SELECT query_only FROM pragma_query_only()), \
-                     (SELECT read_uncommitted FROM pragma_read_uncommitted())",
-                )
-                .fetch_one(&mut *conn)
-                .await;
-                match current {
-                    Ok((query_only, uncommitted)) => (
-                        wants_query_only && !query_only,
-                        wants_uncommitted && !uncommitted,
-                    ),
-                    Err(error) => return (None, Err(error)),
-                }
-            } else {
-                (false, false)
-            };
-            let (begin, restore) = match (set_query_only, set_uncommitted) {
-                (true, true) => (
-                    "PRAGMA query_only = ON; PRAGMA read_uncommitted = ON; BEGIN DEFERRED"
-                        .into_sql_str(),
-                    Some("PRAGMA query_only = OFF; PRAGMA read_uncommitted = OFF"),
-                ),
-                (true, false) => (
-                    "PRAGMA query_only = ON; BEGIN DEFERRED".into_sql_str(),
-                    Some("PRAGMA query_only = OFF"),
-                ),
-                (false, true) => (
-                    "PRAGMA read_uncommitted = ON; BEGIN DEFERRED".into_sql_str(),
-                    Some("PRAGMA read_uncommitted = OFF"),
-                ),
-                (false, false) => (sql_str(plain), None),
-            };
-            (
-                restore,
-                SqliteTransactionManager::begin(conn, Some(begin)).await,
-            )
+    fn default_isolation(&self) -> Isolation {
+        Isolation::Serializable
+    }
+
+    // Only transactions that need a pragma pay the extra trip to the worker.
+    fn probe(&self, request: &BeginRequest) -> Option<&'static str> {
+        let access = request.access;
+        (access.read_only == Some(true) || access.isolation == Some(Isolation::ReadUncommitted))
+            .then_some(READ_PRAGMAS)
+    }
+
+    // SQLite runs in-process: there is no server to stop at the deadline.
+    fn begin(&self, request: &BeginRequest, probed: &[bool]) -> Begin {
+        let access = request.access;
+        let query_only_on = probed.first().copied().unwrap_or(false);
+        let uncommitted_on = probed.get(1).copied().unwrap_or(false);
+        let set_query_only = access.read_only == Some(true) && !query_only_on;
+        let set_uncommitted =
+            access.isolation == Some(Isolation::ReadUncommitted) && !uncommitted_on;
+        match (set_query_only, set_uncommitted) {
+            (true, true) => Begin::restoring(
+                "PRAGMA query_only = ON; PRAGMA read_uncommitted = ON; BEGIN DEFERRED",
+                "PRAGMA query_only = OFF; PRAGMA read_uncommitted = OFF",
+            ),
+            (true, false) => Begin::restoring(
+                "PRAGMA query_only = ON; BEGIN DEFERRED",
+                "PRAGMA query_only = OFF",
+            ),
+            (false, true) => Begin::restoring(
+                "PRAGMA read_uncommitted = ON; BEGIN DEFERRED",
+                "PRAGMA read_uncommitted = OFF",
+            ),
+            (false, false) => {
+                Begin::plain(match (access.isolation, access.read_only == Some(true)) {
+                    (Some(Isolation::Serializable), false) => "BEGIN IMMEDIATE",
+                    _ => "BEGIN DEFERRED",
+                })
+            }
         }
     }
 
-    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+    fn savepoint(&self, action: SavepointAction, name: SavepointName<'_>) -> Cow<'static, str> {
+        crate::dialect::standard_savepoint(action, name)
+    }
+
+    fn classify(&self, error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
         let database = error.try_downcast_ref::<SqliteError>()?;
         // SQLITE_BUSY, SQLITE_LOCKED and their extended codes: BUSY_RECOVERY,
         // LOCKED_SHAREDCACHE, BUSY_SNAPSHOT, LOCKED_VTAB, BUSY_TIMEOUT.
@@ -101,54 +94,11 @@ impl BackendOps for Sqlite {
             _ => None,
         }
     }
+}
 
-    // sqlx counts transaction levels per connection and ends only the
-    // innermost one per call: at depth 2, its "commit" is a RELEASE. A scope
-    // savepoint still open here (a nested scope cut off mid-way) must not
-    // turn the transaction's COMMIT into a RELEASE, nor its ROLLBACK into a
-    // ROLLBACK TO that leaves the transaction open on a pooled connection.
-    async fn commit(conn: &mut SqliteConnection, restore: Restore) -> Result<bool, sqlx::Error> {
-        if SqliteTransactionManager::get_transaction_depth(conn) > 1 {
-            return Err(sqlx::Error::InvalidArgument(
-                "a savepoint of this SQLite transaction is still open, so COMMIT would only \
-                 release it; the transaction was rolled back instead"
-                    .to_owned(),
-            ));
-        }
-        SqliteTransactionManager::commit(conn).await?;
-        Ok(Self::restore(conn, restore).await)
-    }
-
-    async fn rollback(conn: &mut SqliteConnection, restore: Restore) -> Result<bool, sqlx::Error> {
-        while SqliteTransactionManager::get_transaction_depth(conn) > 0 {
-            SqliteTransactionManager::rollback(conn).await?;
-        }
-        Ok(Self::restore(conn, restore).await)
-    }
-
-    // Nested scopes use sqlx's numbered savepoints, run by the worker as
-    // dedicated commands. A rolled-back savepoint stays on SQLite's stack
-    // until the transaction ends, which costs SQLite nothing.
-    async fn scope_savepoint(
-        conn: &mut SqliteConnection,
-        action: SavepointAction,
-        _depth: u32,
-    ) -> Result<(), sqlx::Error> {
-        match action {
-            SavepointAction::Create => SqliteTransactionManager::begin(conn, None).await,
-            SavepointAction::Release => SqliteTransactionManager::commit(conn).await,
-            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
-                SqliteTransactionManager::rollback(conn).await
-            }
-        }
-    }
-
-    fn as_database_error<'a>(
-        error: &'a (dyn StdError + 'static),
-    ) -> Option<&'a (dyn DatabaseError + 'static)> {
-        error
-            .downcast_ref::<SqliteError>()
-            .map(|database| database as &(dyn DatabaseError + 'static))
+impl Driver for Sqlite {
+    fn default_dialect() -> Arc<dyn Dialect<Sqlite>> {
+        Arc::new(SqliteDialect)
     }
 
     fn execute<'c>(
@@ -156,6 +106,88 @@ impl BackendOps for Sqlite {
         sql: Cow<'static, str>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
         execute_raw::<Sqlite>(conn, sql)
+    }
+
+    async fn probe(
+        conn: &mut SqliteConnection,
+        sql: &'static str,
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let row = sqlx::query(sql).fetch_one(conn).await?;
+        (0..row.len()).map(|column| row.try_get(column)).collect()
+    }
+
+    fn begin<'c>(
+        conn: &'c mut SqliteConnection,
+        statement: Cow<'static, str>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        let statement = match statement {
+            Cow::Borrowed(text) => text.into_sql_str(),
+            Cow::Owned(text) => sqlx::AssertSqlSafe(text).into_sql_str(),
+        };
+        SqliteTransactionManager::begin(conn, Some(statement))
+    }
+
+    // sqlx counts transaction levels per connection and ends only the
+    // innermost one per call: at depth 2, its "commit" is a RELEASE. A scope
+    // savepoint still open here (a nested scope cut off mid-way) must not
+    // turn the transaction's COMMIT into a RELEASE, nor its ROLLBACK into a
+    // ROLLBACK TO that leaves the transaction open on a pooled connection.
+    async fn end(
+        conn: &mut SqliteConnection,
+        commit: bool,
+        _statement: &'static str,
+        restore: Restore,
+    ) -> Result<bool, sqlx::Error> {
+        if commit {
+            if SqliteTransactionManager::get_transaction_depth(conn) > 1 {
+                return Err(sqlx::Error::InvalidArgument(
+                    "a savepoint of this SQLite transaction is still open, so COMMIT would only \
+                     release it; the transaction was rolled back instead"
+                        .to_owned(),
+                ));
+            }
+            SqliteTransactionManager::commit(conn).await?;
+        } else {
+            while SqliteTransactionManager::get_transaction_depth(conn) > 0 {
+                SqliteTransactionManager::rollback(conn).await?;
+            }
+        }
+        Ok(Self::restore(conn, restore).await)
+    }
+
+    // Nested scopes use sqlx's numbered savepoints, run by the worker as
+    // dedicated commands. A rolled-back savepoint stays on SQLite's stack
+    // until the transaction ends, which costs SQLite nothing. (Not an `async
+    // fn`: that would capture the dialect's borrow, which the trait's future
+    // may not hold.)
+    #[allow(clippy::manual_async_fn)]
+    fn scope_savepoint<'c>(
+        conn: &'c mut SqliteConnection,
+        _dialect: &dyn Dialect<Sqlite>,
+        action: SavepointAction,
+        _depth: u32,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        async move {
+            match action {
+                SavepointAction::Create => SqliteTransactionManager::begin(conn, None).await,
+                SavepointAction::Release => SqliteTransactionManager::commit(conn).await,
+                SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
+                    SqliteTransactionManager::rollback(conn).await
+                }
+            }
+        }
+    }
+
+    async fn fetch_text(
+        conn: &mut SqliteConnection,
+        sql: &'static str,
+        parameter: Option<String>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let mut query = sqlx::query_scalar(sql);
+        if let Some(parameter) = parameter {
+            query = query.bind(parameter);
+        }
+        query.fetch_one(conn).await
     }
 
     // SQLite's worker thread runs commands in order and always to the end:
@@ -166,6 +198,7 @@ impl BackendOps for Sqlite {
     // is the last resort.
     async fn recover(
         conn: &mut SqliteConnection,
+        dialect: &dyn Dialect<Sqlite>,
         restore: Restore,
         commit: Option<InFlightCommit>,
     ) -> Result<Option<CommitOutcome>, sqlx::Error> {
@@ -175,14 +208,15 @@ impl BackendOps for Sqlite {
         } else {
             CommitOutcome::Aborted
         };
-        Self::roll_back_cleanly(conn, restore).await?;
+        roll_back_cleanly(conn, dialect, restore).await?;
         Ok(commit.map(|_| outcome))
     }
-}
 
-fn sql_str(sql: Cow<'static, str>) -> sqlx::SqlStr {
-    match sql {
-        Cow::Borrowed(text) => text.into_sql_str(),
-        Cow::Owned(text) => sqlx::AssertSqlSafe(text).into_sql_str(),
+    fn as_database_error<'a>(
+        error: &'a (dyn StdError + 'static),
+    ) -> Option<&'a (dyn DatabaseError + 'static)> {
+        error
+            .downcast_ref::<SqliteError>()
+            .map(|database| database as &(dyn DatabaseError + 'static))
     }
 }

@@ -26,10 +26,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::metrics::MetricsSnapshot;
 use crate::monitor::{
     Alert, AlertFilter, AlertLevel, Health, Monitor, OPENMETRICS_CONTENT_TYPE, Sample,
 };
+use crate::observe::metrics::MetricsSnapshot;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");

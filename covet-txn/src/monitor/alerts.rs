@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::metrics::{ActiveTransaction, FunctionMetrics, PoolStatus};
+use crate::observe::counters::FunctionMetrics;
+use crate::observe::metrics::{ActiveTransaction, PoolStatus};
 
 /// Reads one counter of a function's metrics.
 type Read = fn(&FunctionMetrics) -> u64;

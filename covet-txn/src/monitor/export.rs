@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::Sample;
 use super::alerts::Alert;
+use crate::engine::EngineHandle;
 use crate::error::Error;
-use crate::manager::ManagerHandle;
-use crate::metrics::{DURATION_BUCKETS, FunctionMetrics, MetricsSnapshot};
+use crate::observe::counters::{Counter, DURATION_BUCKETS, FunctionMetrics};
+use crate::observe::metrics::MetricsSnapshot;
 
 /// The content type of [`prometheus_text`](crate::TxManager::prometheus_text).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -23,7 +24,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// `prometheus_client` registry, or let
 /// [`TxManager::prometheus_text`](crate::TxManager::prometheus_text) encode it.
 #[derive(Clone)]
-pub struct PrometheusCollector(pub(crate) ManagerHandle);
+pub struct PrometheusCollector(pub(crate) EngineHandle);
 
 impl std::fmt::Debug for PrometheusCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,81 +33,22 @@ impl std::fmt::Debug for PrometheusCollector {
     }
 }
 
-/// Reads one counter of a function's metrics.
-type Read = fn(&FunctionMetrics) -> u64;
-
-/// The counters of a function, by metric name (without prefix and suffix)
-/// and help text.
-type CounterField = (&'static str, &'static str, Read);
-
-const COUNTERS: [CounterField; 11] = [
-    (
-        "transactions_started",
-        "Transactions begun; each attempt counts.",
-        |f| f.started,
-    ),
-    ("transactions_committed", "Transactions committed.", |f| {
-        f.committed
-    }),
-    (
-        "transactions_rolled_back",
-        "Transactions rolled back; each failed attempt counts.",
-        |f| f.rolled_back,
-    ),
-    (
-        "calls_failed",
-        "Transactional calls that returned an error after any retries.",
-        |f| f.failed,
-    ),
-    ("retries", "Retries after a retryable failure.", |f| {
-        f.retries
-    }),
-    ("timeouts", "Calls that timed out.", |f| f.timeouts),
-    (
-        "ambiguous_commits",
-        "COMMITs whose outcome was unknown.",
-        |f| f.ambiguous_commits,
-    ),
-    (
-        "retries_exhausted",
-        "Calls that gave up after every retry.",
-        |f| f.retries_exhausted,
-    ),
-    (
-        "savepoints_created",
-        "Savepoints created by nested scopes.",
-        |f| f.savepoints_created,
-    ),
-    (
-        "savepoints_rolled_back",
-        "Nested scopes rolled back to their savepoint.",
-        |f| f.savepoints_rolled_back,
-    ),
-    (
-        "rollback_failures",
-        "ROLLBACKs that failed; the connection was closed, so the server rolled back.",
-        |f| f.rollback_failures,
-    ),
-];
-
-const CANCELLED_COMMITS: [(&str, Read); 3] = [
-    ("committed", |f| f.cancelled_commits.committed),
-    ("rolled_back", |f| f.cancelled_commits.rolled_back),
-    ("unknown", |f| f.cancelled_commits.unknown),
-];
-
-const FAILURES: [(&str, Read); 6] = [
-    ("serialization_failure", |f| f.serialization_failures),
-    ("deadlock", |f| f.deadlocks),
-    ("lock_timeout", |f| f.lock_timeouts),
-    ("snapshot_conflict", |f| f.snapshot_conflicts),
-    ("busy", |f| f.busy),
-    ("connection_lost", |f| f.connections_lost),
-];
+/// The help text of a family whose counters a label tells apart.
+fn family_help(family: &str) -> &'static str {
+    match family {
+        "failures" => {
+            "Retryable failures by kind: deadlocks and serialization failures among them."
+        }
+        "cancelled_commits" => {
+            "COMMITs whose call was cancelled while they were in flight, by what became of them."
+        }
+        _ => "Counted by covet-txn.",
+    }
+}
 
 impl Collector for PrometheusCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.0.metrics_snapshot();
+        let snapshot = self.0.snapshot();
         let manager = snapshot.manager.as_str();
         let labels = |function: &FunctionMetrics| {
             [
@@ -115,65 +57,37 @@ impl Collector for PrometheusCollector {
             ]
         };
 
-        for (name, help, read) in COUNTERS {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        // One family per name in the counter table, in the table's order;
+        // counters that share a family are told apart by their label.
+        let mut families: Vec<&'static str> = Vec::new();
+        for counter in Counter::ALL {
+            let family = counter.exposed().family;
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        for family in families {
+            let members: Vec<Counter> = Counter::ALL
+                .iter()
+                .copied()
+                .filter(|counter| counter.exposed().family == family)
+                .collect();
+            let help = match members.as_slice() {
+                [only] => only.exposed().help,
+                _ => family_help(family),
+            };
+            let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
             for function in &snapshot.functions {
-                let labels = labels(function);
-                metric
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&read(function), None)?;
+                for counter in &members {
+                    let mut labels = labels(function).to_vec();
+                    if let Some((name, value)) = counter.exposed().label {
+                        labels.push((name, value.to_owned()));
+                    }
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&counter.read(function), None)?;
+                }
             }
-        }
-
-        let mut failures = encoder.encode_descriptor(
-            "failures",
-            "Retryable failures by kind: deadlocks and serialization failures among them.",
-            None,
-            MetricType::Counter,
-        )?;
-        for function in &snapshot.functions {
-            for (kind, read) in FAILURES {
-                let labels = [
-                    ("manager", manager.to_owned()),
-                    ("function", function.function.clone()),
-                    ("kind", kind.to_owned()),
-                ];
-                failures
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&read(function), None)?;
-            }
-        }
-
-        let mut cancelled = encoder.encode_descriptor(
-            "cancelled_commits",
-            "COMMITs whose call was cancelled while they were in flight, by what became of them.",
-            None,
-            MetricType::Counter,
-        )?;
-        for function in &snapshot.functions {
-            for (outcome, read) in CANCELLED_COMMITS {
-                let labels = [
-                    ("manager", manager.to_owned()),
-                    ("function", function.function.clone()),
-                    ("outcome", outcome.to_owned()),
-                ];
-                cancelled
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&read(function), None)?;
-            }
-        }
-
-        let mut hooks = encoder.encode_descriptor(
-            "hook_failures",
-            "Hooks that failed or panicked.",
-            None,
-            MetricType::Counter,
-        )?;
-        for function in &snapshot.functions {
-            let labels = labels(function);
-            hooks
-                .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&function.hook_failures, None)?;
         }
 
         let mut durations = encoder.encode_descriptor(
@@ -264,65 +178,41 @@ fn write_csv<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String, 
         .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))
 }
 
-/// One CSV row per function.
-#[derive(Serialize)]
-struct FunctionRow<'a> {
-    function: &'a str,
-    started: u64,
-    committed: u64,
-    rolled_back: u64,
-    failed: u64,
-    retries: u64,
-    deadlocks: u64,
-    serialization_failures: u64,
-    timeouts: u64,
-    retries_exhausted: u64,
-    ambiguous_commits: u64,
-    savepoints_created: u64,
-    savepoints_rolled_back: u64,
-    hook_failures: u64,
-    success_rate: Option<f64>,
-    mean_ms: Option<f64>,
-    p50_ms: Option<f64>,
-    p95_ms: Option<f64>,
-    p99_ms: Option<f64>,
-}
-
-impl<'a> From<&'a FunctionMetrics> for FunctionRow<'a> {
-    fn from(f: &'a FunctionMetrics) -> Self {
-        FunctionRow {
-            function: &f.function,
-            started: f.started,
-            committed: f.committed,
-            rolled_back: f.rolled_back,
-            failed: f.failed,
-            retries: f.retries,
-            deadlocks: f.deadlocks,
-            serialization_failures: f.serialization_failures,
-            timeouts: f.timeouts,
-            retries_exhausted: f.retries_exhausted,
-            ambiguous_commits: f.ambiguous_commits,
-            savepoints_created: f.savepoints_created,
-            savepoints_rolled_back: f.savepoints_rolled_back,
-            hook_failures: f.hook_failures,
-            success_rate: f.success_rate,
-            mean_ms: f.duration.mean_ms,
-            p50_ms: f.duration.p50_ms,
-            p95_ms: f.duration.p95_ms,
-            p99_ms: f.duration.p99_ms,
-        }
-    }
-}
-
-/// The metrics as CSV: one row per function, then the totals.
+/// The metrics as CSV: one row per function, then the totals; a column per
+/// counter of the counter table, then the rates and percentiles.
 pub(crate) fn metrics_csv(snapshot: &MetricsSnapshot) -> Result<String, Error> {
-    write_csv(
-        snapshot
-            .functions
-            .iter()
-            .chain(std::iter::once(&snapshot.total))
-            .map(FunctionRow::from),
-    )
+    let failed = |error: csv::Error| Error::InvalidOption(format!("cannot write CSV: {error}"));
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["function"];
+    header.extend(Counter::ALL.iter().map(|counter| counter.name()));
+    header.extend(["success_rate", "mean_ms", "p50_ms", "p95_ms", "p99_ms"]);
+    writer.write_record(&header).map_err(failed)?;
+    let optional = |value: Option<f64>| value.map(|value| value.to_string()).unwrap_or_default();
+    for function in snapshot
+        .functions
+        .iter()
+        .chain(std::iter::once(&snapshot.total))
+    {
+        let mut row = vec![function.function.clone()];
+        row.extend(
+            Counter::ALL
+                .iter()
+                .map(|counter| counter.read(function).to_string()),
+        );
+        row.extend([
+            optional(function.success_rate),
+            optional(function.duration.mean_ms),
+            optional(function.duration.p50_ms),
+            optional(function.duration.p95_ms),
+            optional(function.duration.p99_ms),
+        ]);
+        writer.write_record(&row).map_err(failed)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))?;
+    String::from_utf8(bytes)
+        .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))
 }
 
 /// One CSV row per sample: what happened in its interval.

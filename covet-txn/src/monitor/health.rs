@@ -16,7 +16,8 @@
 use serde::Serialize;
 
 use super::alerts::AlertThresholds;
-use crate::metrics::{ActiveTransaction, FunctionMetrics, PoolStatus};
+use crate::observe::counters::FunctionMetrics;
+use crate::observe::metrics::{ActiveTransaction, PoolStatus};
 
 /// The health of a manager's transactions.
 #[derive(Debug, Clone, PartialEq, Serialize)]

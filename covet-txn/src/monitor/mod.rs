@@ -28,9 +28,10 @@ pub(crate) use export::encode_text as export_text;
 pub use export::{OPENMETRICS_CONTENT_TYPE, PrometheusCollector};
 pub use health::Health;
 
+use crate::engine::{EngineHandle, WeakEngine};
 use crate::error::Error;
-use crate::manager::{ManagerHandle, WeakManager};
-use crate::metrics::{FunctionMetrics, MetricsSnapshot, PoolStatus, unix_millis};
+use crate::observe::counters::FunctionMetrics;
+use crate::observe::metrics::{MetricsSnapshot, PoolStatus, unix_millis};
 
 /// Where the monitor gets the time from: the system clock, or a clock a
 /// test moves by hand.
@@ -189,7 +190,7 @@ struct State {
 }
 
 struct Inner {
-    manager: WeakManager,
+    manager: WeakEngine,
     config: MonitorConfig,
     state: Mutex<State>,
     /// Shared with the sampling task, which holds the monitor only weakly.
@@ -239,7 +240,7 @@ struct Report<'a> {
 }
 
 impl Monitor {
-    pub(crate) fn start(manager: &ManagerHandle, config: MonitorConfig) -> Monitor {
+    pub(crate) fn start(manager: &EngineHandle, config: MonitorConfig) -> Monitor {
         let alerts = AlertEngine::new(
             config.thresholds,
             config.dedup_window,
@@ -287,9 +288,7 @@ impl Monitor {
 
     /// The manager's metrics now.
     pub fn metrics(&self) -> Result<MetricsSnapshot, Error> {
-        self.inner
-            .manager()
-            .map(|manager| manager.metrics_snapshot())
+        self.inner.manager().map(|manager| manager.snapshot())
     }
 
     /// The health score over the last interval, and recommendations.
@@ -364,14 +363,14 @@ impl Monitor {
 }
 
 impl Inner {
-    fn manager(&self) -> Result<ManagerHandle, Error> {
+    fn manager(&self) -> Result<EngineHandle, Error> {
         self.manager.upgrade().ok_or(Error::InvalidOption(
             "the monitored transaction manager has been dropped".to_owned(),
         ))
     }
 
     fn sample(&self) -> Result<Sample, Error> {
-        let snapshot = self.manager()?.metrics_snapshot();
+        let snapshot = self.manager()?.snapshot();
         let now_ms = self.config.clock.now_ms();
         let mut state = lock(&self.state);
         let (interval, functions) = match &state.latest {

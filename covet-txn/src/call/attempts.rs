@@ -1,0 +1,172 @@
+//! The attempts of a call: run it once, or, with `retry`, again after a
+//! failure a new attempt can fix, with backoff, until it succeeds, the
+//! retries run out, or the deadline comes.
+//!
+//! Only the call that begins a transaction retries; inside a running
+//! transaction a retryable error goes up to the outermost call.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::Call;
+use crate::backend;
+use crate::engine::EngineHandle;
+use crate::error::{self, Error};
+use crate::failure::{Failure, LastFailure};
+use crate::request::CallOptions;
+use crate::retry::RetryPolicy;
+
+use super::Inspect;
+
+/// Runs `body` as one call on `manager` (the default if `None`), without
+/// retrying.
+pub(crate) async fn run_once<T, E, Fut>(
+    manager: Option<EngineHandle>,
+    options: CallOptions<E>,
+    inspect: Inspect<E>,
+    body: Fut,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let call = match Call::prepare(manager, options, inspect) {
+        Ok(call) => call,
+        Err(error) => return Err(error.into()),
+    };
+    let result = call.run(body, 1).await;
+    if let Err(error) = &result
+        && call.begins_transaction()
+        && !call.commits_on(error)
+    {
+        call.observer().call_failed();
+    }
+    result
+}
+
+/// The attempts of a retrying call. The caller builds a fresh body for each
+/// attempt and calls [`Attempts::attempt`] until it returns a result.
+pub(crate) struct Attempts<E> {
+    manager: Option<EngineHandle>,
+    options: CallOptions<E>,
+    call: Option<(Call<E>, RetryPolicy)>,
+    attempts: u32,
+}
+
+impl<E: From<Error>> Attempts<E> {
+    pub(crate) fn new(manager: Option<EngineHandle>, options: CallOptions<E>) -> Self {
+        Attempts {
+            manager,
+            options,
+            call: None,
+            attempts: 0,
+        }
+    }
+
+    /// Runs one attempt, with `inspect` finding the error inside `E`.
+    /// `None`: it failed in a way a retry may fix, and the wait before the
+    /// next attempt is over.
+    pub(crate) async fn attempt<T, Fut>(
+        &mut self,
+        inspect: Inspect<E>,
+        body: Fut,
+    ) -> Option<Result<T, E>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if self.call.is_none() {
+            match Call::prepare(self.manager.take(), self.options, inspect) {
+                Ok(call) => {
+                    let policy = call
+                        .engine()
+                        .retry_policy()
+                        .overridden_by(&self.options.options.retry);
+                    self.call = Some((call, policy));
+                }
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+        let (call, policy) = self.call.as_ref()?;
+        self.attempts += 1;
+        let attempt = self.attempts;
+        if !call.begins_transaction() {
+            // Inside a running transaction only the outermost call retries:
+            // a retryable error goes up to it.
+            return Some(call.run(body, attempt).await);
+        }
+        let error = match call.run(body, attempt).await {
+            Ok(value) => return Some(Ok(value)),
+            Err(error) => error,
+        };
+        let wait = match decide(call, policy, error, attempt) {
+            Decision::Retry(wait) => wait,
+            Decision::GiveUp(error) => {
+                if !call.commits_on(&error) {
+                    call.observer().call_failed();
+                }
+                return Some(Err(error));
+            }
+        };
+        tokio::time::sleep(wait).await;
+        None
+    }
+}
+
+/// What to do after a failed attempt.
+enum Decision<E> {
+    /// Run again after this wait.
+    Retry(Duration),
+    /// Return this error.
+    GiveUp(E),
+}
+
+/// Decides, without awaiting anything (the error is borrowed throughout, and
+/// a borrowed `dyn Error` must not live across an await point of a future
+/// that is to be `Send`).
+fn decide<E: From<Error>>(
+    call: &Call<E>,
+    policy: &RetryPolicy,
+    error: E,
+    attempt: u32,
+) -> Decision<E> {
+    if call.commits_on(&error) {
+        return Decision::GiveUp(error);
+    }
+    let Some(source) = (call.inspect())(&error) else {
+        return Decision::GiveUp(error);
+    };
+    let failure = Failure {
+        error: source,
+        kind: call.engine().classify(source),
+        database: backend::find_database_error(source),
+        attempt,
+    };
+    if error::never_retried(source) || !policy.should_retry(&failure) {
+        return Decision::GiveUp(error);
+    }
+    if attempt > policy.max_retries() {
+        call.observer().retries_exhausted();
+        let last = LastFailure::new(&failure);
+        return Decision::GiveUp(
+            Error::RetriesExhausted {
+                attempts: attempt,
+                last,
+            }
+            .into(),
+        );
+    }
+    let wait = policy.delay(attempt);
+    if call.deadline().is_some_and(|deadline| {
+        Instant::now()
+            .checked_add(wait)
+            .is_none_or(|resumed| resumed >= deadline)
+    }) {
+        return Decision::GiveUp(call.timeout_error(attempt).into());
+    }
+    call.observer().retrying(
+        attempt,
+        failure.kind().map_or("predicate", |kind| kind.name()),
+        wait,
+    );
+    Decision::Retry(wait)
+}

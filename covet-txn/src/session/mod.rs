@@ -1,0 +1,589 @@
+//! One transaction (or one autocommit session) on one connection: opening
+//! it (taking the connection, BEGIN), its savepoints, and its end (COMMIT,
+//! ROLLBACK, or giving an autocommit connection back), driven through the
+//! transaction's state machine.
+//!
+//! The session owns the SQL and the state machine and returns typed
+//! results; what hooks run around its end is the call's business. Sessions
+//! of the three drivers are held erased as a [`SessionHandle`], an enum, so
+//! that no statement pays for a boxed future.
+
+mod recovery;
+mod slot;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+
+use self::recovery::{Cutoff, Held, Origin, abandon};
+pub use self::slot::TxConn;
+use self::slot::{ConnectionSlot, Lease, Slot};
+use crate::backend::{Driver, Restore};
+use crate::dialect::{BeginRequest, Dialect, SavepointAction, SavepointName};
+use crate::error::{Error, Operation};
+use crate::failure::{CommitOutcome, FailureKind};
+use crate::hooks::list::HookList;
+use crate::hooks::run::HookHolder;
+use crate::observe::metrics::{ActiveTransaction, ActiveTx};
+use crate::observe::{Observer, TxAccount};
+use crate::options::Isolation;
+use crate::request::TxOptions;
+use crate::state::{Machine, TxId, TxState, Verdict};
+
+/// The driver-independent part of a session: identity, what it began with,
+/// its state machine, its hooks, and where it is counted.
+#[derive(Debug)]
+pub(crate) struct SessionCore {
+    pub(crate) id: TxId,
+    pub(crate) manager_id: u64,
+    pub(crate) name: &'static str,
+    /// The dialect's OpenTelemetry `db.system` name.
+    pub(crate) system: &'static str,
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: bool,
+    /// `false` for the autocommit session of `supports`, `never` and
+    /// `not_supported`.
+    pub(crate) transactional: bool,
+    /// Whether the connection is borrowed from an autocommit session rather
+    /// than taken from the pool.
+    pub(crate) borrows_connection: bool,
+    /// Which attempt of a retrying call this is, from 1.
+    pub(crate) attempt: u32,
+    pub(crate) started_at: Instant,
+    pub(crate) machine: Machine,
+    /// The depth of the innermost savepoint scope running now (1: none).
+    depth: AtomicU32,
+    pub(crate) hooks: HookList,
+    /// Where a transaction (not an autocommit session) is counted.
+    pub(crate) account: Option<TxAccount>,
+}
+
+impl SessionCore {
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth.load(Ordering::Acquire)
+    }
+
+    /// Goes one savepoint scope deeper from `depth`; `false` if the session
+    /// is not at `depth` (another scope is open below it).
+    pub(crate) fn enter_scope(&self, depth: u32) -> bool {
+        self.depth
+            .compare_exchange(depth, depth + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Back to `depth`, when the scope entered from it ends.
+    pub(crate) fn leave_scope(&self, depth: u32) {
+        self.depth.store(depth, Ordering::Release);
+    }
+
+    /// The observer of the function that began the transaction.
+    pub(crate) fn observer(&self) -> Option<&Observer> {
+        self.account.as_ref().map(TxAccount::observer)
+    }
+
+    fn finish(&self, outcome: CommitOutcome) {
+        if let Some(account) = &self.account {
+            account.finish(outcome);
+        }
+    }
+}
+
+/// A transaction or autocommit session on one connection.
+#[doc(hidden)]
+pub struct Session<DB: Driver> {
+    pub(crate) core: SessionCore,
+    resolve_ambiguous_commit: bool,
+    /// What puts back the session settings the BEGIN changed.
+    restore: Restore,
+    slot: ConnectionSlot<DB>,
+    origin: Origin<DB>,
+    dialect: Arc<dyn Dialect<DB>>,
+    /// For asking, on a fresh connection, what became of a COMMIT that was
+    /// cut off.
+    pool: sqlx::Pool<DB>,
+}
+
+/// Where a new session's connection comes from.
+pub(crate) enum Source<DB: Driver> {
+    /// Taken from the pool now.
+    Pool,
+    /// Already taken from the pool.
+    Acquired(PoolConnection<DB>),
+    /// Borrowed from an autocommit session of the same manager.
+    Lent(Arc<Session<DB>>),
+}
+
+/// What a new session is opened with.
+pub(crate) struct Opening<DB: Driver> {
+    pub(crate) manager_id: u64,
+    pub(crate) name: &'static str,
+    pub(crate) options: TxOptions,
+    pub(crate) transactional: bool,
+    pub(crate) source: Source<DB>,
+    pub(crate) attempt: u32,
+    /// Bound the server's statements by this time, if set.
+    pub(crate) server_timeout: Option<Duration>,
+    /// Where to count a transaction.
+    pub(crate) observer: Option<Observer>,
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) dialect: Arc<dyn Dialect<DB>>,
+}
+
+/// Why COMMIT did not happen.
+#[derive(Debug)]
+pub(crate) enum CommitError {
+    /// The transaction may not commit; nothing was sent, and it is still
+    /// open for the caller to roll back.
+    Refused(Verdict),
+    /// COMMIT (or what precedes it) failed; the transaction is over.
+    Failed(Error),
+}
+
+impl<DB: Driver> Session<DB> {
+    /// Takes a connection (from `pool`, or as `source` says), begins the
+    /// transaction if there is to be one, and returns the session.
+    pub(crate) async fn open(opening: Opening<DB>) -> Result<Arc<Session<DB>>, Error> {
+        let Opening {
+            manager_id,
+            name,
+            options,
+            transactional,
+            source,
+            attempt,
+            server_timeout,
+            observer,
+            pool,
+            dialect,
+        } = opening;
+        let (conn, origin) = match source {
+            Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
+            Source::Acquired(conn) => (conn, Origin::Pool),
+            Source::Pool => (
+                pool.acquire()
+                    .await
+                    .map_err(|source| Error::database(Operation::Acquire, source))?,
+                Origin::Pool,
+            ),
+        };
+        let access = options.access();
+        let mut held = Held::new(conn, None, &dialect, &origin);
+        if transactional {
+            let request = BeginRequest {
+                access,
+                server_timeout,
+            };
+            let probed = match dialect.probe(&request) {
+                Some(sql) => match DB::probe(held.conn(), sql).await {
+                    Ok(row) => row,
+                    Err(source) => {
+                        held.roll_back_and_release().await;
+                        return Err(Error::database(Operation::Begin, source));
+                    }
+                },
+                None => Vec::new(),
+            };
+            let begin = dialect.begin(&request, &probed);
+            held.restore = begin.restore;
+            if let Err(source) = DB::begin(held.conn(), begin.statement).await {
+                held.roll_back_and_release().await;
+                return Err(Error::database(Operation::Begin, source));
+            }
+        }
+        let restore = held.restore;
+        let conn = held.disarm();
+        let id = TxId::next();
+        let started_at = Instant::now();
+        let session = Arc::new(Session {
+            core: SessionCore {
+                id,
+                manager_id,
+                name,
+                system: dialect.system(),
+                isolation: access.isolation,
+                read_only: access.read_only == Some(true),
+                transactional,
+                borrows_connection: matches!(origin, Origin::Lent(_)),
+                attempt,
+                started_at,
+                machine: Machine::active(),
+                depth: AtomicU32::new(u32::from(transactional)),
+                hooks: HookList::default(),
+                account: observer
+                    .filter(|_| transactional)
+                    .map(|observer| TxAccount::new(observer, id, started_at)),
+            },
+            resolve_ambiguous_commit: options.resolve_ambiguous_commit,
+            restore,
+            slot: ConnectionSlot::new(conn),
+            origin,
+            dialect,
+            pool,
+        });
+        if let Some(observer) = session.core.observer() {
+            observer.begun(id, Arc::clone(&session) as Arc<dyn ActiveTx>);
+        }
+        Ok(session)
+    }
+
+    /// Takes the connection out of the slot for one use.
+    pub(crate) fn lend(&self) -> Result<PoolConnection<DB>, Error> {
+        let mut slot = self.slot.lock();
+        match std::mem::replace(&mut *slot, Slot::Borrowed) {
+            Slot::Idle(conn) => Ok(conn),
+            Slot::Borrowed => Err(Error::ConnectionBorrowed),
+            Slot::Closed => {
+                *slot = Slot::Closed;
+                Err(Error::TransactionAborted(
+                    self.core
+                        .machine
+                        .aborted()
+                        .unwrap_or("it has already ended"),
+                ))
+            }
+        }
+    }
+
+    /// Puts a lent connection back, or abandons it if the session ended
+    /// meanwhile.
+    pub(crate) fn give_back(&self, conn: PoolConnection<DB>) {
+        let mut slot = self.slot.lock();
+        match *slot {
+            Slot::Borrowed => *slot = Slot::Idle(conn),
+            Slot::Idle(_) | Slot::Closed => {
+                drop(slot);
+                self.abandon_connection(conn);
+            }
+        }
+    }
+
+    /// Ends the session's use of its connection at once: the connection is
+    /// abandoned (now, or when its borrower hands it back) and every later
+    /// use fails with `reason`.
+    pub(crate) fn abort(&self, reason: &'static str) {
+        let was = self.core.machine.abort(reason);
+        // Cut off while COMMIT was in flight, it may well have committed:
+        // whoever holds the COMMIT (its background recovery, or the
+        // resolution of an ambiguous commit) counts how it ended.
+        if was != TxState::Committing {
+            self.core.finish(CommitOutcome::Aborted);
+        }
+        if let Slot::Idle(conn) = self.slot.close() {
+            self.abandon_connection(conn);
+        }
+    }
+
+    fn abandon_connection(&self, conn: PoolConnection<DB>) {
+        abandon(
+            conn,
+            self.restore,
+            Arc::clone(&self.dialect),
+            &self.origin,
+            None,
+        );
+    }
+
+    /// Runs one savepoint statement inside the transaction.
+    pub(crate) async fn savepoint(
+        &self,
+        action: SavepointAction,
+        name: SavepointName<'_>,
+    ) -> Result<(), Error> {
+        let operation = match action {
+            SavepointAction::Create => Operation::Savepoint,
+            SavepointAction::Release => Operation::ReleaseSavepoint,
+            SavepointAction::RollbackTo | SavepointAction::RollbackAndRelease => {
+                Operation::RollbackToSavepoint
+            }
+        };
+        let mut lease = Lease::take(self)?;
+        let result = match name {
+            SavepointName::Scope(depth) => {
+                DB::scope_savepoint(lease.conn(), &*self.dialect, action, depth).await
+            }
+            SavepointName::Named(name) => {
+                let sql = self.dialect.savepoint(action, SavepointName::Named(name));
+                DB::execute(lease.conn(), sql).await
+            }
+        };
+        lease.finish();
+        result.map_err(|source| Error::database(operation, source))
+    }
+
+    /// Takes the connection out of the slot for the session's end.
+    fn take_for_end(&self) -> Result<Held<'_, DB>, Error> {
+        match self.slot.close() {
+            Slot::Idle(conn) => {
+                if let Some(reason) = self.core.machine.aborted() {
+                    self.abandon_connection(conn);
+                    self.core.finish(CommitOutcome::Aborted);
+                    return Err(Error::TransactionAborted(reason));
+                }
+                Ok(Held::new(conn, self.restore, &self.dialect, &self.origin))
+            }
+            Slot::Borrowed => {
+                self.core
+                    .machine
+                    .abort("a `TxConn` guard outlived the transaction's body");
+                self.core.finish(CommitOutcome::Aborted);
+                Err(Error::ConnectionBorrowed)
+            }
+            Slot::Closed => {
+                self.core.machine.end(TxState::Failed);
+                self.core.finish(CommitOutcome::Aborted);
+                Err(Error::TransactionAborted(
+                    self.core
+                        .machine
+                        .aborted()
+                        .unwrap_or("it has already ended"),
+                ))
+            }
+        }
+    }
+
+    /// Gives an autocommit session's connection back.
+    pub(crate) fn release(&self) -> Result<(), Error> {
+        self.take_for_end().map(|mut held| held.release())
+    }
+
+    /// Rolls the transaction back and gives the connection back to where it
+    /// came from (if ROLLBACK fails, the connection is recovered or closed,
+    /// and the server rolls back).
+    pub(crate) async fn rollback(&self) -> Result<(), Error> {
+        let mut held = self.take_for_end()?;
+        self.core.machine.begin_rollback();
+        self.core.finish(CommitOutcome::Aborted);
+        match held.end(false).await {
+            Ok(restored) => {
+                self.core.machine.end(TxState::RolledBack);
+                if restored {
+                    held.release();
+                }
+                Ok(())
+            }
+            Err(source) => {
+                self.core.machine.end(TxState::Failed);
+                Err(Error::database(Operation::Rollback, source))
+            }
+        }
+    }
+
+    /// Commits the transaction and gives the connection back to where it
+    /// came from.
+    pub(crate) async fn commit(self: &Arc<Self>) -> Result<(), CommitError> {
+        let mut held = self.take_for_end().map_err(CommitError::Failed)?;
+        let token = match (self.resolve_ambiguous_commit, self.dialect.commit_token()) {
+            (true, Some(sql)) => match DB::fetch_text(held.conn(), sql, None).await {
+                Ok(token) => token,
+                // The transaction cannot commit (on PostgreSQL: a swallowed
+                // error aborted it, and COMMIT would quietly roll back). No
+                // COMMIT was sent, so the transaction is still open whatever
+                // the backend does with a failed COMMIT.
+                Err(source) => {
+                    self.core.machine.end(TxState::Failed);
+                    self.core.finish(CommitOutcome::Aborted);
+                    held.roll_back_and_release().await;
+                    return Err(CommitError::Failed(Error::database(
+                        Operation::Commit,
+                        source,
+                    )));
+                }
+            },
+            _ => None,
+        };
+        if let Err(verdict) = self.core.machine.begin_commit() {
+            self.core.machine.end(TxState::Failed);
+            self.core.finish(CommitOutcome::Aborted);
+            held.roll_back_and_release().await;
+            return Err(CommitError::Refused(verdict));
+        }
+        held.cutoff = Some(Cutoff {
+            session: Arc::clone(self),
+            token: token.clone(),
+        });
+        let committed = held.end(true).await;
+        held.cutoff = None;
+        match committed {
+            Ok(restored) => {
+                self.core.finish(CommitOutcome::Committed);
+                self.core.machine.end(TxState::Committed);
+                if restored {
+                    held.release();
+                }
+                Ok(())
+            }
+            Err(source)
+                if crate::backend::classify(&*self.dialect, &source)
+                    == Some(FailureKind::ConnectionLost) =>
+            {
+                // The connection is gone; `held` drops armed and abandons it.
+                // The state stays `Committing` until the outcome is known;
+                // cancelled meanwhile, it counts as unknown.
+                drop(held);
+                let unresolved = Unresolved(&self.core);
+                let outcome = match &token {
+                    Some(token) => {
+                        DB::resolve_commit(
+                            self.pool.clone(),
+                            Arc::clone(&self.dialect),
+                            token.clone(),
+                        )
+                        .await
+                    }
+                    None => CommitOutcome::Unknown,
+                };
+                std::mem::forget(unresolved);
+                self.core
+                    .machine
+                    .end(if outcome == CommitOutcome::Committed {
+                        TxState::Committed
+                    } else {
+                        TxState::Failed
+                    });
+                self.core.finish(outcome);
+                Err(CommitError::Failed(Error::AmbiguousCommit {
+                    outcome,
+                    transaction_id: token,
+                }))
+            }
+            Err(source) => {
+                self.core.machine.end(TxState::Failed);
+                self.core.finish(CommitOutcome::Aborted);
+                held.roll_back_after_failed_commit().await;
+                Err(CommitError::Failed(Error::database(
+                    Operation::Commit,
+                    source,
+                )))
+            }
+        }
+    }
+}
+
+/// Counts a commit whose connection was lost as unknown if the resolution
+/// of its outcome is cancelled.
+struct Unresolved<'a>(&'a SessionCore);
+
+impl Drop for Unresolved<'_> {
+    fn drop(&mut self) {
+        self.0.finish(CommitOutcome::Unknown);
+    }
+}
+
+impl<DB: Driver> HookHolder for Session<DB> {
+    fn hook_list(&self) -> &HookList {
+        &self.core.hooks
+    }
+}
+
+impl<DB: Driver> ActiveTx for Session<DB> {
+    fn describe(&self, now: Instant) -> ActiveTransaction {
+        let core = &self.core;
+        ActiveTransaction {
+            id: core.id.get(),
+            function: core.name.to_owned(),
+            depth: core.depth(),
+            isolation: core
+                .isolation
+                .map(|level| Isolation::name(level).to_owned()),
+            state: core.machine.state().name().to_owned(),
+            attempt: core.attempt,
+            age_ms: now.saturating_duration_since(core.started_at).as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// A session of any compiled-in driver.
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum SessionHandle {
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<Session<sqlx::Postgres>>),
+    #[cfg(feature = "mysql")]
+    MySql(Arc<Session<sqlx::MySql>>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(Arc<Session<sqlx::Sqlite>>),
+}
+
+/// Runs `$body` with `$session` bound to the handle's typed session.
+macro_rules! dispatch {
+    ($handle:expr, $session:ident => $body:expr) => {
+        match $handle {
+            #[cfg(feature = "postgres")]
+            SessionHandle::Postgres($session) => $body,
+            #[cfg(feature = "mysql")]
+            SessionHandle::MySql($session) => $body,
+            #[cfg(feature = "sqlite")]
+            SessionHandle::Sqlite($session) => $body,
+        }
+    };
+}
+
+impl SessionHandle {
+    pub(crate) fn core(&self) -> &SessionCore {
+        dispatch!(self, session => &session.core)
+    }
+
+    pub(crate) fn abort(&self, reason: &'static str) {
+        dispatch!(self, session => session.abort(reason))
+    }
+
+    pub(crate) async fn savepoint(
+        &self,
+        action: SavepointAction,
+        name: SavepointName<'_>,
+    ) -> Result<(), Error> {
+        dispatch!(self, session => session.savepoint(action, name).await)
+    }
+
+    pub(crate) async fn commit(&self) -> Result<(), CommitError> {
+        dispatch!(self, session => session.commit().await)
+    }
+
+    pub(crate) async fn rollback(&self) -> Result<(), Error> {
+        dispatch!(self, session => session.rollback().await)
+    }
+
+    pub(crate) fn release(&self) -> Result<(), Error> {
+        dispatch!(self, session => session.release())
+    }
+
+    /// The session, as what keeps its hooks alive.
+    pub(crate) fn hook_holder(&self) -> Arc<dyn HookHolder> {
+        dispatch!(self, session => Arc::clone(session) as Arc<dyn HookHolder>)
+    }
+}
+
+/// Moving a driver's sessions in and out of a [`SessionHandle`].
+pub trait SessionErase: Driver {
+    /// The session, erased.
+    #[doc(hidden)]
+    fn erase(session: Arc<Session<Self>>) -> SessionHandle;
+
+    /// The session, if the handle holds one of this driver.
+    #[doc(hidden)]
+    fn unerase(handle: &SessionHandle) -> Option<&Arc<Session<Self>>>;
+}
+
+macro_rules! erase {
+    ($feature:literal, $driver:ty, $variant:ident) => {
+        #[cfg(feature = $feature)]
+        impl SessionErase for $driver {
+            fn erase(session: Arc<Session<Self>>) -> SessionHandle {
+                SessionHandle::$variant(session)
+            }
+
+            #[allow(unreachable_patterns)]
+            fn unerase(handle: &SessionHandle) -> Option<&Arc<Session<Self>>> {
+                match handle {
+                    SessionHandle::$variant(session) => Some(session),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+erase!("postgres", sqlx::Postgres, Postgres);
+erase!("mysql", sqlx::MySql, MySql);
+erase!("sqlite", sqlx::Sqlite, Sqlite);
