@@ -36,9 +36,9 @@
 //! one call), `retry` (whether and when to run a call again), `hooks` (side
 //! effects tied to a transaction's fate), `metrics` (counting them),
 //! [`monitor`] (snapshots, alerts, health, reports; feature `monitor`),
-//! `dashboard` (the live web page; feature `dashboard`), `transaction` (a
-//! transaction's connection and state), `savepoint` (savepoints by hand), `backend` (everything that differs per
-//! database), `error`.
+//! `transaction` (a transaction's connection and state), `savepoint`
+//! (savepoints by hand), `backend` (everything that differs per database),
+//! `error`. The live web dashboard is the `covet-txn-dashboard` crate.
 
 #![warn(missing_docs)]
 
@@ -46,8 +46,6 @@ extern crate self as covet_txn;
 
 mod backend;
 mod context;
-#[cfg(feature = "dashboard")]
-pub mod dashboard;
 mod error;
 mod hooks;
 mod manager;
