@@ -235,10 +235,10 @@ fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// `Sec-Fetch-Site` when sent, and `Origin`, which browsers add to
 /// cross-origin requests (and to no same-origin GET).
 fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return false;
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;

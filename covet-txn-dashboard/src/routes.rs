@@ -191,9 +191,17 @@ struct AlertQuery {
 }
 
 impl AlertQuery {
-    fn level(&self) -> Result<Level, Response> {
-        update::parse_level(self.level.as_deref())
-            .map_err(|refusal| (StatusCode::BAD_REQUEST, refusal).into_response())
+    /// The level asked for, or the 400 that lists the accepted ones.
+    fn level(&self) -> Result<Level, BadRequest> {
+        update::parse_level(self.level.as_deref()).map_err(BadRequest)
+    }
+}
+
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, self.0).into_response()
     }
 }
 
@@ -207,7 +215,7 @@ async fn state_json(
 ) -> Response {
     let level = match query.level() {
         Ok(level) => level,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     match update::json(&shared.monitor, &shared.settings, level) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -218,7 +226,7 @@ async fn state_json(
 async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<AlertQuery>) -> Response {
     let level = match query.level() {
         Ok(level) => level,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     match events::subscribe(&shared.runtime, &shared.monitor, &shared.settings, level) {
         Ok(body) => (
@@ -313,7 +321,7 @@ async fn alerts_csv(
             shared.monitor.alerts_csv(update::filter(level)),
             ALERTS_HEADER,
         ),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 

@@ -105,14 +105,15 @@ async fn listen(settings: &Settings, protected: bool) -> Result<TcpListener, Err
         .await
         .map_err(bind_error)?
         .collect();
-    if !protected && !settings.remote_without_token {
-        if let Some(remote) = addrs.iter().find(|addr| !addr.ip().is_loopback()) {
-            return Err(Error::Refused(format!(
-                "the dashboard would listen on {remote}, off loopback, without a bearer token: \
-                 set Dashboard::bearer_token, or call Dashboard::allow_remote_without_token if \
-                 something else guards the network"
-            )));
-        }
+    if !protected
+        && !settings.remote_without_token
+        && let Some(remote) = addrs.iter().find(|addr| !addr.ip().is_loopback())
+    {
+        return Err(Error::Refused(format!(
+            "the dashboard would listen on {remote}, off loopback, without a bearer token: \
+             set Dashboard::bearer_token, or call Dashboard::allow_remote_without_token if \
+             something else guards the network"
+        )));
     }
     let mut last_error = std::io::Error::new(
         std::io::ErrorKind::AddrNotAvailable,

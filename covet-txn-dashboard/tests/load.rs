@@ -65,7 +65,7 @@ async fn a_thousand_streams_with_a_quarter_not_reading_stay_bounded_and_responsi
             while !stop.load(Ordering::Relaxed) {
                 common::commit(&manager, "orders::place").await;
                 round += 1;
-                if round % 50 == 0 {
+                if round.is_multiple_of(50) {
                     let _ = monitor.sample();
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
