@@ -80,8 +80,8 @@ async fn shutdown_returns_within_its_bound_when_a_client_stopped_reading() {
     running.shutdown().await;
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(2500),
-        "shutdown took {took:?}, its bound is 1 s"
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1700),
+        "shutdown took {took:?}; its bound is 1 s, and a stalled response must not end earlier"
     );
     assert!(
         closed_within(&mut keep_alive, Duration::from_secs(1))
