@@ -15,21 +15,11 @@ use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode
 use subtle::ConstantTimeEq;
 
 use crate::connection::Client;
-use crate::routes::Shared;
+use crate::state::{Shared, Token};
 
 /// The cookie that carries the token after the page's first load.
 pub(crate) const COOKIE: &str = "covet_txn_dashboard";
 const REALM: &str = "Bearer realm=\"covet-txn dashboard\"";
-
-/// What the dashboard requires.
-pub(crate) enum Token {
-    /// Nothing: anyone who passes the Host check.
-    Open,
-    /// This token.
-    Required(Arc<str>),
-    /// A token was set but is empty: nothing gets in.
-    Locked,
-}
 
 /// Refuses requests that name a host the dashboard does not answer to: a
 /// page on a rebound name (`attacker.example` resolving to 127.0.0.1) sends
@@ -103,7 +93,7 @@ pub(crate) async fn authorise(
     // A mounted dashboard does not know its clients' addresses: their
     // failures are counted together.
     let peer = client.as_ref().map(|client| client.peer().ip());
-    let delay = shared.runtime.failures.record(peer, path);
+    let delay = shared.failures.record(peer, path);
     let challenge = if presented.is_some() {
         format!("{REALM}, error=\"invalid_token\"")
     } else {

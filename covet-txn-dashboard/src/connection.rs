@@ -21,6 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::flag::raised;
 use crate::settings::Settings;
 
 /// The most a connection buffers, reading a request head or writing a
@@ -126,7 +127,7 @@ pub(crate) async fn serve(
                     return;
                 }
             }
-            () = crate::events::raised(&mut shutdown), if !stopping => {
+            () = raised(&mut shutdown), if !stopping => {
                 // Closes it now if idle, or after the response in progress.
                 connection.as_mut().graceful_shutdown();
                 stopping = true;

@@ -18,7 +18,8 @@ use covet_txn::monitor::{AlertLevel, Monitor};
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use crate::settings::{Runtime, Settings};
+use crate::flag::raised;
+use crate::settings::Settings;
 use crate::update::{self, Level};
 
 /// The filters a stream can ask for; `?level=INFO` is the same as none.
@@ -70,12 +71,12 @@ impl Hub {
 
 /// An event stream of updates at `level` and above, as a response body.
 pub(crate) fn subscribe(
-    hub: &Arc<Runtime>,
+    hub: &Arc<Hub>,
     monitor: &Monitor,
     settings: &Settings,
     level: Level,
 ) -> Result<Body, Refused> {
-    let events = &hub.events;
+    let events = hub;
     if *events.closing.borrow() {
         return Err(Refused::Closing);
     }
@@ -111,18 +112,12 @@ pub(crate) fn subscribe(
     )))
 }
 
-/// Waits until `flag` turns true (or its sender is gone). The guard that
-/// `wait_for` returns is dropped here, so callers' futures stay `Send`.
-pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|raised| *raised).await;
-}
-
 /// Counts a stream as open until it is dropped.
-struct OpenStream(Arc<Runtime>);
+struct OpenStream(Arc<Hub>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.events.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -159,18 +154,17 @@ fn stream(
 
 /// Builds the updates, once per tick for each level a stream asks for,
 /// until no stream is left or the dashboard closes.
-async fn broadcast(runtime: Arc<Runtime>, monitor: Monitor, settings: Settings) {
+async fn broadcast(hub: Arc<Hub>, monitor: Monitor, settings: Settings) {
     let mut ticks = tokio::time::interval(settings.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut closing = runtime.events.closing.subscribe();
+    let mut closing = hub.closing.subscribe();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = raised(&mut closing) => break,
         }
         let wanted: Vec<(usize, watch::Sender<Frame>)> = {
-            let mut channels = runtime
-                .events
+            let mut channels = hub
                 .channels
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -191,15 +185,14 @@ async fn broadcast(runtime: Arc<Runtime>, monitor: Monitor, settings: Settings) 
                 .collect()
         };
         for (index, sender) in wanted {
-            let frame = match update::json(&monitor, &settings, LEVELS[index]) {
+            let frame = match update::json(&monitor, settings.refresh, LEVELS[index]) {
                 Ok(json) => event("state", &json),
                 Err(error) => event("failure", error.to_string().as_bytes()),
             };
             sender.send_replace(Some(frame));
         }
     }
-    let mut channels = runtime
-        .events
+    let mut channels = hub
         .channels
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

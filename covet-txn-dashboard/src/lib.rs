@@ -33,48 +33,37 @@
 //! # let _ = app; }
 //! ```
 //!
-//! Modules, one per concept: `settings` (the [`Dashboard`] builder, its
-//! limits and their defaults), `routes` (what each path answers), `access`
-//! (who may ask: Host, Origin, token, cookie), `failures` (slowing and
-//! logging failed authentication), `update` (the figures one update
-//! carries), `events` (one update per tick, shared by every event stream),
-//! `safe_csv` (spreadsheet-safe exports), `server` (the listener, connection cap
-//! and shutdown of [`Dashboard::start`]), `connection` (one client
-//! connection: timeouts and eviction).
+//! Modules, one per concept, each importing only those before it: leaves
+//! `error`, `flag` (a raised-once signal), `settings` (limits and their
+//! defaults), `update` (the figures one update carries), `safe_csv`
+//! (spreadsheet-safe exports) and `failures` (slowing and logging failed
+//! authentication); then `events` (one update per tick, shared by every
+//! event stream), `connection` (one client connection: timeouts, eviction),
+//! `state` (what handlers read), `access` (who may ask: Host, Origin, token,
+//! cookie), `routes` (what each path answers), `server` (the listener,
+//! connection cap and shutdown of [`Dashboard::start`]), and `dashboard`
+//! (the builder).
 
 #![warn(missing_docs)]
 
 mod access;
 mod connection;
+mod dashboard;
+mod error;
 mod events;
 mod failures;
+mod flag;
 mod routes;
 mod safe_csv;
 mod server;
 mod settings;
+mod state;
 mod update;
 
+pub use dashboard::Dashboard;
+pub use error::Error;
 pub use server::RunningDashboard;
 pub use settings::{
     DEFAULT_ADDR, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_EVENT_STREAMS, DEFAULT_REFRESH, DEFAULT_SHUTDOWN_TIMEOUT, Dashboard,
+    DEFAULT_MAX_EVENT_STREAMS, DEFAULT_REFRESH, DEFAULT_SHUTDOWN_TIMEOUT,
 };
-
-/// Why a dashboard could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A setting would leave the dashboard open or unusable: an empty
-    /// token, or an address off loopback without a token.
-    #[error("{0}")]
-    Refused(String),
-    /// The address could not be resolved or bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// What the system said.
-        #[source]
-        source: std::io::Error,
-    },
-}

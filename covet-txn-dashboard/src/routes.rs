@@ -11,46 +11,25 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use covet_txn::monitor::{Monitor, OPENMETRICS_CONTENT_TYPE};
+use covet_txn::monitor::OPENMETRICS_CONTENT_TYPE;
 use serde::Deserialize;
 
-use crate::access::{self, Token};
+use crate::access;
 use crate::connection::Client;
 use crate::events::{self, Refused};
 use crate::safe_csv::{self, ALERTS_HEADER, HISTORY_HEADER};
-use crate::settings::{Dashboard, Runtime, Settings};
+use crate::state::{Shared, Token};
 use crate::update::{self, Level};
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/app.css");
 
-/// What every handler reads.
-pub(crate) struct Shared {
-    pub(crate) monitor: Monitor,
-    pub(crate) settings: Settings,
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) token: Token,
-}
-
-pub(crate) fn router<S>(dashboard: &Dashboard) -> Router<S>
+/// The dashboard's routes over `shared`, for an application with state `S`.
+pub(crate) fn router<S>(shared: Arc<Shared>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let token = match dashboard.checked_token() {
-        Ok(Some(token)) => Token::Required(Arc::clone(token)),
-        Ok(None) => Token::Open,
-        Err(error) => {
-            tracing::error!(target: "covet_txn_dashboard", %error, "the dashboard refuses every request");
-            Token::Locked
-        }
-    };
-    let shared = Arc::new(Shared {
-        monitor: dashboard.monitor.clone(),
-        settings: dashboard.settings.clone(),
-        runtime: Arc::clone(&dashboard.runtime),
-        token,
-    });
     let data = Router::new()
         .route("/api/state", get(state_json))
         .route("/api/events", get(events))
@@ -117,7 +96,8 @@ async fn page(State(shared): State<Arc<Shared>>, request: Request) -> Response {
         return redirect(StatusCode::PERMANENT_REDIRECT, &target, None);
     }
     let (presented, rest) = split_token(query);
-    if let Some(token) = presented {
+    // Only a dashboard that requires a token trades one for a cookie.
+    if let Some(token) = presented.filter(|_| !matches!(shared.token, Token::Open)) {
         let client = request.extensions().get::<Client>().cloned();
         if let Err(refusal) = access::authorise(&shared, client, path, Some(&token)).await {
             return refusal;
@@ -217,7 +197,7 @@ async fn state_json(
         Ok(level) => level,
         Err(refusal) => return refusal.into_response(),
     };
-    match update::json(&shared.monitor, &shared.settings, level) {
+    match update::json(&shared.monitor, shared.settings.refresh, level) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(error) => failure(error),
     }
@@ -228,7 +208,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<AlertQuer
         Ok(level) => level,
         Err(refusal) => return refusal.into_response(),
     };
-    match events::subscribe(&shared.runtime, &shared.monitor, &shared.settings, level) {
+    match events::subscribe(&shared.events, &shared.monitor, &shared.settings, level) {
         Ok(body) => (
             [
                 (

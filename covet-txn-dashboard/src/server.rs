@@ -12,9 +12,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::Error;
 use crate::connection::{self, Client};
-use crate::settings::{Dashboard, Settings};
+use crate::error::Error;
+use crate::events::Hub;
+use crate::flag::raised;
+use crate::settings::Settings;
 
 /// The kernel's send buffer for each connection, set on the listener and
 /// inherited by every accepted socket: what a client that stopped reading
@@ -26,7 +28,7 @@ const BACKLOG: u32 = 1024;
 /// The answer to a connection over the cap, written without waiting.
 const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 5\r\ncontent-length: 0\r\n\r\n";
 
-/// A dashboard being served, from [`Dashboard::start`].
+/// A dashboard being served, from [`Dashboard::start`](crate::Dashboard::start).
 ///
 /// Dropping it stops the dashboard, as [`shutdown`](Self::shutdown) does,
 /// in the background; keep it for as long as the dashboard should run.
@@ -73,19 +75,24 @@ impl Drop for RunningDashboard {
     }
 }
 
-pub(crate) async fn start(dashboard: Dashboard) -> Result<RunningDashboard, Error> {
-    let token = dashboard.checked_token()?.cloned();
-    let listener = listen(&dashboard.settings, token.is_some()).await?;
+/// Serves `router` as `settings` say, in the background. `protected`: a
+/// token is required, so an address off loopback is acceptable.
+pub(crate) async fn start(
+    router: Router,
+    settings: Settings,
+    events: Arc<Hub>,
+    protected: bool,
+) -> Result<RunningDashboard, Error> {
+    let listener = listen(&settings, protected).await?;
     let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: dashboard.settings.addr.clone(),
+        addr: settings.addr.clone(),
         source,
     })?;
-    let router: Router = dashboard.router();
-    let settings = Arc::new(dashboard.settings.clone());
+    let settings = Arc::new(settings);
     let (stop, stopped) = watch::channel(false);
     let shutdown_timeout = settings.shutdown_timeout;
-    let task = tokio::spawn(serve(listener, router, settings, dashboard, stopped));
-    tracing::info!(target: "covet_txn_dashboard", %addr, protected = token.is_some(), "dashboard listening");
+    let task = tokio::spawn(serve(listener, router, settings, events, stopped));
+    tracing::info!(target: "covet_txn_dashboard", %addr, protected, "dashboard listening");
     Ok(RunningDashboard {
         addr,
         stop,
@@ -182,7 +189,7 @@ async fn serve(
     listener: TcpListener,
     router: Router,
     settings: Arc<Settings>,
-    dashboard: Dashboard,
+    events: Arc<Hub>,
     mut stop: watch::Receiver<bool>,
 ) {
     let registry = Arc::new(Registry::default());
@@ -191,7 +198,7 @@ async fn serve(
     let mut next_id = 0_u64;
     loop {
         tokio::select! {
-            () = crate::events::raised(&mut stop) => break,
+            () = raised(&mut stop) => break,
             // Reap finished connections as they end, so the set stays as
             // small as the number open.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -226,7 +233,7 @@ async fn serve(
         }
     }
     drop(listener);
-    dashboard.close_event_streams();
+    events.close();
     shutdown.send_replace(true);
     let drained = tokio::time::timeout(settings.shutdown_timeout, async {
         while connections.join_next().await.is_some() {}

@@ -1,11 +1,11 @@
 //! What one update of the page carries, read from the monitor, and the
 //! `?level=` filter of the alerts. Pure reading: no HTTP here.
 
+use std::time::Duration;
+
 use covet_txn::MetricsSnapshot;
 use covet_txn::monitor::{Alert, AlertFilter, AlertLevel, Health, Monitor, Sample};
 use serde::Serialize;
-
-use crate::settings::Settings;
 
 /// How many samples and alerts one update carries at most.
 const HISTORY_SHOWN: usize = 300;
@@ -84,7 +84,7 @@ struct Update {
 /// event's data must not span lines).
 pub(crate) fn json(
     monitor: &Monitor,
-    settings: &Settings,
+    refresh: Duration,
     level: Level,
 ) -> Result<Vec<u8>, covet_txn::Error> {
     let metrics = monitor.metrics()?;
@@ -111,7 +111,7 @@ pub(crate) fn json(
         history,
         alerts,
         long_transaction_ms: monitor.thresholds().long_transaction.as_millis(),
-        refresh_ms: settings.refresh.as_millis(),
+        refresh_ms: refresh.as_millis(),
     };
     serde_json::to_vec(&update)
         .map_err(|error| covet_txn::Error::InvalidOption(format!("cannot write JSON: {error}")))
