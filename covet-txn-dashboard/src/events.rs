@@ -76,19 +76,18 @@ pub(crate) fn subscribe(
     settings: &Settings,
     level: Level,
 ) -> Result<Body, Refused> {
-    let events = hub;
-    if *events.closing.borrow() {
+    if *hub.closing.borrow() {
         return Err(Refused::Closing);
     }
     // Count first, check after: two requests racing for the last place
     // cannot both get it.
-    if events.open.fetch_add(1, Ordering::AcqRel) >= settings.max_event_streams {
-        events.open.fetch_sub(1, Ordering::AcqRel);
+    if hub.open.fetch_add(1, Ordering::AcqRel) >= settings.max_event_streams {
+        hub.open.fetch_sub(1, Ordering::AcqRel);
         return Err(Refused::Full);
     }
     let guard = OpenStream(Arc::clone(hub));
     let updates = {
-        let mut channels = events
+        let mut channels = hub
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -106,7 +105,7 @@ pub(crate) fn subscribe(
     let heartbeat = (settings.idle_timeout / 2).min(Duration::from_secs(15));
     Ok(Body::from_stream(stream(
         updates,
-        events.closing.subscribe(),
+        hub.closing.subscribe(),
         heartbeat,
         guard,
     )))
