@@ -54,6 +54,8 @@
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
 //! | public API | `manager`, `__private`, [`monitor`] | [`TxManager`] and the closure API; what generated code calls; the monitor |
+//!
+//! The live web dashboard is the `covet-txn-dashboard` crate.
 
 #![warn(missing_docs)]
 
@@ -62,8 +64,6 @@ extern crate self as covet_txn;
 mod backend;
 mod call;
 mod context;
-#[cfg(feature = "dashboard")]
-pub mod dashboard;
 mod defaults;
 pub mod dialect;
 mod engine;

@@ -5,14 +5,16 @@
 //!
 //! Run it with `cargo run --example dashboard` and open the URL it prints.
 //! `COVET_DASHBOARD_ADDR` changes where it listens (default
-//! `127.0.0.1:7777`), `COVET_DASHBOARD_TOKEN` requires a bearer token, and
-//! `COVET_DASHBOARD_SECONDS` stops it after that many seconds.
+//! `127.0.0.1:7777`; an address off loopback needs a token),
+//! `COVET_DASHBOARD_TOKEN` requires a bearer token (open the page once with
+//! `?token=<it>`; the example never prints it), and `COVET_DASHBOARD_SECONDS`
+//! stops it after that many seconds.
 
 use std::time::Duration;
 
-use covet_txn::dashboard::Dashboard;
 use covet_txn::monitor::MonitorConfig;
 use covet_txn::{TxManager, transactional};
+use covet_txn_dashboard::Dashboard;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
@@ -180,8 +182,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dashboard = dashboard.bearer_token(token);
     }
     let running = dashboard.start().await?;
+    // Never the token itself: terminals end up in logs and screenshots.
     match &token {
-        Some(token) => println!("covet-txn dashboard at {}?token={token}", running.url()),
+        Some(_) => println!(
+            "covet-txn dashboard at {} (open it once with ?token=<COVET_DASHBOARD_TOKEN>)",
+            running.url()
+        ),
         None => println!("covet-txn dashboard at {}", running.url()),
     }
 

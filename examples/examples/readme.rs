@@ -60,6 +60,16 @@ async fn record_transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError
     Ok(())
 }
 
+/// An application's own state, beside which the dashboard is mounted.
+#[derive(Clone)]
+struct AppState {
+    greeting: &'static str,
+}
+
+async fn home(axum::extract::State(app): axum::extract::State<AppState>) -> &'static str {
+    app.greeting
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use covet_txn::{Isolation, TxOptions};
@@ -96,15 +106,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use std::time::Duration;
     let dashboard_token =
         std::env::var("DASHBOARD_TOKEN").unwrap_or_else(|_| "change-me".to_owned());
-    use covet_txn::dashboard::Dashboard;
+    use covet_txn_dashboard::Dashboard;
 
     let monitor = manager.monitor_with(MonitorConfig::new().interval(Duration::from_secs(1)));
     let running = Dashboard::new(monitor)
-        .bind("127.0.0.1:7777") // the default; loopback only
-        .bearer_token(dashboard_token) // optional; strongly advised off loopback
+        .bind("127.0.0.1:7777") // the default; off loopback a token is required
+        .bearer_token(dashboard_token) // an empty one is refused
         .start()
         .await?;
-    println!("dashboard at {}", running.url());
+    println!("dashboard at {}", running.url()); // open it once with ?token=...
     running.shutdown().await;
+
+    use axum::Router;
+    use axum::routing::get;
+    let app_state = AppState { greeting: "hello" };
+    let dashboard = Dashboard::new(manager.monitor());
+    let app: Router = Router::new()
+        .route("/", get(home)) // the application's own routes and state
+        .nest_service("/covet", dashboard.router())
+        .with_state(app_state);
+    drop(app);
     Ok(())
 }

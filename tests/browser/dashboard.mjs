@@ -1,7 +1,9 @@
 // Drives the covet-txn dashboard in a real headless Chromium and checks
 // what a person would see. Usage:
 //   node dashboard.mjs <dashboard url> <bearer token> <screenshot.png>
-// The dashboard must be serving the workload of tests/tests/dashboard.rs.
+// The dashboard must be serving the workload of tests/tests/dashboard.rs,
+// at the root of its own address or mounted under a path ending in "/"
+// (then the path without the "/" must redirect to it).
 // Exits non-zero, saying why, on the first check that fails.
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -79,9 +81,38 @@ try {
     check(wrong.status() === 401, `a wrong token was accepted (${wrong.status()})`);
   });
 
-  const pageUrl = new URL(base);
+  const mount = new URL(base);
+  if (mount.pathname !== "/") {
+    await step("the mount path without its slash redirects to the page", async () => {
+      const bare = new URL(mount.pathname.replace(/\/$/, ""), mount).toString();
+      const response = await context.request.get(`${bare}?level=ERROR`, { maxRedirects: 0 });
+      check(response.status() === 308, `${bare} answered ${response.status()}`);
+      const location = new URL(response.headers()["location"], bare).toString();
+      check(location === `${base}?level=ERROR`, `redirected to ${location}`);
+    });
+  }
+
+  // Opened once with the token in the address, as a person would paste it;
+  // a mounted page is opened without its final slash.
+  const pageUrl = mount.pathname === "/" ? new URL(base) : new URL(mount.pathname.replace(/\/$/, ""), mount);
   pageUrl.searchParams.set("token", token);
   await page.goto(pageUrl.toString());
+
+  await step("the token leaves the address for an HttpOnly SameSite cookie", async () => {
+    check(page.url() === base, `the page is at ${page.url()}, not ${base}`);
+    const cookies = await context.cookies(base);
+    const cookie = cookies.find((candidate) => candidate.name === "covet_txn_dashboard");
+    check(cookie, `no token cookie: ${JSON.stringify(cookies.map((candidate) => candidate.name))}`);
+    check(cookie.httpOnly && cookie.sameSite === "Strict", `cookie flags: ${JSON.stringify(cookie)}`);
+    check(!(await page.evaluate(() => document.cookie)).includes("covet_txn_dashboard"), "a script can read the token");
+  });
+
+  await step("the page is styled by its own stylesheet", async () => {
+    const rules = await page.evaluate(() =>
+      [...document.styleSheets].filter((sheet) => sheet.href && sheet.href.endsWith("assets/app.css")).map((sheet) => sheet.cssRules.length),
+    );
+    check(rules.length === 1 && rules[0] > 10, `stylesheets: ${JSON.stringify(rules)}`);
+  });
 
   await step("the page connects to the live stream", async () => {
     await page.waitForFunction(() => document.getElementById("connection").textContent === "live");
@@ -150,7 +181,7 @@ try {
       return levels.length > 0 && levels.every((level) => level === "ERROR" || level === "CRITICAL");
     });
     const href = await page.getAttribute("#export-alerts", "href");
-    check(href.includes("level=ERROR") && href.includes("token="), `the alerts export link is ${href}`);
+    check(href.includes("level=ERROR") && !href.includes("token"), `the alerts export link is ${href}`);
   });
 
   await step("health recommendations are shown", async () => {

@@ -1,7 +1,10 @@
-//! The dashboard, served for real over a SQLite workload: its HTTP surface
-//! (authentication, security headers, exports, /metrics) checked here, and
-//! the page itself driven in a headless Chromium by
-//! `tests/browser/dashboard.mjs`.
+//! The dashboard, served for real over a SQLite workload, on its own
+//! address and mounted under `/covet/` in an axum application with its own
+//! state and routes: its HTTP surface (authentication, security headers,
+//! exports, /metrics) checked here, and the page itself driven in a
+//! headless Chromium by `tests/browser/dashboard.mjs`. The hardening of
+//! issue 17 (limits, timeouts, rebinding, shutdown) is tested in
+//! `covet-txn-dashboard/tests`.
 //!
 //! The browser part needs Node.js, Chromium and `npm ci` in
 //! `tests/browser`; without them it is skipped with a notice, unless
@@ -14,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use covet_txn::dashboard::{Dashboard, RunningDashboard};
 use covet_txn::monitor::{AlertFilter, AlertRule, MonitorConfig};
 use covet_txn::{Failure, TxManager, transactional};
+use covet_txn_dashboard::{Dashboard, RunningDashboard};
 use covet_txn_tests::AppError;
 use sqlx::Sqlite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -205,7 +208,10 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
     ] {
         let (status, headers, _) = get(addr, path, None).await;
         assert_eq!(status, 401, "{path} without a token");
-        assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            header(&headers, "www-authenticate"),
+            Some("Bearer realm=\"covet-txn dashboard\"")
+        );
         let (status, _, _) = get(addr, path, Some("Bearer wrong")).await;
         assert_eq!(status, 401, "{path} with a wrong token");
     }
@@ -218,7 +224,16 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
         assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     }
     let (status, _, _) = get(addr, "/api/state?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
-    assert_eq!(status, 200, "the token in the query, percent-encoded");
+    assert_eq!(
+        status, 401,
+        "data paths never take the token from the address"
+    );
+    let (status, headers, _) = get(addr, "/?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
+    assert_eq!(
+        status, 303,
+        "the page trades the token in its address for a cookie"
+    );
+    assert!(header(&headers, "set-cookie").is_some_and(|cookie| cookie.contains("HttpOnly")));
 
     let (status, headers, page) = get(addr, "/", Some(&bearer)).await;
     assert_eq!(status, 200);
@@ -394,10 +409,11 @@ fn browser_tools() -> Result<(PathBuf, PathBuf), String> {
     Ok((browser_dir, chromium))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_shows_live_figures_safely_in_a_real_browser() {
-    let (browser_dir, chromium) = match browser_tools() {
-        Ok(tools) => tools,
+/// Whether the browser test can run here: if not, a notice says why, or
+/// the test fails when `COVET_REQUIRE_BROWSER=1`.
+fn browser_available() -> bool {
+    match browser_tools() {
+        Ok(_) => true,
         Err(reason) => {
             assert!(
                 std::env::var("COVET_REQUIRE_BROWSER").as_deref() != Ok("1"),
@@ -406,12 +422,16 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
             eprintln!(
                 "notice: skipping the browser test: {reason}; set COVET_REQUIRE_BROWSER=1 to fail instead"
             );
-            return;
+            false
         }
-    };
-    let workload = workload("dashboard_browser").await;
-    let url = workload.dashboard.url();
-    let screenshot = std::env::temp_dir().join("covet-txn-dashboard-test.png");
+    }
+}
+
+/// Runs `tests/browser/dashboard.mjs` against the page at `url` and checks
+/// the screenshot it saved.
+async fn run_browser(url: String, screenshot_name: &str) {
+    let (browser_dir, chromium) = browser_tools().expect("checked by browser_available");
+    let screenshot = std::env::temp_dir().join(screenshot_name);
     let _ = std::fs::remove_file(&screenshot);
     let saved_to = screenshot.clone();
     let output = tokio::task::spawn_blocking(move || {
@@ -440,5 +460,145 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
         "a real PNG, {} bytes",
         png.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_live_figures_safely_in_a_real_browser() {
+    if !browser_available() {
+        return;
+    }
+    let workload = workload("dashboard_browser").await;
+    let url = workload.dashboard.url();
+    run_browser(url, "covet-txn-dashboard-test.png").await;
+    workload.finish().await;
+}
+
+/// The state of an application the dashboard is mounted in.
+#[derive(Clone)]
+struct AppState {
+    greeting: &'static str,
+}
+
+/// An axum application with its own state and routes, the dashboard
+/// mounted under `/covet`, served by axum on loopback. Its shutdown signal
+/// ends the dashboard's event streams, as the README says to do.
+struct App {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn app(dashboard: Dashboard) -> App {
+    use axum::Router;
+    use axum::extract::State;
+    use axum::routing::get;
+
+    let app = Router::new()
+        .route("/", get(|| async { "the application's home" }))
+        .route(
+            "/hello",
+            get(|State(app): State<AppState>| async move { app.greeting }),
+        )
+        .nest_service("/covet", dashboard.router())
+        .with_state(AppState {
+            greeting: "hello from the application",
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("an address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+            dashboard.close_event_streams();
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .expect("serves");
+    });
+    App { addr, stop, served }
+}
+
+impl App {
+    /// Shuts the application down, which must not wait for open pages.
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(5), self.served).await;
+        assert!(
+            stopped.is_ok(),
+            "the application's graceful shutdown waited on the dashboard's streams"
+        );
+    }
+}
+
+fn mounted(workload: &Workload) -> Dashboard {
+    Dashboard::new(
+        workload
+            .manager
+            .monitor_with(MonitorConfig::new().interval(Duration::from_millis(200))),
+    )
+    .bearer_token(TOKEN)
+    .refresh(Duration::from_millis(250))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_in_an_application_it_lives_under_its_path_beside_the_app_s_routes() {
+    let workload = workload("dashboard_mounted_http").await;
+    let app = app(mounted(&workload)).await;
+    let addr = app.addr;
+    let bearer = format!("Bearer {TOKEN}");
+
+    let (status, _, home) = get(addr, "/", None).await;
+    assert_eq!((status, home.as_str()), (200, "the application's home"));
+    let (status, _, hello) = get(addr, "/hello", None).await;
+    assert_eq!(
+        (status, hello.as_str()),
+        (200, "hello from the application")
+    );
+
+    let (status, headers, _) = get(addr, "/covet?level=ERROR", None).await;
+    assert_eq!(status, 308, "/covet redirects to the page's folder");
+    assert_eq!(header(&headers, "location"), Some("covet/?level=ERROR"));
+    let (status, _, page) = get(addr, "/covet/", Some(&bearer)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("src=\"assets/app.js\""));
+    for path in ["/covet/assets/app.js", "/covet/assets/app.css"] {
+        let (status, _, _) = get(addr, path, None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let (status, _, _) = get(addr, "/covet/api/state", None).await;
+    assert_eq!(status, 401, "the token guards the mounted data paths");
+    let (status, _, state) = get(addr, "/covet/api/state", Some(&bearer)).await;
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
+    assert_eq!(state["metrics"]["manager"], "dashboard-test");
+    let (status, _, _) = get(addr, "/covet/api/nothing", Some(&bearer)).await;
+    assert_eq!(status, 404);
+
+    // A page left open must not hold the application's shutdown.
+    let stream = first_event(addr, "/covet/api/events", &bearer).await;
+    assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
+    let mut open = TcpStream::connect(addr).await.expect("connects");
+    let request = format!(
+        "GET /covet/api/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\n\r\n"
+    );
+    open.write_all(request.as_bytes()).await.expect("sends");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.shutdown().await;
+    workload.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_in_an_application_the_page_goes_live_in_a_real_browser() {
+    if !browser_available() {
+        return;
+    }
+    let workload = workload("dashboard_mounted_browser").await;
+    let app = app(mounted(&workload)).await;
+    let url = format!("http://{}/covet/", app.addr);
+    run_browser(url, "covet-txn-dashboard-mounted-test.png").await;
+    app.shutdown().await;
     workload.finish().await;
 }

@@ -1,11 +1,13 @@
 // The covet-txn dashboard. Every value that comes from the application
 // (function names, alert messages) is written with textContent or as an
-// SVG text node: nothing received is ever parsed as markup.
+// SVG text node: nothing received is ever parsed as markup. The token, if
+// one is needed, travels in an HttpOnly cookie that the server set when the
+// page was first opened with ?token=: this script never sees it, and no
+// address it builds carries it.
 "use strict";
 
 (() => {
   const SVG = "http://www.w3.org/2000/svg";
-  const token = new URLSearchParams(window.location.search).get("token");
   const byId = (id) => document.getElementById(id);
   const integer = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
   const decimal = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
@@ -19,7 +21,6 @@
   // Relative to the page, so that the dashboard works mounted under any path.
   function url(path, extra) {
     const target = new URL(path, document.baseURI);
-    if (token) target.searchParams.set("token", token);
     for (const [key, value] of Object.entries(extra || {})) {
       if (value) target.searchParams.set(key, value);
     }
