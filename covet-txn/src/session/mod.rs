@@ -8,6 +8,7 @@
 //! of the three drivers are held erased as a [`SessionHandle`], an enum, so
 //! that no statement pays for a boxed future.
 
+mod handle;
 mod recovery;
 mod slot;
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 
 use self::recovery::{Cutoff, Held, Origin, abandon};
+pub use self::handle::{SessionErase, SessionHandle};
 pub use self::slot::TxConn;
 use self::slot::{ConnectionSlot, Lease, Slot};
 use crate::backend::{Driver, Restore};
@@ -492,98 +494,3 @@ impl<DB: Driver> ActiveTx for Session<DB> {
         }
     }
 }
-
-/// A session of any compiled-in driver.
-#[doc(hidden)]
-#[derive(Clone)]
-pub enum SessionHandle {
-    #[cfg(feature = "postgres")]
-    Postgres(Arc<Session<sqlx::Postgres>>),
-    #[cfg(feature = "mysql")]
-    MySql(Arc<Session<sqlx::MySql>>),
-    #[cfg(feature = "sqlite")]
-    Sqlite(Arc<Session<sqlx::Sqlite>>),
-}
-
-/// Runs `$body` with `$session` bound to the handle's typed session.
-macro_rules! dispatch {
-    ($handle:expr, $session:ident => $body:expr) => {
-        match $handle {
-            #[cfg(feature = "postgres")]
-            SessionHandle::Postgres($session) => $body,
-            #[cfg(feature = "mysql")]
-            SessionHandle::MySql($session) => $body,
-            #[cfg(feature = "sqlite")]
-            SessionHandle::Sqlite($session) => $body,
-        }
-    };
-}
-
-impl SessionHandle {
-    pub(crate) fn core(&self) -> &SessionCore {
-        dispatch!(self, session => &session.core)
-    }
-
-    pub(crate) fn abort(&self, reason: &'static str) {
-        dispatch!(self, session => session.abort(reason))
-    }
-
-    pub(crate) async fn savepoint(
-        &self,
-        action: SavepointAction,
-        name: SavepointName<'_>,
-    ) -> Result<(), Error> {
-        dispatch!(self, session => session.savepoint(action, name).await)
-    }
-
-    pub(crate) async fn commit(&self) -> Result<(), CommitError> {
-        dispatch!(self, session => session.commit().await)
-    }
-
-    pub(crate) async fn rollback(&self) -> Result<(), Error> {
-        dispatch!(self, session => session.rollback().await)
-    }
-
-    pub(crate) fn release(&self) -> Result<(), Error> {
-        dispatch!(self, session => session.release())
-    }
-
-    /// The session, as what keeps its hooks alive.
-    pub(crate) fn hook_holder(&self) -> Arc<dyn HookHolder> {
-        dispatch!(self, session => Arc::clone(session) as Arc<dyn HookHolder>)
-    }
-}
-
-/// Moving a driver's sessions in and out of a [`SessionHandle`].
-pub trait SessionErase: Driver {
-    /// The session, erased.
-    #[doc(hidden)]
-    fn erase(session: Arc<Session<Self>>) -> SessionHandle;
-
-    /// The session, if the handle holds one of this driver.
-    #[doc(hidden)]
-    fn unerase(handle: &SessionHandle) -> Option<&Arc<Session<Self>>>;
-}
-
-macro_rules! erase {
-    ($feature:literal, $driver:ty, $variant:ident) => {
-        #[cfg(feature = $feature)]
-        impl SessionErase for $driver {
-            fn erase(session: Arc<Session<Self>>) -> SessionHandle {
-                SessionHandle::$variant(session)
-            }
-
-            #[allow(unreachable_patterns)]
-            fn unerase(handle: &SessionHandle) -> Option<&Arc<Session<Self>>> {
-                match handle {
-                    SessionHandle::$variant(session) => Some(session),
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-erase!("postgres", sqlx::Postgres, Postgres);
-erase!("mysql", sqlx::MySql, MySql);
-erase!("sqlite", sqlx::Sqlite, Sqlite);
