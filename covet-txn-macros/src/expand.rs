@@ -1,15 +1,16 @@
-//! Generating the wrapped function from a validated [`Config`].
-//!
-//! The expansion is one short call into the runtime; all logic lives there.
-//! Generated code reaches the runtime only through `<crate>::__private`.
+//! Generating the wrapped function from a checked [`Config`]: one short
+//! call into the runtime, which holds all the logic. Generated code reaches
+//! the runtime only through `<crate>::__private`, and its own names start
+//! with `__covet_`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{AttrStyle, FnArg, ItemFn, Pat, ReturnType, Signature};
 
-use crate::valid::{Config, Retry, Reuse, ReusedArgument};
+use crate::item::Reuse;
+use crate::rules::{Config, Retry};
 
 // Input:
 //
@@ -24,10 +25,10 @@ use crate::valid::{Config, Retry, Reuse, ReusedArgument};
 //             ::covet_txn::__private::TxOptions::new()
 //                 .isolation(::covet_txn::__private::Isolation::Serializable)
 //                 .name(concat!(module_path!(), "::", "transfer")),
+//             ::covet_txn::__private::inspect!(::covet_txn::__private),
 //             async move {
 //                 if false {
-//                     let __covet_return: Result<(), AppError> = loop {};
-//                     return __covet_return;
+//                     return ::covet_txn::__private::unreachable::<Result<(), AppError>>();
 //                 }
 //                 { body }
 //             },
@@ -35,12 +36,12 @@ use crate::valid::{Config, Retry, Reuse, ReusedArgument};
 //         .await
 //     }
 //
-// The unreachable `if false` fixes the async block's output type before the
-// body is checked, so that `?` converts into the declared error type and a
-// type error points into the body, as it would without the macro.
-//
-// A body's inner attributes (`#![allow(...)]` as its first line) stay first
-// in the generated body, so they still apply to the whole function.
+// The `if false` return fixes the async block's output type before the body
+// is checked, so that `?` converts into the declared error type and a type
+// error points into the body, as it would without the macro. `inspect!`
+// finds the `std::error::Error` inside the error type, for the retry
+// classification. A body's inner attributes (`#![allow(...)]` as its first
+// line) stay first in the generated body, so they still apply to it.
 //
 // With `retry`, each attempt binds the arguments afresh, keeping their `mut`:
 //
@@ -70,71 +71,14 @@ use crate::valid::{Config, Retry, Reuse, ReusedArgument};
 // `mut` on the parameter would warn. The copy's `mut` is the user's token, so
 // a `mut` the body does not need warns there, as it would without the macro.
 pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
-    let Config {
-        krate,
-        manager,
-        isolation,
-        read_only,
-        propagation,
-        name,
-        retry,
-        timeout,
-        resolve_ambiguous_commit,
-        hooks,
-    } = config;
+    let krate = &config.krate;
     let private = quote!(#krate::__private);
-
-    let manager = match manager {
+    let manager = match &config.manager {
         Some(expr) => quote_spanned!(expr.span()=> #private::manager(&(#expr))),
         None => quote!(#private::default_manager()),
     };
-
-    let mut options = quote!(#private::TxOptions::new());
-    if let Some(level) = isolation {
-        options.extend(quote!(.isolation(#private::Isolation::#level)));
-    }
-    if let Some(flag) = read_only {
-        options.extend(quote!(.read_only(#flag)));
-    }
-    if let Some(mode) = propagation {
-        options.extend(quote!(.propagation(#private::Propagation::#mode)));
-    }
-    let name = match name {
-        Some(text) => text.into_token_stream(),
-        None => {
-            let function_name = function.sig.ident.to_string();
-            quote!(#private::concat!(#private::module_path!(), "::", #function_name))
-        }
-    };
-    options.extend(quote!(.name(#name)));
-    if let Some(timeout) = timeout {
-        let timeout = duration(&private, timeout);
-        options.extend(quote!(.timeout(#timeout)));
-    }
-    if let Some(flag) = resolve_ambiguous_commit {
-        options.extend(quote!(.resolve_ambiguous_commit(#flag)));
-    }
-    if let Some(retry) = &retry {
-        options.extend(retry_options(&private, retry));
-    }
-    if !hooks.is_empty() {
-        // Each handler is checked against the phase it is listed under, with
-        // the error on the handler's name.
-        let declared = hooks.iter().map(
-            |(check, handler)| quote_spanned!(handler.span()=> #private::#check::<#handler>()),
-        );
-        options.extend(quote!(.declared_hooks(const { &[#(#declared),*] })));
-    }
-
-    // Finds a `std::error::Error` inside whatever error type the function
-    // returns, for the retry classification.
-    let inspect = quote! {
-        |__covet_error| {
-            #[allow(unused_imports)]
-            use #private::{ViaDeref as _, ViaNothing as _, ViaPlainDeref as _, ViaStdError as _};
-            (&&&&#private::Probe(__covet_error)).covet_error()
-        }
-    };
+    let options = options(&private, &config, &function.sig);
+    let inspect = quote!(#private::inspect!(#private));
 
     let ItemFn {
         attrs,
@@ -147,61 +91,43 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
     let (inner_attrs, outer_attrs): (Vec<_>, Vec<_>) = attrs
         .into_iter()
         .partition(|attribute| matches!(attribute.style, AttrStyle::Inner(_)));
+    // Errors about the call (an error type that cannot hold the runtime's
+    // errors) are reported on the return type.
     let (hint, span) = match &sig.output {
         ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => (
-            quote! {
-                #[allow(
-                    unknown_lints,
-                    unreachable_code,
-                    clippy::diverging_sub_expression,
-                    clippy::empty_loop,
-                    clippy::needless_return,
-                    clippy::unreachable
-                )]
-                if false {
-                    let __covet_return: #returned = loop {};
-                    return __covet_return;
-                }
-            },
+            quote!(if false { return #private::unreachable::<#returned>(); }),
             returned.span(),
         ),
-        _ => (TokenStream::new(), proc_macro2::Span::call_site()),
+        _ => (TokenStream::new(), Span::call_site()),
     };
 
-    let call = match &retry {
+    let call = match &config.retry {
         None => {
-            let body = quote!(async move { #hint #block });
-            // Spanned on the return type, so that an error type that cannot
-            // hold the runtime's errors is reported there.
             let run = respan(quote!(#private::run), span);
-            let arguments = spanned_group(quote!(#manager, #options, #inspect, #body), span);
-            quote!(#run #arguments .await)
+            let hint = respan(hint.clone(), span);
+            let inspect = respan(inspect.clone(), span);
+            quote_spanned!(span=> #run(#manager, #options, #inspect, async move { #hint #block }).await)
         }
         Some(retry) => {
             move_mutability_into_attempts(&mut sig, retry);
-            let reuse = retry.arguments.iter().map(
-                |ReusedArgument {
-                     mutability,
-                     ident,
-                     reuse,
-                 }| {
-                    let value = match reuse {
-                        Reuse::Clone => quote_spanned!(ident.span()=> #private::reuse(&#ident)),
-                        Reuse::Reborrow => quote_spanned!(ident.span()=> &mut *#ident),
-                        Reuse::Copy => ident.to_token_stream(),
-                    };
-                    quote_spanned!(ident.span()=> let #mutability #ident = #value;)
-                },
-            );
-            let body = quote!(async { #hint #(#reuse)* #block });
+            let reuse = retry.arguments.iter().map(|argument| {
+                let (mutability, ident) = (&argument.mutability, &argument.ident);
+                let value = match argument.reuse {
+                    Reuse::Clone => quote_spanned!(ident.span()=> #private::reuse(&#ident)),
+                    Reuse::Reborrow => quote_spanned!(ident.span()=> &mut *#ident),
+                    Reuse::Copy => ident.to_token_stream(),
+                };
+                quote_spanned!(ident.span()=> let #mutability #ident = #value;)
+            });
             let attempts = respan(quote!(#private::Attempts::new), span);
-            let arguments = spanned_group(quote!(#manager, #options), span);
+            let arguments = spanned_group(quote!(#manager, #options), span, Delimiter::Parenthesis);
+            let hint = respan(hint.clone(), span);
+            let inspect = respan(inspect.clone(), span);
+            let attempt = quote_spanned!(span=> __covet_attempts.attempt(#inspect, async { #hint #(#reuse)* #block }).await);
             quote! {
                 let mut __covet_attempts = #attempts #arguments;
                 loop {
-                    if let #private::Option::Some(__covet_result) =
-                        __covet_attempts.attempt(#inspect, #body).await
-                    {
+                    if let #private::Option::Some(__covet_result) = #attempt {
                         return __covet_result;
                     }
                 }
@@ -209,29 +135,67 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         }
     };
 
+    let body = spanned_group(quote!(#(#inner_attrs)* #call), span, Delimiter::Brace);
     quote! {
         #(#outer_attrs)*
-        #vis #sig {
-            #(#inner_attrs)*
-            #call
-        }
+        #vis #sig #body
     }
 }
 
-/// Drops the `mut` of the parameters that each attempt rebinds: the
-/// rebinding carries it instead, and the parameter itself is only read.
-fn move_mutability_into_attempts(sig: &mut Signature, retry: &Retry) {
-    for input in &mut sig.inputs {
-        if let FnArg::Typed(typed) = input
-            && let Pat::Ident(binding) = &mut *typed.pat
-            && retry
-                .arguments
-                .iter()
-                .any(|argument| argument.ident == binding.ident)
-        {
-            binding.mutability = None;
-        }
+/// The options of the call, as a chain of the runtime's `const` builders.
+fn options(private: &TokenStream, config: &Config, signature: &Signature) -> TokenStream {
+    let mut options = quote!(#private::TxOptions::new());
+    if let Some(level) = &config.isolation {
+        options.extend(quote!(.isolation(#private::Isolation::#level)));
     }
+    if let Some(flag) = config.read_only {
+        options.extend(quote!(.read_only(#flag)));
+    }
+    if let Some(mode) = &config.propagation {
+        options.extend(quote!(.propagation(#private::Propagation::#mode)));
+    }
+    if config.durable {
+        options.extend(quote!(.durable(true)));
+    }
+    let name = match &config.name {
+        Some(text) => text.into_token_stream(),
+        None => {
+            let function = signature.ident.to_string();
+            quote!(#private::concat!(#private::module_path!(), "::", #function))
+        }
+    };
+    options.extend(quote!(.name(#name)));
+    if let Some(timeout) = config.timeout {
+        let timeout = duration(private, timeout);
+        options.extend(quote!(.timeout(#timeout)));
+    }
+    if let Some(flag) = config.resolve_ambiguous_commit {
+        options.extend(quote!(.resolve_ambiguous_commit(#flag)));
+    }
+    if let Some(retry) = &config.retry {
+        options.extend(retry_options(private, retry));
+    }
+    if !config.hooks.is_empty() {
+        // Each handler is checked against the phase it is listed under, with
+        // the error on the handler's name.
+        let declared = config.hooks.iter().map(|(phase, handler)| {
+            let check = syn::Ident::new(phase.declared, Span::call_site());
+            quote_spanned!(handler.span()=> #private::#check::<#handler>())
+        });
+        options.extend(quote!(.declared_hooks(const { &[#(#declared),*] })));
+    }
+    if let Some(predicate) = &config.commit_on {
+        // Checked against the declared error type where there is one, so a
+        // predicate on another type is one error, on the predicate.
+        let predicate = match &signature.output {
+            ReturnType::Type(_, returned) if !mentions_impl_trait(returned) => {
+                quote_spanned!(predicate.span()=> #private::commit_on_predicate::<#returned>(#predicate))
+            }
+            _ => predicate.to_token_stream(),
+        };
+        options.extend(quote!(.commit_on(#predicate)));
+    }
+    options
 }
 
 /// The options a retrying function adds.
@@ -257,32 +221,47 @@ fn retry_options(private: &TokenStream, retry: &Retry) -> TokenStream {
     options
 }
 
+/// Drops the `mut` of the parameters that each attempt rebinds: the
+/// rebinding carries it instead, and the parameter itself is only read.
+fn move_mutability_into_attempts(sig: &mut Signature, retry: &Retry) {
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(typed) = input
+            && let Pat::Ident(binding) = &mut *typed.pat
+            && retry
+                .arguments
+                .iter()
+                .any(|argument| argument.ident == binding.ident)
+        {
+            binding.mutability = None;
+        }
+    }
+}
+
 /// A duration checked at compile time, as a constant expression.
-fn duration(private: &TokenStream, duration: std::time::Duration) -> TokenStream {
+pub(crate) fn duration(private: &TokenStream, duration: std::time::Duration) -> TokenStream {
     let seconds = duration.as_secs();
     let nanos = duration.subsec_nanos();
     quote!(#private::Duration::new(#seconds, #nanos))
 }
 
-/// Parentheses around `tokens` carrying `span`, so that errors about the
-/// call they belong to point there.
-fn spanned_group(tokens: TokenStream, span: proc_macro2::Span) -> proc_macro2::Group {
-    let mut group = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, tokens);
+/// `delimiter` around `tokens`, carrying `span`, so that errors about what
+/// they enclose point there.
+fn spanned_group(tokens: TokenStream, span: Span, delimiter: Delimiter) -> Group {
+    let mut group = Group::new(delimiter, tokens);
     group.set_span(span);
     group
 }
 
 /// Gives every token the same span, so that errors about the tokens point
 /// at that place in the user's code.
-pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut respanned =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
                 respanned.set_span(span);
-                token = proc_macro2::TokenTree::Group(respanned);
+                token = TokenTree::Group(respanned);
             } else {
                 token.set_span(span);
             }

@@ -5,15 +5,17 @@
 //! Next to the function, which stays as written, the attribute declares a
 //! type of the same name (types and functions live in separate namespaces)
 //! that carries the phase and a uniform, boxed way to call the handler.
-//! Its only argument, `crate = "..."`, is checked in `valid.rs`, as
-//! `#[transactional]`'s is.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
-use crate::attr::RawArgs;
-use crate::valid::{self, Errors};
+use crate::args::Args;
+use crate::errors::Errors;
+use crate::item;
+use crate::phases::Phase;
+use crate::rules;
 
 // Input:
 //
@@ -45,28 +47,22 @@ use crate::valid::{self, Errors};
 // `::covet_txn::__private`.
 /// Checks a handler and generates its declaration, or the errors.
 pub(crate) fn declare(
-    phase: &str,
+    phase: &Phase,
     args: TokenStream,
     function: ItemFn,
 ) -> Result<TokenStream, syn::Error> {
     let mut errors = Errors::default();
-    let krate = match RawArgs::parse(args, "crate = \"my_covet\"") {
-        Ok(args) => Some(valid::validate_hook_args(phase, args, &mut errors)),
-        Err(error) => {
-            errors.push(error);
-            None
-        }
-    };
-    check_signature(phase, &function, &mut errors);
-    let krate = errors.finish(krate)?;
+    let mut args = Args::parse(args, phase.attribute, rules::HOOK_KEYS, &mut errors);
+    let krate = rules::crate_path(&mut args);
+    check_signature(phase.attribute, &function, &mut errors);
+    errors.finish(())?;
     let private = quote!(#krate::__private);
 
     let name = &function.sig.ident;
     let vis = &function.vis;
-
     // An error type the runtime cannot keep is reported on the return type.
     let output_span = match &function.sig.output {
-        ReturnType::Type(_, returned) => syn::spanned::Spanned::span(&**returned),
+        ReturnType::Type(_, returned) => returned.span(),
         ReturnType::Default => Span::call_site(),
     };
     let call = if function.sig.asyncness.is_some() {
@@ -77,8 +73,8 @@ pub(crate) fn declare(
     let convert =
         crate::expand::respan(quote!(#private::HookOutput::into_hook_result), output_span);
     let into_result = quote_spanned!(output_span=> #convert(#call));
-    let marker = format_ident!("{}", marker_trait(phase));
-    let phase_variant = format_ident!("{}", phase_variant(phase));
+    let marker = format_ident!("{}", phase.marker);
+    let variant = format_ident!("{}", phase.variant);
     Ok(quote! {
         #function
 
@@ -87,14 +83,12 @@ pub(crate) fn declare(
         #vis struct #name {}
 
         impl #private::Hook for #name {
-            const PHASE: #private::Phase = #private::Phase::#phase_variant;
+            const PHASE: #private::Phase = #private::Phase::#variant;
             const NAME: &'static str =
                 #private::concat!(#private::module_path!(), "::", #private::stringify!(#name));
 
             fn run(event: #private::TxEvent) -> #private::HookFuture {
-                #private::boxed_hook(async move {
-                    #into_result
-                })
+                #private::boxed_hook(async move { #into_result })
             }
         }
 
@@ -102,46 +96,46 @@ pub(crate) fn declare(
     })
 }
 
-fn check_signature(phase: &str, function: &ItemFn, errors: &mut Errors) {
+fn check_signature(attribute: &str, function: &ItemFn, errors: &mut Errors) {
     let signature = &function.sig;
     if !signature.generics.params.is_empty() {
         errors.push(syn::Error::new_spanned(
             &signature.generics,
-            format!("#[{phase}] handlers cannot be generic: the transaction calls them with the event only"),
+            format!("#[{attribute}] handlers cannot be generic: the transaction calls them with the event only"),
         ));
     }
     let mut inputs = signature.inputs.iter();
     match inputs.next() {
-        None => errors.push(syn::Error::new(
+        None => errors.at(
             signature.paren_token.span.join(),
-            format!("#[{phase}] handlers receive the transaction's event: add `event: &covet_txn::TxEvent`"),
-        )),
+            format!("#[{attribute}] handlers receive the transaction's event: add `event: &covet_txn::TxEvent`"),
+        ),
         Some(FnArg::Receiver(receiver)) => errors.push(syn::Error::new_spanned(
             receiver,
-            format!("#[{phase}] handlers are free functions, not methods: take `event: &covet_txn::TxEvent` instead of `self`"),
+            format!("#[{attribute}] handlers are free functions, not methods: take `event: &covet_txn::TxEvent` instead of `self`"),
         )),
         Some(FnArg::Typed(typed)) if !is_event_reference(&typed.ty) => errors.push(syn::Error::new_spanned(
             &typed.ty,
-            format!("#[{phase}] handlers receive `&covet_txn::TxEvent`, the transaction's event"),
+            format!("#[{attribute}] handlers receive `&covet_txn::TxEvent`, the transaction's event"),
         )),
         Some(FnArg::Typed(_)) => {}
     }
     for extra in inputs {
         errors.push(syn::Error::new_spanned(
             extra,
-            format!("#[{phase}] handlers take only the event; capture anything else in a hook registered from the body with `covet_txn::{phase}(...)`"),
+            format!("#[{attribute}] handlers take only the event; capture anything else in a hook registered from the body with `covet_txn::{attribute}(...)`"),
         ));
     }
-    if let ReturnType::Type(_, returned) = &signature.output {
-        let returns_result = matches!(&**returned, Type::Path(path)
-            if path.path.segments.last().is_some_and(|segment| segment.ident.to_string().ends_with("Result")));
-        let returns_unit = matches!(&**returned, Type::Tuple(tuple) if tuple.elems.is_empty());
-        if !returns_result && !returns_unit {
-            errors.push(syn::Error::new_spanned(
-                returned,
-                format!("#[{phase}] handlers return nothing or `Result<(), E>` with `E: Display`"),
-            ));
-        }
+    if let ReturnType::Type(_, returned) = &signature.output
+        && !item::is_result(returned)
+        && !item::is_unit(returned)
+    {
+        errors.push(syn::Error::new_spanned(
+            returned,
+            format!(
+                "#[{attribute}] handlers return nothing or `Result<(), E>` with `E` an error type"
+            ),
+        ));
     }
 }
 
@@ -156,28 +150,10 @@ fn is_event_reference(ty: &Type) -> bool {
     }
 }
 
-fn marker_trait(phase: &str) -> &'static str {
-    match phase {
-        "before_commit" => "BeforeCommitHook",
-        "on_commit" => "OnCommitHook",
-        "before_rollback" => "BeforeRollbackHook",
-        _ => "OnRollbackHook",
-    }
-}
-
-fn phase_variant(phase: &str) -> &'static str {
-    match phase {
-        "before_commit" => "BeforeCommit",
-        "on_commit" => "AfterCommit",
-        "before_rollback" => "BeforeRollback",
-        _ => "AfterRollback",
-    }
-}
-
 /// The error spans a misplaced handler attribute on.
-pub(crate) fn not_a_function(phase: &str, span: Span) -> syn::Error {
+pub(crate) fn not_a_function(attribute: &str, span: Span) -> syn::Error {
     syn::Error::new(
         span,
-        format!("#[{phase}] goes on a function `fn handler(event: &covet_txn::TxEvent)`"),
+        format!("#[{attribute}] goes on a function `fn handler(event: &covet_txn::TxEvent)`"),
     )
 }

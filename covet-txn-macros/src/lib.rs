@@ -1,18 +1,25 @@
 //! Attribute macros for [covet-txn](https://docs.rs/covet-txn). Depend on
 //! `covet-txn`, which re-exports them; this crate is its compile-time half.
 //!
-//! `attr.rs` parses the arguments, `valid.rs` checks what they and the
-//! function mean, `expand.rs` generates the wrapped function and
-//! `fallback.rs` reports errors while keeping the function. `hooks.rs` checks
-//! and declares the handlers of `#[on_commit]` and the other phases.
+//! Each attribute goes through the same steps, one file each: `args.rs`
+//! reads the arguments as the attribute's key table says, `item.rs` checks
+//! the function, `rules.rs` checks the arguments against each other and
+//! gathers them, `expand.rs` generates the code, and `fallback.rs` reports
+//! errors while keeping the function. `hooks.rs` declares the handlers of
+//! `#[on_commit]` and the other phases (listed in `phases.rs`), and
+//! `testing.rs` wraps a test in a transaction that always rolls back.
 
 use proc_macro::TokenStream;
 
-mod attr;
+mod args;
+mod errors;
 mod expand;
 mod fallback;
 mod hooks;
-mod valid;
+mod item;
+mod phases;
+mod rules;
+mod testing;
 
 /// Runs an `async fn` in a transaction. See `covet_txn::transactional`.
 #[proc_macro_attribute]
@@ -28,10 +35,37 @@ pub fn transactional(args: TokenStream, item: TokenStream) -> TokenStream {
             return fallback::emit(error, item).into();
         }
     };
-    let config = attr::RawArgs::parse(args.into(), "isolation = \"serializable\"")
-        .and_then(|args| valid::validate(args, &function));
-    match config {
+    let mut errors = errors::Errors::default();
+    let args = args::Args::parse(
+        args.into(),
+        "transactional",
+        rules::TRANSACTIONAL_KEYS,
+        &mut errors,
+    );
+    let config = rules::transactional(args, &function, &mut errors);
+    match errors.finish(config) {
         Ok(config) => expand::expand(config, function).into(),
+        Err(error) => fallback::emit(error, item).into(),
+    }
+}
+
+/// Runs an `async fn` test in a transaction that always rolls back. See
+/// `covet_txn::test`.
+#[proc_macro_attribute]
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    let function = match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(error) => {
+            let error = syn::Error::new(
+                error.span(),
+                "#[covet_txn::test] goes on an `async fn` test",
+            );
+            return fallback::emit(error, item).into();
+        }
+    };
+    match testing::test(args.into(), function) {
+        Ok(tokens) => tokens.into(),
         Err(error) => fallback::emit(error, item).into(),
     }
 }
@@ -63,12 +97,16 @@ pub fn before_rollback(args: TokenStream, item: TokenStream) -> TokenStream {
     hook("before_rollback", args, item)
 }
 
-fn hook(phase: &str, args: TokenStream, item: TokenStream) -> TokenStream {
+fn hook(attribute: &str, args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
+    let Some(phase) = phases::named(attribute) else {
+        let error = syn::Error::new(proc_macro2::Span::call_site(), "not a hook phase");
+        return fallback::emit(error, item).into();
+    };
     let function = match syn::parse2::<syn::ItemFn>(item.clone()) {
         Ok(function) => function,
         Err(error) => {
-            return fallback::emit(hooks::not_a_function(phase, error.span()), item).into();
+            return fallback::emit(hooks::not_a_function(attribute, error.span()), item).into();
         }
     };
     match hooks::declare(phase, args.into(), function) {

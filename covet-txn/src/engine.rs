@@ -7,7 +7,9 @@
 //! The public, typed face of an engine is [`TxManager`](crate::TxManager).
 
 use std::error::Error as StdError;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+#[cfg(feature = "monitor")]
+use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{self, Driver};
@@ -177,6 +179,7 @@ impl EngineHandle {
         dispatch!(self, engine => engine.open(request).await)
     }
 
+    #[cfg(feature = "monitor")]
     pub(crate) fn downgrade(&self) -> WeakEngine {
         WeakEngine(match self {
             #[cfg(feature = "postgres")]
@@ -205,9 +208,11 @@ impl EngineHandle {
 }
 
 /// An engine held without keeping it alive.
+#[cfg(feature = "monitor")]
 #[derive(Clone)]
 pub(crate) struct WeakEngine(WeakInner);
 
+#[cfg(feature = "monitor")]
 #[derive(Clone)]
 enum WeakInner {
     #[cfg(feature = "postgres")]
@@ -218,8 +223,8 @@ enum WeakInner {
     Sqlite(Weak<Engine<sqlx::Sqlite>>),
 }
 
+#[cfg(feature = "monitor")]
 impl WeakEngine {
-    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
     pub(crate) fn upgrade(&self) -> Option<EngineHandle> {
         match &self.0 {
             #[cfg(feature = "postgres")]

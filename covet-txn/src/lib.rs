@@ -53,7 +53,7 @@
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `__private`, [`monitor`] | [`TxManager`] and the closure API; what generated code calls; the monitor |
+//! | public API | `manager`, `testing`, `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; what generated code calls; the monitor |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -82,6 +82,7 @@ mod retry;
 mod savepoint;
 mod session;
 mod state;
+mod testing;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -146,6 +147,30 @@ pub mod sqlite {
 ///
 /// See the crate documentation and the README for the arguments.
 pub use covet_txn_macros::transactional;
+
+/// Runs an `async fn` test in a transaction that always rolls back, on a
+/// runtime of its own, as `#[tokio::test]` would; every `#[transactional]`
+/// call in it nests in the test's transaction, so the test leaves no data
+/// behind and parallel tests do not see each other's rows. See
+/// [`TxManager::test_transaction`] for the rules.
+///
+/// `manager = <future>` gives the manager to run on, typically a call of an
+/// `async fn` that connects; without it the process-wide default manager is
+/// used.
+///
+/// ```
+/// # async fn test_db() -> covet_txn::TxManager<sqlx::Sqlite> {
+/// #     covet_txn::TxManager::new(sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap())
+/// # }
+/// #[covet_txn::test(manager = test_db())]
+/// async fn an_order_is_saved() -> Result<(), covet_txn::Error> {
+///     sqlx::raw_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY); INSERT INTO orders VALUES (1)")
+///         .execute(&mut *covet_txn::sqlite::conn()?)
+///         .await?;
+///     Ok(())
+/// }
+/// ```
+pub use covet_txn_macros::test;
 
 /// Declare handlers that a `#[transactional]` function lists by phase:
 /// `#[transactional(on_commit = [send_receipt])]`. A handler is an `async fn`

@@ -18,9 +18,41 @@ pub use core::result::Result;
 pub use core::time::Duration;
 pub use core::{concat, module_path, stringify};
 
+/// The `Result` a `#[transactional]` function returns, named so that a
+/// `commit_on` predicate is checked against its error type.
+pub trait Returns {
+    /// The function's error type.
+    type Error;
+}
+
+impl<T, E> Returns for Result<T, E> {
+    type Error = E;
+}
+
+/// A `commit_on` predicate, checked against the function's own error type
+/// so that a mismatch is reported on the predicate, not the return type.
+pub const fn commit_on_predicate<R: Returns>(
+    predicate: fn(&R::Error) -> bool,
+) -> fn(&R::Error) -> bool {
+    predicate
+}
+
 /// Finds the `std::error::Error` inside a function's error type, whatever it
 /// is, so that the retry classification can walk its `source()` chain.
 pub type Inspect<E> = fn(&E) -> Option<&(dyn StdError + 'static)>;
+
+/// The error type of a `#[transactional]` function: one the runtime's own
+/// errors convert into. A missing conversion is reported once, on the
+/// function's return type, by this trait's message.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error type of a #[transactional] function: covet-txn's errors (a failed COMMIT, a timeout) do not convert into it",
+    label = "needs `From<covet_txn::Error>`",
+    note = "add a variant `#[error(transparent)] Transaction(#[from] covet_txn::Error)` to the error enum, or `impl From<covet_txn::Error> for` it"
+)]
+pub trait ErrorType: From<Error> {}
+
+#[diagnostic::do_not_recommend]
+impl<E: From<Error>> ErrorType for E {}
 
 /// Runs one call of a `#[transactional]` function without `retry`.
 pub fn run<T, E, Fut>(
@@ -31,7 +63,7 @@ pub fn run<T, E, Fut>(
 ) -> impl Future<Output = Result<T, E>>
 where
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error>,
+    E: ErrorType,
 {
     // Boxed before any wrapper is built: a nested call's future then holds
     // a pointer, not the callee's whole state machine, and the compiler's
@@ -43,7 +75,7 @@ where
 /// the generated loop builds a fresh body for each.
 pub struct Attempts<E>(attempts::Attempts<E>);
 
-impl<E: From<Error>> Attempts<E> {
+impl<E: ErrorType> Attempts<E> {
     /// Starts a call.
     pub fn new(manager: Option<EngineHandle>, options: impl Into<CallOptions<E>>) -> Self {
         Attempts(attempts::Attempts::new(manager, options.into()))
@@ -213,11 +245,11 @@ impl<'a, E> ViaNothing<'a> for Probe<'a, E> {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __covet_inspect {
-    ($private:path) => {
+    ($($private:tt)*) => {
         |__covet_error| {
             #[allow(unused_imports)]
-            use $private::{ViaDeref as _, ViaNothing as _, ViaPlainDeref as _, ViaStdError as _};
-            (&&&&$private::Probe(__covet_error)).covet_error()
+            use $($private)*::{ViaDeref as _, ViaNothing as _, ViaPlainDeref as _, ViaStdError as _};
+            (&&&&$($private)*::Probe(__covet_error)).covet_error()
         }
     };
 }
@@ -277,4 +309,35 @@ phases! {
         message = "`{Self}` is not a #[before_rollback] handler", label = "listed under `before_rollback`";
     "on_rollback", OnRollbackHook, declared_on_rollback,
         message = "`{Self}` is not an #[on_rollback] handler", label = "listed under `on_rollback`";
+}
+
+/// The runtime one `#[covet_txn::test]` runs on: a test owns its runtime,
+/// as with `#[tokio::test]`, and its manager is made on it.
+pub fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|error| panic!("cannot start the test's tokio runtime: {error}"))
+}
+
+/// Runs a `#[covet_txn::test]` body in a test transaction of the manager
+/// `manager` (a future, such as a call of an `async fn` that connects)
+/// resolves to.
+pub async fn test_transaction<M, DB, T>(manager: M, body: impl Future<Output = T>) -> T
+where
+    M: Future<Output = TxManager<DB>>,
+    DB: Backend,
+{
+    let manager = manager.await;
+    crate::testing::in_test_transaction(manager.handle(), body)
+        .await
+        .unwrap_or_else(|error| panic!("the test transaction could not run: {error}"))
+}
+
+/// Runs a `#[covet_txn::test]` body in a test transaction of the default
+/// manager.
+pub async fn default_test_transaction<T>(body: impl Future<Output = T>) -> T {
+    crate::testing::in_default_test_transaction(body)
+        .await
+        .unwrap_or_else(|error| panic!("the test transaction could not run: {error}"))
 }

@@ -48,10 +48,15 @@ const RESTART: &str =
     "DO $$ BEGIN RAISE EXCEPTION 'restart transaction' USING ERRCODE = 'CR000'; END $$";
 
 #[transactional(manager = manager, retry = 2, backoff = "1ms")]
-async fn restarted_once(manager: &TxManager<Postgres>, attempts: &AtomicU32) -> Result<u32, AppError> {
+async fn restarted_once(
+    manager: &TxManager<Postgres>,
+    attempts: &AtomicU32,
+) -> Result<u32, AppError> {
     let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
     if attempt == 1 {
-        sqlx::raw_sql(RESTART).execute(&mut *manager.conn()?).await?;
+        sqlx::raw_sql(RESTART)
+            .execute(&mut *manager.conn()?)
+            .await?;
     }
     Ok(attempt)
 }
@@ -69,31 +74,47 @@ async fn outer_at_the_default_level(manager: &TxManager<Postgres>) -> Result<(),
 
 #[tokio::test]
 async fn a_dialect_of_its_own_decides_what_is_retried_and_what_a_default_transaction_satisfies() {
-    let (Some(default_pool), Some(dialect_pool)) =
-        (covet_txn_tests::postgres(1).await, covet_txn_tests::postgres(1).await)
-    else {
+    let (Some(default_pool), Some(dialect_pool)) = (
+        covet_txn_tests::postgres(1).await,
+        covet_txn_tests::postgres(1).await,
+    ) else {
         return;
     };
     let plain = TxManager::new(default_pool);
     let attempts = AtomicU32::new(0);
     let refused = restarted_once(&plain, &attempts).await;
-    assert!(matches!(refused, Err(AppError::Db(_))), "PostgreSQL does not know CR000: {refused:?}");
+    assert!(
+        matches!(refused, Err(AppError::Db(_))),
+        "PostgreSQL does not know CR000: {refused:?}"
+    );
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
 
-    let manager = TxManager::builder(dialect_pool).dialect(RestartingPostgres).build();
+    let manager = TxManager::builder(dialect_pool)
+        .dialect(RestartingPostgres)
+        .build();
     let attempts = AtomicU32::new(0);
-    let attempt = restarted_once(&manager, &attempts).await.expect("the dialect's code is retried");
+    let attempt = restarted_once(&manager, &attempts)
+        .await
+        .expect("the dialect's code is retried");
     assert_eq!(attempt, 2);
     let metrics = manager.metrics();
     assert_eq!(metrics.backend, "cockroachish");
-    assert_eq!((metrics.total.retries, metrics.total.serialization_failures), (1, 1));
+    assert_eq!(
+        (metrics.total.retries, metrics.total.serialization_failures),
+        (1, 1)
+    );
 
     // Its default level is SERIALIZABLE, which a repeatable-read call joins;
     // PostgreSQL's (read committed) does not satisfy one.
-    outer_at_the_default_level(&manager).await.expect("nests in a serializable default");
+    outer_at_the_default_level(&manager)
+        .await
+        .expect("nests in a serializable default");
     let refused = outer_at_the_default_level(&plain).await;
     assert!(
-        matches!(refused, Err(AppError::Tx(Error::IsolationMismatch { running: None, .. }))),
+        matches!(
+            refused,
+            Err(AppError::Tx(Error::IsolationMismatch { running: None, .. }))
+        ),
         "{refused:?}"
     );
 }

@@ -30,7 +30,10 @@ fn modules(dir: &Path, root: &Path, found: &mut BTreeMap<String, PathBuf>) {
             .components()
             .map(|part| part.as_os_str().to_string_lossy().into_owned())
             .collect();
-        if parts.last().is_some_and(|last| last == "mod" || last == "lib") {
+        if parts
+            .last()
+            .is_some_and(|last| last == "mod" || last == "lib")
+        {
             parts.pop();
         }
         found.insert(parts.join("::"), path);
@@ -81,15 +84,24 @@ fn imports(module: &str, source: &str, known: &BTreeMap<String, PathBuf>) -> BTr
     for (start, _) in source.match_indices("::") {
         // The path this `::` belongs to, from its first segment.
         let mut begin = start;
-        while begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_' || bytes[begin - 1] == b':') {
+        while begin > 0
+            && (bytes[begin - 1].is_ascii_alphanumeric()
+                || bytes[begin - 1] == b'_'
+                || bytes[begin - 1] == b':')
+        {
             begin -= 1;
         }
         let mut end = start + 2;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':')
+        {
             end += 1;
         }
         let path = &source[begin..end];
-        let mut segments: Vec<&str> = path.split("::").filter(|segment| !segment.is_empty()).collect();
+        let mut segments: Vec<&str> = path
+            .split("::")
+            .filter(|segment| !segment.is_empty())
+            .collect();
         let mut base: Vec<String> = match segments.first() {
             Some(&"crate") => Vec::new(),
             Some(&"super") => {
@@ -126,7 +138,10 @@ fn runtime_modules_import_only_from_lower_layers_and_form_no_circle() {
     modules(&root, &root, &mut known);
     let lib = std::fs::read_to_string(root.join("lib.rs")).expect("reads lib.rs");
     let layers = layers(&lib);
-    assert!(layers.len() > 5, "the crate docs list the layers: {layers:?}");
+    assert!(
+        layers.len() > 5,
+        "the crate docs list the layers: {layers:?}"
+    );
 
     let mut problems = Vec::new();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -34,7 +34,9 @@ pub(crate) type Restore = Option<&'static str>;
 #[derive(Debug, Clone, Default)]
 pub struct InFlightCommit {
     /// The transaction's server-side id, taken before COMMIT when the call
-    /// asked to resolve ambiguous commits.
+    /// asked to resolve ambiguous commits. Only PostgreSQL can look a
+    /// transaction up by id afterwards, so other builds only carry it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) token: Option<String>,
 }
 

@@ -19,6 +19,7 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 /// How a counter is exposed: a Prometheus family (without the `covet_txn_`
 /// prefix and `_total` suffix), with one label telling apart the counters of
 /// one family.
+#[cfg(feature = "monitor")]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Exposed {
     pub(crate) family: &'static str,
@@ -43,6 +44,7 @@ macro_rules! counters {
             pub(crate) const ALL: &'static [Counter] = &[$(Counter::$field,)+];
 
             /// The counter's name, as the JSON and CSV reports write it.
+            #[cfg(feature = "monitor")]
             pub(crate) const fn name(self) -> &'static str {
                 match self {
                     $(Counter::$field => stringify!($field),)+
@@ -50,6 +52,7 @@ macro_rules! counters {
             }
 
             /// How Prometheus sees it.
+            #[cfg(feature = "monitor")]
             pub(crate) const fn exposed(self) -> Exposed {
                 match self {
                     $(Counter::$field => Exposed {
@@ -61,6 +64,7 @@ macro_rules! counters {
             }
 
             /// Its value in a reading.
+            #[cfg(feature = "monitor")]
             pub(crate) const fn read(self, metrics: &FunctionMetrics) -> u64 {
                 match self {
                     $(Counter::$field => metrics.$field,)+
@@ -133,6 +137,7 @@ macro_rules! counters {
     };
 }
 
+#[cfg(feature = "monitor")]
 macro_rules! label {
     () => {
         None

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 
-use self::recovery::{Cutoff, Held, Origin, abandon};
 pub use self::handle::{SessionErase, SessionHandle};
+use self::recovery::{Cutoff, Held, Origin, abandon};
 pub use self::slot::TxConn;
 use self::slot::{ConnectionSlot, Lease, Slot};
 use crate::backend::{Driver, Restore};

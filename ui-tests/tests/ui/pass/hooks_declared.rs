@@ -1,7 +1,7 @@
 use covet_txn::{TxEvent, transactional};
 
 #[derive(Debug)]
-struct MailError;
+pub struct MailError;
 
 impl std::fmt::Display for MailError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
