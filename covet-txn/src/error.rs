@@ -121,28 +121,41 @@ pub enum Error {
 
     /// A nested call asked for a stronger isolation level than the running
     /// transaction has: the server fixed the level at BEGIN. A weaker or
-    /// equal level joins.
+    /// equal level joins. Raised before the call's body runs.
     #[error(
-        "this nested call asks for isolation {requested} but the running transaction \
-         runs at {}, which is weaker: a level is fixed when a transaction begins, so ask for \
-         {requested} on the outermost call, or use `propagation = \"requires_new\"`",
-        running.map_or("the server's default", Isolation::name)
+        "`{call}` asks for isolation {requested} but runs inside `{transaction}`, which runs at \
+         {effective}{}: a level is fixed when a transaction begins, so ask for {requested} on \
+         `{transaction}`, or give `{call}` `propagation = \"requires_new\"`",
+        if running.is_none() { " (the server's default)" } else { "" }
     )]
     IsolationMismatch {
-        /// The level of the running transaction (`None`: the server's default).
-        running: Option<Isolation>,
+        /// The nested call.
+        call: &'static str,
+        /// The running transaction.
+        transaction: &'static str,
         /// The level the nested call asked for.
         requested: Isolation,
+        /// The level the running transaction asked for (`None`: it asked
+        /// for none and runs at the server's default).
+        running: Option<Isolation>,
+        /// The level the running transaction runs at.
+        effective: Isolation,
     },
 
     /// A nested call asked for a read-write transaction but the running one
     /// is read-only. A read-only request joins a read-write transaction.
+    /// Raised before the call's body runs.
     #[error(
-        "this nested call asks for a read-write transaction but the running one is \
-         read-only: ask for read-write on the outermost call, or use \
+        "`{call}` asks for a read-write transaction but runs inside `{transaction}`, which is \
+         read-only: make `{transaction}` read-write, or give `{call}` \
          `propagation = \"requires_new\"`"
     )]
-    AccessModeMismatch,
+    AccessModeMismatch {
+        /// The nested call.
+        call: &'static str,
+        /// The running, read-only transaction.
+        transaction: &'static str,
+    },
 
     /// A `durable` call ran inside a transaction, where its commit would not
     /// be its own: the transaction around it could still roll it back.
@@ -344,14 +357,28 @@ mod tests {
     #[test]
     fn messages_name_both_sides_and_say_what_to_do() {
         let message = Error::IsolationMismatch {
-            running: Some(Isolation::ReadCommitted),
+            call: "shop::price",
+            transaction: "shop::checkout",
             requested: Isolation::Serializable,
+            running: None,
+            effective: Isolation::ReadCommitted,
         }
         .to_string();
-        assert!(message.contains("serializable"), "{message}");
-        assert!(message.contains("read_committed"), "{message}");
-        assert!(message.contains("requires_new"), "{message}");
-        let message = Error::AccessModeMismatch.to_string();
-        assert!(message.contains("read-write transaction but the running one is read-only"));
+        for part in [
+            "`shop::price` asks for isolation serializable",
+            "inside `shop::checkout`, which runs at read_committed (the server's default)",
+            "requires_new",
+        ] {
+            assert!(message.contains(part), "{message}");
+        }
+        let message = Error::AccessModeMismatch {
+            call: "shop::restock",
+            transaction: "shop::report",
+        }
+        .to_string();
+        assert!(
+            message.contains("`shop::restock` asks for a read-write transaction but runs inside `shop::report`, which is read-only"),
+            "{message}"
+        );
     }
 }

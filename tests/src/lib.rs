@@ -170,6 +170,21 @@ pub async fn sqlite_pool(test: &str, pool: SqlitePoolOptions) -> Option<SqlitePo
     }
 }
 
+/// An SQLite database file shared by tests that run at the same time (WAL,
+/// 10 s busy timeout): created if missing, never deleted.
+pub async fn sqlite_shared(test: &str, max_connections: u32) -> Option<SqlitePool> {
+    let path = sqlite_path(test);
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    match pool_options(max_connections).connect_with(options).await {
+        Ok(pool) => Some(pool),
+        Err(error) => panic!("cannot open SQLite file {}: {error}", path.display()),
+    }
+}
+
 /// The SQLite file a test uses.
 pub fn sqlite_path(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("covet-txn-tests");
@@ -186,6 +201,8 @@ pub fn sqlite_path(test: &str) -> PathBuf {
 /// - `pool(test, max_connections)`, a pool or `None` to skip;
 /// - `pool_from(test, pool_options)`, the same built from sqlx pool options
 ///   (see [`pool_options`] and [`counting_connections`]);
+/// - `shared_pool(test, max_connections)`, a pool on a database that tests
+///   running at the same time share (SQLite: a file that is not reset);
 /// - `manager(test, max_connections)`, a `TxManager` or `None` to skip;
 /// - `conn()`, the current transaction's connection;
 /// - `exec(sql)` and `scalar(sql)`, running SQL in the current transaction;
@@ -213,6 +230,10 @@ macro_rules! each_backend {
             pub async fn pool_from(_test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
                 $crate::postgres_pool(options, $crate::postgres_options()).await
             }
+            #[allow(dead_code)]
+            pub async fn shared_pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::postgres(max_connections).await
+            }
             $crate::__backend_helpers!();
             $($body)*
         }
@@ -228,6 +249,10 @@ macro_rules! each_backend {
             pub async fn pool_from(_test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
                 $crate::mysql_pool(options, $crate::mysql_options()).await
             }
+            #[allow(dead_code)]
+            pub async fn shared_pool(_test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::mysql(max_connections).await
+            }
             $crate::__backend_helpers!();
             $($body)*
         }
@@ -242,6 +267,10 @@ macro_rules! each_backend {
             #[allow(dead_code)]
             pub async fn pool_from(test: &str, options: ::sqlx::pool::PoolOptions<Db>) -> Option<::sqlx::Pool<Db>> {
                 $crate::sqlite_pool(test, options).await
+            }
+            #[allow(dead_code)]
+            pub async fn shared_pool(test: &str, max_connections: u32) -> Option<::sqlx::Pool<Db>> {
+                $crate::sqlite_shared(test, max_connections).await
             }
             $crate::__backend_helpers!();
             $($body)*

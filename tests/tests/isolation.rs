@@ -71,13 +71,14 @@ each_backend! {
                 stronger,
                 Err(AppError::Tx(Error::IsolationMismatch {
                     running: Some(Isolation::ReadCommitted),
-                    requested: Isolation::Serializable
+                    requested: Isolation::Serializable,
+                    ..
                 }))
             ),
             "{stronger:?}"
         );
         let writer = nested_read_write().await;
-        assert!(matches!(writer, Err(AppError::Tx(Error::AccessModeMismatch))), "{writer:?}");
+        assert!(matches!(writer, Err(AppError::Tx(Error::AccessModeMismatch { .. }))), "{writer:?}");
         Ok(())
     }
 

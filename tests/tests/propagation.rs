@@ -299,4 +299,75 @@ each_backend! {
         let seen = manager.scope(supports_then_nested("prop_supports_nested")).await.expect("runs");
         assert_eq!(seen, 1, "the failed transaction rolled back, the other committed");
     }
+
+    #[transactional(propagation = "not_supported")]
+    async fn suspended_count_then_insert(table: &str, id: Option<i64>) -> Result<i64, AppError> {
+        assert!(covet_txn::current().is_some_and(|info| !info.transactional), "no transaction");
+        let seen = scalar(format!("SELECT COUNT(*) FROM {table}")).await?;
+        if let Some(id) = id {
+            insert_row(table, id).await?;
+        }
+        Ok(seen)
+    }
+
+    #[transactional]
+    async fn outer_around_not_supported(table: &str) -> Result<(), AppError> {
+        assert_eq!(suspended_count_then_insert(table, Some(2)).await?, 0);
+        insert_row(table, 1).await?;
+        let seen = suspended_count_then_insert(table, None).await?;
+        assert_eq!(seen, 1, "it sees the committed autocommit row, not the suspended transaction's");
+        assert!(covet_txn::current().is_some_and(|info| info.transactional), "the transaction resumes");
+        Err(AppError::Refused("outer_around_not_supported"))
+    }
+
+    #[tokio::test]
+    async fn not_supported_suspends_the_running_transaction_and_autocommits_beside_it() {
+        let Some(pair) = manager("prop_not_supported", 2).await else { return };
+        reset_table(pair.pool(), "prop_not_supported", COLUMNS).await;
+        let failed = pair.scope(outer_around_not_supported("prop_not_supported")).await;
+        assert!(matches!(failed, Err(AppError::Refused(_))), "{failed:?}");
+        assert_eq!(count(pair.pool(), "prop_not_supported").await, 1, "only the autocommit row stays");
+        assert_eq!(pool_scalar(pair.pool(), "SELECT COUNT(*) FROM prop_not_supported WHERE id = 2").await, 1);
+
+        let alone = pair.scope(suspended_count_then_insert("prop_not_supported", Some(3))).await;
+        assert_eq!(alone.ok(), Some(1), "with nothing running it autocommits");
+
+        let Some(single) = manager("prop_not_supported_single", 1).await else { return };
+        let exhausted = single.scope(outer_around_not_supported("prop_not_supported")).await;
+        assert!(
+            matches!(exhausted, Err(AppError::Tx(Error::PoolExhaustedByNesting { held: 1, max: 1 }))),
+            "a pool of one has no second connection: {exhausted:?}"
+        );
+    }
+
+    #[transactional(durable)]
+    async fn settle_payment(table: &str, id: i64) -> Result<(), AppError> {
+        insert_row(table, id).await
+    }
+
+    #[transactional]
+    async fn outer_calling_durable(table: &str) -> Result<(), AppError> {
+        insert_row(table, 1).await?;
+        let refused = settle_payment(table, 2).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(AppError::Tx(Error::NotOutermost { scope, running }))
+                    if scope.ends_with("::settle_payment") && running.ends_with("::outer_calling_durable")
+            ),
+            "{refused:?}"
+        );
+        assert!(!covet_txn::is_rollback_only(), "the refusal came before the call joined anything");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn durable_commits_as_the_outermost_transaction_and_is_refused_inside_one() {
+        let Some(manager) = manager("prop_durable", 1).await else { return };
+        reset_table(manager.pool(), "prop_durable", COLUMNS).await;
+        manager.scope(settle_payment("prop_durable", 3)).await.expect("outermost: commits");
+        manager.scope(outer_calling_durable("prop_durable")).await.expect("the outer commits");
+        assert_eq!(count(manager.pool(), "prop_durable").await, 2, "rows 1 and 3; the refused call wrote nothing");
+        assert_eq!(pool_scalar(manager.pool(), "SELECT COUNT(*) FROM prop_durable WHERE id = 2").await, 0);
+    }
 }

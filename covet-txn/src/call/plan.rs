@@ -154,13 +154,19 @@ fn check_satisfied(request: &Request, running: &RunningTransaction) -> Result<()
         let effective = running.isolation.unwrap_or(running.default_isolation);
         if requested > effective {
             return Err(Error::IsolationMismatch {
-                running: running.isolation,
+                call: request.name,
+                transaction: running.name,
                 requested,
+                running: running.isolation,
+                effective,
             });
         }
     }
     if request.read_only == Some(false) && running.read_only {
-        return Err(Error::AccessModeMismatch);
+        return Err(Error::AccessModeMismatch {
+            call: request.name,
+            transaction: running.name,
+        });
     }
     Ok(())
 }
@@ -232,7 +238,7 @@ mod tests {
             Error::TransactionActive(_) => "TransactionActive",
             Error::EscapesTestTransaction(_) => "EscapesTestTransaction",
             Error::IsolationMismatch { .. } => "IsolationMismatch",
-            Error::AccessModeMismatch => "AccessModeMismatch",
+            Error::AccessModeMismatch { .. } => "AccessModeMismatch",
             Error::NotOutermost { .. } => "NotOutermost",
             Error::PoolExhaustedByNesting { .. } => "PoolExhaustedByNesting",
             other => panic!("unexpected {other}"),
