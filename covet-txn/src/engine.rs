@@ -131,6 +131,9 @@ macro_rules! dispatch {
             EngineHandle::MySql($engine) => $body,
             #[cfg(feature = "sqlite")]
             EngineHandle::Sqlite($engine) => $body,
+            // Without a backend the enum has no variant and no value.
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     };
 }
@@ -188,6 +191,8 @@ impl EngineHandle {
             EngineHandle::MySql(engine) => WeakInner::MySql(Arc::downgrade(engine)),
             #[cfg(feature = "sqlite")]
             EngineHandle::Sqlite(engine) => WeakInner::Sqlite(Arc::downgrade(engine)),
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         })
     }
 
@@ -233,6 +238,8 @@ impl WeakEngine {
             WeakInner::MySql(weak) => weak.upgrade().map(EngineHandle::MySql),
             #[cfg(feature = "sqlite")]
             WeakInner::Sqlite(weak) => weak.upgrade().map(EngineHandle::Sqlite),
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     }
 }

@@ -32,6 +32,9 @@ macro_rules! dispatch {
             SessionHandle::MySql($session) => $body,
             #[cfg(feature = "sqlite")]
             SessionHandle::Sqlite($session) => $body,
+            // Without a backend the enum has no variant and no value.
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     };
 }
