@@ -17,8 +17,8 @@ use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::handler_failure::HandlerFailure;
-use crate::settings::Settings;
 use crate::reply::{self, RequestLine, TARGET};
+use crate::settings::Settings;
 
 /// Why an attempt did not commit, as the runtime's closure API sees it.
 pub(crate) enum Abort<E> {
@@ -81,7 +81,10 @@ impl<R> Slot<R> {
     fn replace(&self, value: Option<R>) {
         // Never held across an await, so uncontended; a panic while it was
         // held cannot leave a half-written `Option`.
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = value;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = value;
     }
 
     fn into_inner(self) -> Option<R> {
@@ -139,9 +142,7 @@ pub(crate) fn finish<R, E>(
     match (result, kept) {
         (Err(Abort::Service(error)), _) => Err(error),
         // Committed, or rolled back as the status (or the handler) asked.
-        (Ok(()) | Err(Abort::Rejected(_)), Some(response)) => {
-            Ok(response.map(ResponseBody::inner))
-        }
+        (Ok(()) | Err(Abort::Rejected(_)), Some(response)) => Ok(response.map(ResponseBody::inner)),
         // The handler answered with a failure and the transaction rolled
         // back: the runtime's error (a refused commit, retries run out) only
         // says why, and the handler's answer is the better one to give.
@@ -160,8 +161,8 @@ pub(crate) fn finish<R, E>(
         // client as one.
         (Err(Abort::Runtime(error)), _) => Ok(reply::runtime_failure(request, &error)),
         // `Ok` and `Rejected` are only returned after the slot is filled.
-        (Ok(()) | Err(Abort::Rejected(_)), None) => Ok(reply::plain(
-            http::StatusCode::INTERNAL_SERVER_ERROR,
-        )),
+        (Ok(()) | Err(Abort::Rejected(_)), None) => {
+            Ok(reply::plain(http::StatusCode::INTERNAL_SERVER_ERROR))
+        }
     }
 }

@@ -23,8 +23,8 @@ use tower_service::Service;
 use crate::attempt::{self, Slot};
 use crate::body::{RequestBody, ResponseBody};
 use crate::buffer::{self, BufferError};
-use crate::settings::Settings;
 use crate::reply::{self, RequestLine};
+use crate::settings::Settings;
 
 /// The service a [`TransactionLayer`](crate::TransactionLayer) makes: runs
 /// each request to `S` in a transaction of the layer's manager.

@@ -108,7 +108,10 @@ async fn a_commit_the_server_refuses_is_a_500_that_leaks_nothing_and_is_logged()
     // The same handler with a parent that exists commits: the 500 above
     // was COMMIT's doing.
     let server = serve(app(1)).await;
-    assert_eq!(send(server.addr, "POST", "/child", "").await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(server.addr, "POST", "/child", "").await.status,
+        StatusCode::CREATED
+    );
     let children: i64 = sqlx::query_scalar("SELECT count(*) FROM tower_commit_child")
         .fetch_one(manager.pool())
         .await
@@ -126,7 +129,8 @@ async fn no_pooled_connection_in_time_is_a_503() {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_millis(300));
-    let Some(pool) = covet_txn_tests::postgres_pool(pool, covet_txn_tests::postgres_options()).await
+    let Some(pool) =
+        covet_txn_tests::postgres_pool(pool, covet_txn_tests::postgres_options()).await
     else {
         return;
     };
@@ -141,9 +145,15 @@ async fn no_pooled_connection_in_time_is_a_503() {
 
     let held = manager.pool().acquire().await.expect("the only connection");
     let reply = send(server.addr, "POST", "/write", "waited").await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n")
+    );
     drop(held);
-    assert_eq!(send(server.addr, "POST", "/write", "served").await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(server.addr, "POST", "/write", "served").await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(notes(manager.pool(), table).await, ["served"]);
 }
 
@@ -184,7 +194,11 @@ async fn a_client_that_goes_away_mid_request_leaves_nothing_committed_or_open() 
     tokio::time::timeout(Duration::from_secs(10), stuck.written.notified())
         .await
         .expect("the handler wrote its row");
-    assert_eq!(manager.metrics().active.len(), 1, "the request's transaction is open");
+    assert_eq!(
+        manager.metrics().active.len(),
+        1,
+        "the request's transaction is open"
+    );
 
     // The client closes its socket; hyper drops the request's future.
     drop(client);

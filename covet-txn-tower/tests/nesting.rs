@@ -59,7 +59,10 @@ async fn nested_calls_are_savepoints_of_the_requests_transaction() {
 
     let created = client.send("POST", "/order", "201").await;
     assert_eq!(created.status, StatusCode::CREATED);
-    assert_eq!(created.body, "nested depth 2", "a savepoint under the request's transaction");
+    assert_eq!(
+        created.body, "nested depth 2",
+        "a savepoint under the request's transaction"
+    );
     assert_eq!(
         notes(manager.pool(), table).await,
         ["201 kept", "201 outer"],
@@ -70,7 +73,10 @@ async fn nested_calls_are_savepoints_of_the_requests_transaction() {
     // it goes too, which it would not if it had committed on its own.
     let refused = client.send("POST", "/order", "409").await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
-    assert_eq!(notes(manager.pool(), table).await, ["201 kept", "201 outer"]);
+    assert_eq!(
+        notes(manager.pool(), table).await,
+        ["201 kept", "201 outer"]
+    );
 }
 
 /// Describes the transaction the handler runs in, then begins one of its
@@ -107,8 +113,7 @@ async fn an_excluded_route_runs_outside_a_transaction_with_the_manager_still_fou
     }
     let reply = client.send("GET", "/healthy", "").await;
     assert_eq!(
-        reply.body,
-        "Some((1, \"http_request\")) then depth 2",
+        reply.body, "Some((1, \"http_request\")) then depth 2",
         "/healthy is not under /health"
     );
     assert_eq!(notes(manager.pool(), table).await.len(), 3);

@@ -65,17 +65,17 @@ async fn record(table: &'static str, note: String, fail: bool) -> Result<(), App
 
 /// The serialization failure happens inside a `#[transactional]` call; the
 /// handler turns the error into a plain 500 and attaches nothing.
-async fn through_a_nested_call(State(app): State<App>, note: String) -> Result<StatusCode, AppError> {
+async fn through_a_nested_call(
+    State(app): State<App>,
+    note: String,
+) -> Result<StatusCode, AppError> {
     let attempt = app.begin_attempt(&note).await;
     record(app.table, note, attempt <= app.failing).await?;
     Ok(StatusCode::CREATED)
 }
 
 /// The serialization failure happens in the handler's own query.
-async fn in_the_handler(
-    State(app): State<App>,
-    note: String,
-) -> Result<StatusCode, AttachedError> {
+async fn in_the_handler(State(app): State<App>, note: String) -> Result<StatusCode, AttachedError> {
     let attempt = app.begin_attempt(&note).await;
     if attempt <= app.failing {
         serialization_failure().await?;
@@ -134,7 +134,10 @@ fn app(state: App, layer: TransactionLayer<sqlx::Postgres>) -> Router {
         .layer(layer)
 }
 
-fn retrying(manager: &covet_txn::TxManager<sqlx::Postgres>, retries: u32) -> TransactionLayer<sqlx::Postgres> {
+fn retrying(
+    manager: &covet_txn::TxManager<sqlx::Postgres>,
+    retries: u32,
+) -> TransactionLayer<sqlx::Postgres> {
     TransactionLayer::new(manager.clone()).options(
         TxOptions::new()
             .retries(retries)
@@ -153,10 +156,17 @@ async fn a_failure_in_a_nested_call_runs_the_request_again_with_its_body() {
     let server = serve(app(state.clone(), retrying(&manager, 3))).await;
 
     let body = "order 42: ".repeat(1000); // several TCP reads, one buffer
-    let reply = Client::connect(server.addr).await.send("POST", "/nested", &body).await;
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/nested", &body)
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     assert_eq!(state.attempts(), 2, "one failed attempt, one retry");
-    assert_eq!(*state.bodies.lock().await, [body.clone(), body.clone()], "each attempt read the whole body");
+    assert_eq!(
+        *state.bodies.lock().await,
+        [body.clone(), body.clone()],
+        "each attempt read the whole body"
+    );
     assert_eq!(notes(manager.pool(), table).await, [body]);
 }
 
@@ -170,7 +180,10 @@ async fn a_failure_in_the_handlers_own_query_is_retried_when_the_error_is_attach
     let state = App::new(table, 2);
     let server = serve(app(state.clone(), retrying(&manager, 3))).await;
 
-    let reply = Client::connect(server.addr).await.send("POST", "/attached", "paid").await;
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/attached", "paid")
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     assert_eq!(state.attempts(), 3);
     assert_eq!(notes(manager.pool(), table).await, ["paid"]);
@@ -187,30 +200,51 @@ async fn only_failures_the_runtime_classifies_as_retryable_are_retried() {
     // A refusal: rolled back, answered as the handler said, run once.
     let state = App::new(table, 0);
     let server = serve(app(state.clone(), retrying(&manager, 3))).await;
-    let reply = Client::connect(server.addr).await.send("POST", "/refuse", "refused").await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::CONFLICT, "no"));
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/refuse", "refused")
+        .await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::CONFLICT, "no")
+    );
     assert_eq!(state.attempts(), 1);
 
     // A serialization failure the handler turned into a bare 500: the layer
     // cannot see it, so it does not retry.
     let state = App::new(table, 1);
     let server = serve(app(state.clone(), retrying(&manager, 3))).await;
-    let reply = Client::connect(server.addr).await.send("POST", "/unattached", "hidden").await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "app error"));
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/unattached", "hidden")
+        .await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "app error")
+    );
     assert_eq!(state.attempts(), 1);
 
     // Retryable every time: the retries run out and the client gets the
     // last attempt's own answer, with nothing committed.
     let state = App::new(table, u32::MAX);
     let server = serve(app(state.clone(), retrying(&manager, 2))).await;
-    let reply = Client::connect(server.addr).await.send("POST", "/nested", "never").await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "app error"));
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/nested", "never")
+        .await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "app error")
+    );
     assert_eq!(state.attempts(), 3, "the first attempt and two retries");
 
     // Without retry, the same failure is answered as the handler said.
     let state = App::new(table, 1);
     let server = serve(app(state.clone(), TransactionLayer::new(manager.clone()))).await;
-    let reply = Client::connect(server.addr).await.send("POST", "/nested", "once").await;
+    let reply = Client::connect(server.addr)
+        .await
+        .send("POST", "/nested", "once")
+        .await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(state.attempts(), 1);
 
@@ -225,11 +259,18 @@ async fn a_body_over_the_retry_buffer_limit_is_refused_before_the_handler_runs()
     let table = "tower_retry_limit";
     notes_table(manager.pool(), table).await;
     let state = App::new(table, 0);
-    let server = serve(app(state.clone(), retrying(&manager, 3).retry_body_limit(16))).await;
+    let server = serve(app(
+        state.clone(),
+        retrying(&manager, 3).retry_body_limit(16),
+    ))
+    .await;
     let mut client = Client::connect(server.addr).await;
 
     let reply = client.send("POST", "/nested", &"x".repeat(17)).await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n")
+    );
     assert_eq!(state.attempts(), 0);
     let reply = client.send("POST", "/nested", &"x".repeat(16)).await;
     assert_eq!(reply.status, StatusCode::CREATED);
@@ -247,7 +288,9 @@ async fn announce_then_read(State(called): State<Arc<Notify>>, request: Request)
 
 /// Sends a request whose body is held back until the handler has been
 /// called, or 500 ms have passed; says whether the handler was called first.
-async fn handler_called_before_the_body_was_sent(layer: TransactionLayer<sqlx::Postgres>) -> (bool, String) {
+async fn handler_called_before_the_body_was_sent(
+    layer: TransactionLayer<sqlx::Postgres>,
+) -> (bool, String) {
     let called = Arc::new(Notify::new());
     let app = Router::new()
         .route("/stream", post(announce_then_read))
@@ -255,13 +298,16 @@ async fn handler_called_before_the_body_was_sent(layer: TransactionLayer<sqlx::P
         .layer(layer);
     let server = serve(app).await;
 
-    let stream = tokio::net::TcpStream::connect(server.addr).await.expect("connects");
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connects");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .expect("a handshake");
     let connection = tokio::spawn(connection);
-    let (mut body_tx, body) = http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let (mut body_tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
     let request = http::Request::post("/stream")
         .header("host", "covet.test")
         .body(body)
@@ -270,10 +316,18 @@ async fn handler_called_before_the_body_was_sent(layer: TransactionLayer<sqlx::P
     let called_first = tokio::time::timeout(Duration::from_millis(500), called.notified())
         .await
         .is_ok();
-    body_tx.send_data(Bytes::from_static(b"streamed")).await.expect("sends the body");
+    body_tx
+        .send_data(Bytes::from_static(b"streamed"))
+        .await
+        .expect("sends the body");
     drop(body_tx);
     let response = response.await.expect("no panic").expect("a response");
-    let body = response.into_body().collect().await.expect("a body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
     connection.abort();
     (called_first, String::from_utf8_lossy(&body).into_owned())
 }
@@ -290,6 +344,9 @@ async fn without_retry_the_body_streams_to_the_handler_unbuffered() {
 
     // The contrast: with retry, the layer reads the body before BEGIN.
     let (called_first, body) = handler_called_before_the_body_was_sent(retrying(&manager, 1)).await;
-    assert!(!called_first, "a retrying layer called the handler before buffering the body");
+    assert!(
+        !called_first,
+        "a retrying layer called the handler before buffering the body"
+    );
     assert_eq!(body, "streamed");
 }

@@ -47,7 +47,9 @@ async fn a_success_commits_exactly_the_handlers_row_and_failures_commit_none() {
         (500, "server error"),
         (503, "unavailable"),
     ] {
-        let reply = client.send("POST", &format!("/answer/{status}"), note).await;
+        let reply = client
+            .send("POST", &format!("/answer/{status}"), note)
+            .await;
         assert_eq!(reply.status.as_u16(), status, "the handler's own status");
         assert_eq!(
             notes(manager.pool(), table).await,
@@ -59,7 +61,10 @@ async fn a_success_commits_exactly_the_handlers_row_and_failures_commit_none() {
     // A redirect is a success: it commits.
     let redirected = client.send("POST", "/answer/303", "redirected").await;
     assert_eq!(redirected.status, StatusCode::SEE_OTHER);
-    assert_eq!(notes(manager.pool(), table).await, ["created", "redirected"]);
+    assert_eq!(
+        notes(manager.pool(), table).await,
+        ["created", "redirected"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,11 +75,18 @@ async fn the_rollback_rule_is_the_layers_to_change() {
     let table = "tower_status_custom";
     notes_table(manager.pool(), table).await;
     // Keep the work of a refused request; roll back on server errors only.
-    let layer = TransactionLayer::new(manager.clone()).rollback_on(|status| status.is_server_error());
+    let layer =
+        TransactionLayer::new(manager.clone()).rollback_on(|status| status.is_server_error());
     let server = serve(app(table).layer(layer)).await;
     let mut client = Client::connect(server.addr).await;
 
-    assert_eq!(client.send("POST", "/answer/409", "refused").await.status, 409);
-    assert_eq!(client.send("POST", "/answer/500", "failed").await.status, 500);
+    assert_eq!(
+        client.send("POST", "/answer/409", "refused").await.status,
+        409
+    );
+    assert_eq!(
+        client.send("POST", "/answer/500", "failed").await.status,
+        500
+    );
     assert_eq!(notes(manager.pool(), table).await, ["refused"]);
 }

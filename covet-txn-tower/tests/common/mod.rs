@@ -87,11 +87,7 @@ impl Client {
             .expect("a request");
         let exchange = async {
             self.sender.ready().await.expect("the connection is open");
-            let response = self
-                .sender
-                .send_request(request)
-                .await
-                .expect("a response");
+            let response = self.sender.send_request(request).await.expect("a response");
             let status = response.status();
             let body = response
                 .into_body()
