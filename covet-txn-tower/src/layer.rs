@@ -112,6 +112,20 @@ impl<DB: Backend> TransactionLayer<DB> {
     /// attaches its error to the response as a
     /// [`HandlerFailure`](crate::HandlerFailure). Without retry, the body
     /// streams to the handler unbuffered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use covet_txn::{Isolation, TxOptions};
+    /// # fn demo(manager: covet_txn::TxManager<sqlx::Sqlite>) {
+    /// let layer = covet_txn_tower::TransactionLayer::new(manager).options(
+    ///     TxOptions::new()
+    ///         .isolation(Isolation::Serializable)
+    ///         .timeout(Duration::from_secs(10))
+    ///         .retries(3)
+    ///         .name("checkout_request"),
+    /// );
+    /// # let _ = layer; }
+    /// ```
     #[must_use]
     pub fn options(mut self, options: TxOptions) -> Self {
         let options = match options.given_name() {
@@ -169,6 +183,14 @@ impl<DB: Backend> TransactionLayer<DB> {
     /// Runs the requests whose path is `prefix` or lies under it without a
     /// transaction: `"/health"` matches `/health` and `/health/db`, not
     /// `/healthy`. See [`exclude`](Self::exclude).
+    ///
+    /// ```
+    /// # fn demo(manager: covet_txn::TxManager<sqlx::Sqlite>) {
+    /// let layer = covet_txn_tower::TransactionLayer::new(manager)
+    ///     .exclude_path_prefix("/health")
+    ///     .exclude_path_prefix("/metrics");
+    /// # let _ = layer; }
+    /// ```
     #[must_use]
     pub fn exclude_path_prefix(self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
@@ -183,6 +205,16 @@ impl<DB: Backend> TransactionLayer<DB> {
     /// then found in testing, not when it first meets contention in
     /// production. Exclude such a route, or raise the limit. Without retry
     /// nothing is buffered and this limit does not apply.
+    ///
+    /// ```
+    /// # fn demo(manager: covet_txn::TxManager<sqlx::Sqlite>) {
+    /// use covet_txn::TxOptions;
+    ///
+    /// let layer = covet_txn_tower::TransactionLayer::new(manager)
+    ///     .options(TxOptions::new().retries(3))
+    ///     .retry_body_limit(64 * 1024);
+    /// # let _ = layer; }
+    /// ```
     #[must_use]
     pub fn retry_body_limit(mut self, bytes: usize) -> Self {
         self.settings().retry_body_limit = bytes;

@@ -157,6 +157,46 @@ async fn no_pooled_connection_in_time_is_a_503() {
     assert_eq!(notes(manager.pool(), table).await, ["served"]);
 }
 
+/// Writes, then takes longer than the layer's timeout allows.
+async fn write_slowly(
+    State(table): State<&'static str>,
+    note: String,
+) -> Result<StatusCode, AppError> {
+    insert(table, &note).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(StatusCode::CREATED)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_layers_timeout_is_cut_off_rolled_back_and_answered_500() {
+    let Some(manager) = common::postgres(2).await else {
+        return;
+    };
+    let table = "tower_timeout";
+    notes_table(manager.pool(), table).await;
+    let app = Router::new()
+        .route("/slow", post(write_slowly))
+        .with_state(table)
+        .layer(
+            TransactionLayer::new(manager.clone())
+                .options(covet_txn::TxOptions::new().timeout(Duration::from_millis(300))),
+        );
+    let server = serve(app).await;
+
+    let started = Instant::now();
+    let reply = send(server.addr, "POST", "/slow", "late").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(notes(manager.pool(), table).await.is_empty());
+}
+
 #[derive(Clone)]
 struct Stuck {
     table: &'static str,

@@ -21,9 +21,20 @@ async fn answer(
     Ok(StatusCode::from_u16(status).expect("a status"))
 }
 
+/// Inserts the note, asks for a rollback, and answers 200.
+async fn dry_run(
+    State(table): State<&'static str>,
+    note: String,
+) -> Result<StatusCode, common::AppError> {
+    insert(table, &note).await?;
+    covet_txn::set_rollback_only()?;
+    Ok(StatusCode::OK)
+}
+
 fn app(table: &'static str) -> Router<()> {
     Router::new()
         .route("/answer/{status}", post(answer))
+        .route("/dry-run", post(dry_run))
         .with_state(table)
 }
 
