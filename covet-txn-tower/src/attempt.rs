@@ -150,7 +150,7 @@ pub(crate) fn finish<R, E>(
             tracing::debug!(
                 target: TARGET,
                 method = %request.method,
-                uri = %request.uri,
+                path = request.uri.path(),
                 status = response.status().as_u16(),
                 error = %error,
                 "the request's transaction rolled back"

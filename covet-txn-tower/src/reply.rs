@@ -17,7 +17,8 @@ use crate::body::ResponseBody;
 
 pub(crate) const TARGET: &str = "covet_txn_tower";
 
-/// What the log says about the request a line is about.
+/// What the log says about the request a line is about: its method and
+/// path, never its query string, which may carry a token.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestLine {
     pub(crate) method: Method,
@@ -68,7 +69,7 @@ pub(crate) fn runtime_failure<B>(
     tracing::error!(
         target: TARGET,
         method = %request.method,
-        uri = %request.uri,
+        path = request.uri.path(),
         status = status.as_u16(),
         error = %error,
         "the request's transaction failed; answered without the handler's response"
@@ -89,7 +90,7 @@ pub(crate) fn panicked<B>(
     tracing::error!(
         target: TARGET,
         method = %request.method,
-        uri = %request.uri,
+        path = request.uri.path(),
         panic = message,
         "the handler panicked; the transaction was rolled back and 500 answered"
     );
@@ -101,7 +102,7 @@ pub(crate) fn too_large<B>(request: &RequestLine, limit: usize) -> Response<Resp
     tracing::warn!(
         target: TARGET,
         method = %request.method,
-        uri = %request.uri,
+        path = request.uri.path(),
         limit,
         "request body over the retry buffer limit; answered 413 without running the handler \
          (raise `retry_body_limit` or exclude the route)"
@@ -117,7 +118,7 @@ pub(crate) fn unreadable<B>(
     tracing::debug!(
         target: TARGET,
         method = %request.method,
-        uri = %request.uri,
+        path = request.uri.path(),
         error = %error,
         "the request body could not be read; answered 400 without running the handler"
     );

@@ -93,7 +93,7 @@ async fn a_commit_the_server_refuses_is_a_500_that_leaks_nothing_and_is_logged()
     };
 
     let server = serve(app(999)).await;
-    let reply = send(server.addr, "POST", "/child", "").await;
+    let reply = send(server.addr, "POST", "/child?token=s3cret", "").await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(reply.body, "internal server error\n");
     let lines = captured.0.lock().expect("not poisoned").clone();
@@ -103,7 +103,11 @@ async fn a_commit_the_server_refuses_is_a_500_that_leaks_nothing_and_is_logged()
         .collect();
     assert_eq!(logged.len(), 1, "{lines:#?}");
     assert!(logged[0].contains("tower_commit_child"), "{}", logged[0]);
-    assert!(logged[0].contains("/child"), "{}", logged[0]);
+    assert!(logged[0].contains("path=\"/child\""), "{}", logged[0]);
+    assert!(
+        lines.iter().all(|line| !line.contains("s3cret")),
+        "a query string reached the log: {lines:#?}"
+    );
 
     // The same handler with a parent that exists commits: the 500 above
     // was COMMIT's doing.
