@@ -142,16 +142,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use axum::routing::post;
     use covet_txn_tower::TransactionLayer;
 
+    let per_request = TxOptions::new()
+        .isolation(Isolation::Serializable)
+        .retries(3);
     let app: Router = Router::new()
         .route("/transfers", post(create_transfer)) // calls transfer(...): a SAVEPOINT
         .route("/health", get(health))
         .layer(
             TransactionLayer::new(manager.clone())
-                .options(
-                    TxOptions::new()
-                        .isolation(Isolation::Serializable)
-                        .retries(3),
-                )
+                .options(per_request)
                 .exclude_path_prefix("/health"),
         );
     drop(app);
