@@ -70,6 +70,18 @@ async fn home(axum::extract::State(app): axum::extract::State<AppState>) -> &'st
     app.greeting
 }
 
+/// A handler whose transfer nests in the request's transaction.
+async fn create_transfer() -> axum::http::StatusCode {
+    match transfer(2, 1, 5).await {
+        Ok(()) => axum::http::StatusCode::CREATED,
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use covet_txn::{Isolation, TxOptions};
@@ -125,6 +137,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(home)) // the application's own routes and state
         .nest_service("/covet", dashboard.router())
         .with_state(app_state);
+    drop(app);
+
+    use axum::routing::post;
+    use covet_txn_tower::TransactionLayer;
+
+    let per_request = TxOptions::new()
+        .isolation(Isolation::Serializable)
+        .retries(3);
+    let app: Router = Router::new()
+        .route("/transfers", post(create_transfer)) // calls transfer(...): a SAVEPOINT
+        .route("/health", get(health))
+        .layer(
+            TransactionLayer::new(manager.clone())
+                .options(per_request)
+                .exclude_path_prefix("/health"),
+        );
     drop(app);
     Ok(())
 }
