@@ -36,6 +36,28 @@
 //! connection to any sqlx query. The same machinery without the macro is
 //! [`TxManager::transaction`].
 //!
+//! # Where things are
+//!
+//! - [`transactional`]: the attribute, with its arguments, propagation,
+//!   joining, retry and rollback rules.
+//! - [`TxManager`]: the manager of a pool, and the closure API
+//!   ([`TxManager::transaction`], [`TxManager::transaction_with_retry`]).
+//! - [`set_rollback_only`], [`is_rollback_only`], [`current`]: the running
+//!   scope.
+//! - [`on_commit`](fn@on_commit) and the other hook functions, and the
+//!   [`on_commit`](macro@on_commit) handler attributes.
+//! - [`test`](macro@test) and [`TxManager::test_transaction`]: tests that
+//!   leave no data behind.
+//! - [`dialect`]: the SQL and error codes of each database, and how to add
+//!   one.
+//! - `monitor` (feature `monitor`): history, alerts, health, Prometheus and
+//!   reports. The crates `covet-txn-dashboard` (a live web page) and
+//!   `covet-txn-tower` (a transaction per HTTP request) build on this one.
+//!
+//! # Coming from Spring, Django, Rails or hand-written sqlx
+//!
+#![doc = include_str!("../docs/coming-from.md")]
+//!
 //! # How the crate is built
 //!
 //! Modules form layers, and each imports only from the layers below it (a
@@ -150,9 +172,7 @@ pub mod sqlite {
     }
 }
 
-/// Runs an `async fn` in a transaction.
-///
-/// See the crate documentation and the README for the arguments.
+#[doc = include_str!("../docs/transactional.md")]
 pub use covet_txn_macros::transactional;
 
 /// Runs an `async fn` test in a transaction that always rolls back, on a

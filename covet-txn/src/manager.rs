@@ -171,8 +171,8 @@ impl<DB: Backend> TxManager<DB> {
     /// Runs `body` in a transaction of this manager with `options`: begins one
     /// (or nests, joins, per the propagation), commits if `body` returns `Ok`,
     /// rolls back if it returns `Err` or panics. What `#[transactional]`
-    /// expands to. `options` is a [`TxOptions`], or [`CallOptions`] made by
-    /// [`TxOptions::commit_on`]. The body's error type is any
+    /// expands to. `options` is a [`TxOptions`](crate::TxOptions), or [`CallOptions`] made by
+    /// [`TxOptions::commit_on`](crate::TxOptions::commit_on). The body's error type is any
     /// `std::error::Error` that converts from [`Error`], `anyhow::Error`, or
     /// `Box<dyn Error + Send + Sync>`.
     ///

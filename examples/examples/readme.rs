@@ -3,12 +3,14 @@
 //! drift from code that compiles.
 //!
 //! Runs against PostgreSQL at `DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`): `cargo run --example readme`.
+//! `postgres://postgres@127.0.0.1:5432/test`): `cargo run --example readme`;
+//! `cargo test --example readme` runs its `#[covet_txn::test]`.
 
 #[derive(Debug)]
 enum AppError {
     Transaction(covet_txn::Error),
     Database(sqlx::Error),
+    Refused(&'static str),
 }
 
 impl std::fmt::Display for AppError {
@@ -16,6 +18,7 @@ impl std::fmt::Display for AppError {
         match self {
             AppError::Transaction(error) => write!(f, "{error}"),
             AppError::Database(error) => write!(f, "{error}"),
+            AppError::Refused(why) => write!(f, "refused: {why}"),
         }
     }
 }
@@ -35,7 +38,6 @@ impl From<sqlx::Error> for AppError {
 }
 
 use covet_txn::transactional;
-use sqlx::Postgres;
 
 #[transactional(isolation = "serializable")]
 async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
@@ -43,7 +45,7 @@ async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
         sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
             .bind(delta)
             .bind(account)
-            .execute(&mut *covet_txn::conn::<Postgres>()?)
+            .execute(&mut *covet_txn::postgres::conn()?)
             .await?;
     }
     record_transfer(from, to, amount).await // itself #[transactional]: runs in a SAVEPOINT
@@ -55,10 +57,86 @@ async fn record_transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError
         .bind(from)
         .bind(to)
         .bind(amount)
-        .execute(&mut *covet_txn::conn::<Postgres>()?)
+        .execute(&mut *covet_txn::postgres::conn()?)
         .await?;
     Ok(())
 }
+
+fn is_refusal(error: &AppError) -> bool {
+    matches!(error, AppError::Refused(_))
+}
+
+#[transactional(commit_on = is_refusal)]
+async fn withdraw(account: i64, amount: i64) -> Result<(), AppError> {
+    sqlx::query("INSERT INTO withdrawals (account, amount) VALUES ($1, $2)") // kept either way
+        .bind(account)
+        .bind(amount)
+        .execute(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE")
+        .bind(account)
+        .fetch_one(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    if balance < amount {
+        return Err(AppError::Refused("insufficient funds")); // commits, then returns the refusal
+    }
+    sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
+        .bind(amount)
+        .bind(account)
+        .execute(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    Ok(())
+}
+
+#[transactional]
+async fn total_after_interest(percent: i64) -> Result<i64, AppError> {
+    sqlx::query("UPDATE accounts SET balance = balance * (100 + $1) / 100")
+        .bind(percent)
+        .execute(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    let total = sqlx::query_scalar("SELECT sum(balance)::int8 FROM accounts")
+        .fetch_one(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    covet_txn::set_rollback_only()?; // a dry run: the answer is returned, nothing is kept
+    Ok(total)
+}
+
+/// The tables the README's snippets use, created afresh.
+async fn create_tables(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS transfers, withdrawals, accounts;
+         CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL);
+         CREATE TABLE transfers (source BIGINT, target BIGINT, amount BIGINT);
+         CREATE TABLE withdrawals (account BIGINT, amount BIGINT);
+         INSERT INTO accounts VALUES (1, 100), (2, 0);",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn test_db() -> covet_txn::TxManager<sqlx::Postgres> {
+    let pool = sqlx::PgPool::connect(&database_url())
+        .await
+        .expect("the test database");
+    create_tables(&pool).await.expect("the tables");
+    covet_txn::TxManager::new(pool)
+}
+
+#[covet_txn::test(manager = test_db())]
+async fn a_transfer_moves_the_money() -> Result<(), AppError> {
+    transfer(1, 2, 30).await?; // a SAVEPOINT inside the test's transaction
+    let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = 2")
+        .fetch_one(&mut *covet_txn::postgres::conn()?)
+        .await?;
+    assert_eq!(balance, 30);
+    Ok(())
+} // rolled back: the next test starts from the same rows
 
 /// An application's own state, beside which the dashboard is mounted.
 #[derive(Clone)]
@@ -86,20 +164,10 @@ async fn health() -> &'static str {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use covet_txn::{Isolation, TxOptions};
 
-    let database_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let pool = sqlx::PgPool::connect(&database_url).await?;
+    let pool = sqlx::PgPool::connect(&database_url()).await?;
     let manager = covet_txn::TxManager::new(pool);
     manager.install_default()?;
-
-    sqlx::raw_sql(
-        "DROP TABLE IF EXISTS transfers, accounts;
-         CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL);
-         CREATE TABLE transfers (source BIGINT, target BIGINT, amount BIGINT);
-         INSERT INTO accounts VALUES (1, 100), (2, 0);",
-    )
-    .execute(manager.pool())
-    .await?;
+    create_tables(manager.pool()).await?;
 
     transfer(1, 2, 30).await?;
 
@@ -107,12 +175,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: i64 = manager
         .transaction(options, || async {
             let total = sqlx::query_scalar("SELECT sum(balance)::int8 FROM accounts")
-                .fetch_one(&mut *covet_txn::conn::<Postgres>()?)
+                .fetch_one(&mut *covet_txn::postgres::conn()?)
                 .await?;
             Ok::<_, covet_txn::Error>(total)
         })
         .await?;
     println!("moved 30 from account 1 to account 2; the total is still {total}");
+
+    let refused = withdraw(2, 500).await;
+    assert!(matches!(refused, Err(AppError::Refused(_))), "{refused:?}");
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM withdrawals")
+        .fetch_one(manager.pool())
+        .await?;
+    assert_eq!(attempts, 1, "the refused withdrawal's row was kept");
+    let after_interest = total_after_interest(10).await?;
+    let total_now: i64 = sqlx::query_scalar("SELECT sum(balance)::int8 FROM accounts")
+        .fetch_one(manager.pool())
+        .await?;
+    println!("with 10% interest the total would be {after_interest}; it is still {total_now}");
+    assert_eq!(total_now, total);
 
     use covet_txn::monitor::MonitorConfig;
     use std::time::Duration;

@@ -35,3 +35,36 @@ fn every_rust_snippet_of_the_readme_is_in_a_compiled_example() {
         );
     }
 }
+
+/// The tables of a markdown text, in the order they appear.
+fn tables(text: &str) -> Vec<String> {
+    let mut tables = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in text.lines().chain([""]) {
+        if line.starts_with('|') {
+            current.push(line);
+        } else if !current.is_empty() {
+            tables.push(current.join("\n"));
+            current.clear();
+        }
+    }
+    tables
+}
+
+#[test]
+fn the_rustdoc_reference_tables_are_the_readmes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let reference = std::fs::read_to_string(root.join("covet-txn/docs/transactional.md"))
+        .expect("the attribute's rustdoc");
+    let coming_from = std::fs::read_to_string(root.join("covet-txn/docs/coming-from.md"))
+        .expect("the crate root's table for newcomers");
+    let tables = tables(&format!("{reference}\n{coming_from}"));
+    assert!(tables.len() >= 6, "the reference has its tables");
+    for table in tables {
+        assert!(
+            readme.contains(&table),
+            "this table of covet-txn/docs/transactional.md differs from the README's:\n{table}"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! Tests that never leave data behind: `#[covet_txn::test]` and
 //! `TxManager::test_transaction` run a test in a transaction that always
 //! rolls back, every `#[transactional]` call inside nests in it, tests
-//! running at the same time never see each other's rows, and a call that
-//! would write outside it is an error.
+//! running at the same time never see each other's rows, a call asking for
+//! any isolation level nests, and a call that would write outside it is an
+//! error.
 
 use std::time::Duration;
 
@@ -77,6 +78,18 @@ each_backend! {
     #[transactional(durable)]
     async fn settle(id: i64) -> Result<u32, AppError> {
         place(id, "durable").await
+    }
+
+    #[transactional(isolation = "serializable")]
+    async fn strict(id: i64) -> Result<u32, AppError> {
+        place(id, "strict").await
+    }
+
+    #[covet_txn::test(manager = test_db())]
+    async fn a_call_asking_for_any_isolation_level_nests_in_the_test() -> Result<(), AppError> {
+        assert_eq!(strict(31).await?, 3, "serializable nests in the test's transaction");
+        assert_eq!(rows("strict").await?, (1, 1));
+        Ok(())
     }
 
     #[covet_txn::test(manager = test_db())]

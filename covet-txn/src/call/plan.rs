@@ -20,9 +20,9 @@
 //! equal isolation level joins a stronger one; a read-write request in a
 //! read-only transaction, or a stronger level than the running one, is an
 //! error. A `durable` call must be the outermost transaction. Inside a test
-//! transaction (which always rolls back) `durable` nests, and
-//! `requires_new` and `not_supported`, which would write outside it, are
-//! errors.
+//! transaction (which always rolls back) `durable` nests, any isolation
+//! level joins, and `requires_new` and `not_supported`, which would write
+//! outside it, are errors.
 
 use crate::error::Error;
 use crate::options::{Isolation, Propagation};
@@ -148,9 +148,15 @@ fn second_connection(pool: PoolUse, transactional: bool) -> Result<Plan, Error> 
 }
 
 /// The running transaction must give a joining call what it asks for: the
-/// server fixed its isolation level and access mode at BEGIN.
+/// server fixed its isolation level and access mode at BEGIN. A test
+/// transaction gives every level: a test runs one transaction at a time,
+/// where levels differ in nothing it can see, and refusing would make every
+/// `serializable` function untestable (Spring's test transactions join the
+/// same way).
 fn check_satisfied(request: &Request, running: &RunningTransaction) -> Result<(), Error> {
-    if let Some(requested) = request.isolation {
+    if let Some(requested) = request.isolation
+        && !running.test
+    {
         let effective = running.isolation.unwrap_or(running.default_isolation);
         if requested > effective {
             return Err(Error::IsolationMismatch {
@@ -317,6 +323,25 @@ mod tests {
             plan(&independent, transaction(None, false, false), ROOM).ok(),
             Some(Plan::Begin { holding: 1 })
         );
+    }
+
+    #[test]
+    fn a_test_transaction_gives_every_isolation_level_but_not_write_access() {
+        for level in [Isolation::RepeatableRead, Isolation::Serializable] {
+            let asked = Request {
+                isolation: Some(level),
+                ..request(Propagation::Nested)
+            };
+            let in_test = transaction(Some(Isolation::ReadCommitted), false, true);
+            assert_eq!(plan(&asked, in_test, ROOM).ok(), Some(Plan::Savepoint));
+        }
+        let writer = Request {
+            read_only: Some(false),
+            ..request(Propagation::Nested)
+        };
+        let read_only_test = transaction(None, true, true);
+        let planned = plan(&writer, read_only_test, ROOM).map_err(|error| variant(&error));
+        assert_eq!(planned, Err("AccessModeMismatch"));
     }
 
     #[test]

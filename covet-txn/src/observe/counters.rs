@@ -327,6 +327,7 @@ impl DurationSummary {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "monitor")]
     #[test]
     fn every_counter_has_a_field_a_family_and_help() {
         let metrics = FunctionMetrics {
