@@ -120,6 +120,8 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+// Used by the #[covet_txn::test] below, which exists only under `cargo test`.
+#[cfg_attr(not(test), allow(dead_code))]
 async fn test_db() -> covet_txn::TxManager<sqlx::Postgres> {
     let pool = sqlx::PgPool::connect(&database_url())
         .await
