@@ -1,208 +1,22 @@
-//! covet-txn against the best hand-written sqlx a careful user would write,
-//! side by side in one process: same pool, same statements, the two sides
-//! interleaved round by round (and the order within a round alternated), so
-//! that drift in the machine or the servers hits both alike.
-//!
-//! ```sh
-//! cargo bench -p covet-txn-bench                         # everything, ~3 minutes
-//! COVET_BENCH_ROUNDS=4 cargo bench -p covet-txn-bench    # quicker, noisier
-//! ```
-//!
-//! In-process SQLite timings on a 2-core machine swing between two modes
-//! from run to run unless the process stays on one CPU, so the harness
-//! re-executes itself under `taskset -c 0` when `taskset` is available (set
-//! `COVET_BENCH_PINNED=1` to skip that). PostgreSQL at `COVET_PG_URL` and
-//! MariaDB at `COVET_MYSQL_URL` are skipped, with a notice, when unreachable.
+//! covet-txn against hand-written sqlx, side by side in one run: latency,
+//! client CPU and allocations per transaction for each scenario, the
+//! queries each side sends, contended transfers with retry, and the memory
+//! an open transaction holds. The harness and what makes it fair are in the
+//! crate's `src/` (see its docs).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use covet_txn::{Error, TxManager, transactional};
+use covet_txn_bench::alloc;
+use covet_txn_bench::measure::{self, Comparison, interleaved, percentile};
+use covet_txn_bench::proxy::{Protocol, QueryCounter};
+use covet_txn_bench::retry;
 use sqlx::{Connection, Executor, Pool};
-
-/// Counts live heap bytes, to measure what an open transaction holds.
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter only observes sizes.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: forwarded with the caller's pointer, layout and size.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-/// A loopback proxy that counts the queries a client sends: PostgreSQL
-/// simple-query and Execute messages, MySQL COM_QUERY and COM_STMT_EXECUTE
-/// commands. Pool pings are not counted. Used only in a counting pass; the
-/// timed passes connect directly.
-struct QueryCounter {
-    port: u16,
-    queries: Arc<AtomicU64>,
-}
-
-#[derive(Clone, Copy)]
-enum Protocol {
-    Postgres,
-    MySql,
-}
-
-impl QueryCounter {
-    async fn start(upstream: std::net::SocketAddr, protocol: Protocol) -> QueryCounter {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds");
-        let port = listener.local_addr().expect("has an address").port();
-        let queries = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&queries);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                tokio::spawn(relay(client, server, protocol, Arc::clone(&counted)));
-            }
-        });
-        QueryCounter { port, queries }
-    }
-
-    /// Queries sent per call of `work`, over a few calls.
-    async fn per_call<F, Fut>(&self, mut work: F) -> f64
-    where
-        F: FnMut(i64) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        const CALLS: i64 = 20;
-        work(0).await;
-        self.queries.store(0, Ordering::SeqCst);
-        for call in 1..=CALLS {
-            work(call).await;
-        }
-        self.queries.load(Ordering::SeqCst) as f64 / CALLS as f64
-    }
-}
-
-async fn relay(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
-    protocol: Protocol,
-    queries: Arc<AtomicU64>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_reads, mut client_writes) = client.into_split();
-    let (mut server_reads, mut server_writes) = server.into_split();
-    let upstream = async move {
-        let mut parser = Parser::new(protocol);
-        let mut buffer = vec![0; 64 * 1024];
-        while let Ok(read) = client_reads.read(&mut buffer).await {
-            if read == 0 {
-                return;
-            }
-            queries.fetch_add(parser.feed(&buffer[..read]), Ordering::Relaxed);
-            if server_writes.write_all(&buffer[..read]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let downstream = async move {
-        let _ = tokio::io::copy(&mut server_reads, &mut client_writes).await;
-    };
-    tokio::join!(upstream, downstream);
-}
-
-/// Splits a client's byte stream into messages and counts the queries.
-struct Parser {
-    protocol: Protocol,
-    pending: Vec<u8>,
-    /// PostgreSQL starts with untyped messages (SSL request, startup).
-    started: bool,
-}
-
-impl Parser {
-    fn new(protocol: Protocol) -> Self {
-        Parser {
-            protocol,
-            pending: Vec::new(),
-            started: false,
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) -> u64 {
-        self.pending.extend_from_slice(bytes);
-        let mut counted = 0;
-        loop {
-            let (length, query) = match self.protocol {
-                Protocol::Postgres if !self.started => {
-                    let Some(header) = self.pending.get(..8) else {
-                        break;
-                    };
-                    let length =
-                        u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                    let code = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-                    // The startup message carries protocol 3.0; an SSL or
-                    // GSS request comes before it.
-                    self.started = code == 196_608;
-                    (length, false)
-                }
-                Protocol::Postgres => {
-                    let Some(header) = self.pending.get(..5) else {
-                        break;
-                    };
-                    let length =
-                        1 + u32::from_be_bytes([header[1], header[2], header[3], header[4]])
-                            as usize;
-                    (length, matches!(header[0], b'Q' | b'E'))
-                }
-                Protocol::MySql => {
-                    let Some(header) = self.pending.get(..5) else {
-                        break;
-                    };
-                    let length = 4
-                        + (usize::from(header[0])
-                            | usize::from(header[1]) << 8
-                            | usize::from(header[2]) << 16);
-                    // A command opens a sequence: COM_QUERY 0x03, COM_STMT_EXECUTE 0x17.
-                    (length, header[3] == 0 && matches!(header[4], 0x03 | 0x17))
-                }
-            };
-            if self.pending.len() < length {
-                break;
-            }
-            self.pending.drain(..length);
-            counted += u64::from(query);
-        }
-        counted
-    }
-}
 
 /// Whether `name` is listed in the comma-separated variable (everything is,
 /// when it is unset): `COVET_BENCH_SCENARIOS` takes `latency`, `contended`,
-/// `cost`, `memory`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`,
-/// `sqlite`.
+/// `memory`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
 fn wanted(variable: &str, name: &str) -> bool {
     std::env::var(variable).map_or(true, |list| list.split(',').any(|part| part.trim() == name))
 }
@@ -215,147 +29,48 @@ fn backend(name: &str) -> bool {
     wanted("COVET_BENCH_BACKENDS", name)
 }
 
-fn rounds() -> usize {
-    std::env::var("COVET_BENCH_ROUNDS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(10)
-}
-
-const PER_ROUND: i64 = 150;
-
-/// Nanoseconds this thread has spent on a CPU (Linux schedstat), if known.
-/// The runtime is single-threaded, so this is the client's whole CPU cost,
-/// waiting on the database excluded.
-fn thread_cpu_nanos() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Client CPU time per call of each side, in microseconds, over
-/// interleaved batches.
-async fn cpu_per_call<H, HF, C, CF>(mut hand: H, mut covet: C) -> Option<(f64, f64)>
-where
-    H: FnMut(i64) -> HF,
-    HF: Future<Output = ()>,
-    C: FnMut(i64) -> CF,
-    CF: Future<Output = ()>,
-{
-    let mut spent = [0_u64; 2];
-    let calls = PER_ROUND * rounds() as i64;
-    for round in 0..rounds() {
-        for side in [round % 2, 1 - round % 2] {
-            let before = thread_cpu_nanos()?;
-            for call in 0..PER_ROUND {
-                if side == 0 {
-                    hand(1 + call % 100).await;
-                } else {
-                    covet(1 + call % 100).await;
-                }
-            }
-            spent[side] += thread_cpu_nanos()? - before;
-        }
-    }
-    let per_call = |nanos: u64| nanos as f64 / calls as f64 / 1000.0;
-    Some((per_call(spent[0]), per_call(spent[1])))
-}
-
-/// What the interleaved timing found.
-struct Timings {
-    hand: Vec<Duration>,
-    covet: Vec<Duration>,
-    /// covet-txn's median over the hand-written median, per round: the two
-    /// sides of a round ran back to back, so drift cancels out.
-    round_ratios: Vec<f64>,
-}
-
-/// Times `hand` and `covet` call by call, interleaved round by round.
-async fn interleaved<H, HF, C, CF>(mut hand: H, mut covet: C) -> Timings
-where
-    H: FnMut(i64) -> HF,
-    HF: Future<Output = ()>,
-    C: FnMut(i64) -> CF,
-    CF: Future<Output = ()>,
-{
-    let mut timings = Timings {
-        hand: Vec::new(),
-        covet: Vec::new(),
-        round_ratios: Vec::new(),
-    };
-    for round in 0..rounds() {
-        let mut medians = [0.0; 2];
-        for side in [round % 2, 1 - round % 2] {
-            let mut times = Vec::with_capacity(PER_ROUND as usize);
-            for call in 0..PER_ROUND {
-                let id = 1 + call % 100;
-                let started = Instant::now();
-                if side == 0 {
-                    hand(id).await;
-                } else {
-                    covet(id).await;
-                }
-                times.push(started.elapsed());
-            }
-            medians[side] = micros(percentile(&mut times, 0.5));
-            if side == 0 {
-                timings.hand.extend(times);
-            } else {
-                timings.covet.extend(times);
-            }
-        }
-        timings.round_ratios.push(medians[1] / medians[0]);
-    }
-    timings
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn percentile(times: &mut [Duration], q: f64) -> Duration {
-    times.sort();
-    let index = ((times.len() as f64 - 1.0) * q).round() as usize;
-    times.get(index).copied().unwrap_or_default()
-}
-
-fn micros(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e6
-}
-
-/// One row of the latency table.
+/// One scenario's results, printed as a row of each table.
 struct Row {
     backend: &'static str,
     scenario: &'static str,
-    hand_us: f64,
-    covet_us: f64,
-    ratio: f64,
-    hand_statements: f64,
-    covet_statements: f64,
+    comparison: Comparison,
+    queries: Option<(f64, f64)>,
+    allocations: (f64, f64),
+}
+
+fn optional(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{value:.1}"))
 }
 
 impl Row {
-    fn print(&self) {
-        let count = |queries: f64| {
-            if queries.is_nan() {
-                "in-process".to_owned()
-            } else {
-                format!("{queries:.0}")
-            }
-        };
+    fn print_latency(&mut self) {
+        let queries = self.queries.map_or_else(
+            || "in-process | in-process".to_owned(),
+            |(hand, covet)| format!("{hand:.0} | {covet:.0}"),
+        );
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.3} | {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.3} | {queries} |",
             self.backend,
             self.scenario,
-            self.hand_us,
-            self.covet_us,
-            self.ratio,
-            count(self.hand_statements),
-            count(self.covet_statements)
+            self.comparison.hand.median_us(),
+            self.comparison.covet.median_us(),
+            self.comparison.ratio(),
+        );
+    }
+
+    fn print_cost(&self) {
+        let (hand_thread, hand_process) = self.comparison.hand.cpu_per_call_us();
+        let (covet_thread, covet_process) = self.comparison.covet.cpu_per_call_us();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            self.backend,
+            self.scenario,
+            optional(hand_thread),
+            optional(covet_thread),
+            optional(hand_process),
+            optional(covet_process),
+            self.allocations.0,
+            self.allocations.1,
         );
     }
 }
@@ -395,30 +110,14 @@ const CONTENDED_TASKS: usize = 8;
 const HOT_ROWS: i64 = 10;
 const TRANSFERS_PER_TASK: usize = 100;
 const MAX_RETRIES: u32 = 10;
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 const CONTENDED_ROUNDS: usize = 4;
 
-/// Whether a careful hand would retry this error: the codes of a
-/// serialization failure, a deadlock or a busy database.
-fn retryable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(database) => matches!(
-            database.code().as_deref(),
-            Some("40001" | "40P01" | "5" | "6" | "261" | "262" | "517" | "518" | "773")
-        ),
-        _ => false,
-    }
-}
-
-/// A plain exponential backoff: 1 ms, 2 ms, 4 ms ... up to 50 ms.
-fn hand_backoff(attempt: u32) -> Duration {
-    Duration::from_millis(1u64 << attempt.min(6)).min(Duration::from_millis(50))
-}
-
-/// The scenarios, written once per backend.
+/// The scenarios, written once per backend; `$begins` is the module with
+/// a careful hand's serializable and read-only transactions there.
 macro_rules! backend {
-    ($module:ident, $db:ty, $p1:literal, $p2:literal, $begin_serializable:path) => {
-        // Each backend runs the scenarios it can: SQLite holds no 40 open
-        // writers, and the CPU cost is measured where the database costs least.
+    ($module:ident, $db:ty, $p1:literal, $p2:literal, $begins:ident, $conn:path) => {
         #[allow(dead_code)]
         mod $module {
             use super::*;
@@ -428,14 +127,16 @@ macro_rules! backend {
             const READ: &str = concat!("SELECT balance FROM bench_accounts WHERE id = ", $p1);
             const MOVE: &str = concat!("UPDATE bench_accounts SET balance = balance + ", $p1, " WHERE id = ", $p2);
 
-            async fn hand_begin_serializable(pool: &Pool<Db>) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
-                $begin_serializable(pool).await
+            pub async fn hand_trivial(pool: &Pool<Db>, _id: i64) -> Result<(), sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                tx.commit().await
             }
 
-            pub async fn hand_serializable(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
-                let mut tx = hand_begin_serializable(pool).await?;
-                sqlx::query(UPDATE).bind(id).execute(&mut *tx).await?;
-                tx.commit().await
+            #[transactional]
+            pub async fn covet_trivial(_id: i64) -> Result<(), Error> {
+                sqlx::query("SELECT 1").execute(&mut *$conn()?).await?;
+                Ok(())
             }
 
             pub async fn hand_one(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
@@ -444,19 +145,35 @@ macro_rules! backend {
                 tx.commit().await
             }
 
-            #[transactional(manager = manager)]
-            pub async fn covet_one(manager: &TxManager<Db>, id: i64) -> Result<(), Error> {
-                sqlx::query(UPDATE).bind(id).execute(&mut *manager.conn()?).await?;
+            #[transactional]
+            pub async fn covet_one(id: i64) -> Result<(), Error> {
+                sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
                 Ok(())
             }
 
-            #[transactional(manager = manager, isolation = "serializable")]
-            pub async fn covet_serializable(manager: &TxManager<Db>, id: i64) -> Result<(), Error> {
-                sqlx::query(UPDATE).bind(id).execute(&mut *manager.conn()?).await?;
+            pub async fn hand_serializable(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
+                let mut tx = $begins::serializable(pool).await?;
+                sqlx::query(UPDATE).bind(id).execute(&mut *tx).await?;
+                tx.commit().await
+            }
+
+            #[transactional(isolation = "serializable")]
+            pub async fn covet_serializable(id: i64) -> Result<(), Error> {
+                sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
                 Ok(())
             }
 
-            pub async fn hand_nested(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
+            pub async fn hand_read_only(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
+                $begins::read_only(pool, READ, id).await
+            }
+
+            #[transactional(read_only)]
+            pub async fn covet_read_only(id: i64) -> Result<(), Error> {
+                sqlx::query(READ).bind(id).execute(&mut *$conn()?).await?;
+                Ok(())
+            }
+
+            pub async fn hand_nested3(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
                 let mut outer = pool.begin().await?;
                 let mut middle = outer.begin().await?;
                 let mut inner = middle.begin().await?;
@@ -466,30 +183,35 @@ macro_rules! backend {
                 outer.commit().await
             }
 
-            #[transactional(manager = manager)]
-            pub async fn covet_nested(manager: &TxManager<Db>, id: i64) -> Result<(), Error> {
-                covet_middle(manager, id).await
+            #[transactional]
+            pub async fn covet_nested3(id: i64) -> Result<(), Error> {
+                covet_nested2(id).await
             }
 
-            #[transactional(manager = manager)]
-            async fn covet_middle(manager: &TxManager<Db>, id: i64) -> Result<(), Error> {
-                covet_one(manager, id).await
+            #[transactional]
+            async fn covet_nested2(id: i64) -> Result<(), Error> {
+                covet_one(id).await
             }
 
-            pub async fn hand_trivial(pool: &Pool<Db>) -> Result<(), sqlx::Error> {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT 1").execute(&mut *tx).await?;
-                tx.commit().await
+            pub async fn hand_nested4(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
+                let mut outer = pool.begin().await?;
+                let mut second = outer.begin().await?;
+                let mut third = second.begin().await?;
+                let mut inner = third.begin().await?;
+                sqlx::query(UPDATE).bind(id).execute(&mut *inner).await?;
+                inner.commit().await?;
+                third.commit().await?;
+                second.commit().await?;
+                outer.commit().await
             }
 
-            #[transactional(manager = manager)]
-            pub async fn covet_trivial(manager: &TxManager<Db>) -> Result<(), Error> {
-                sqlx::query("SELECT 1").execute(&mut *manager.conn()?).await?;
-                Ok(())
+            #[transactional]
+            pub async fn covet_nested4(id: i64) -> Result<(), Error> {
+                covet_nested3(id).await
             }
 
             async fn hand_transfer_once(pool: &Pool<Db>, from: i64, to: i64) -> Result<(), sqlx::Error> {
-                let mut tx = hand_begin_serializable(pool).await?;
+                let mut tx = $begins::serializable(pool).await?;
                 let balance: i64 = sqlx::query_scalar(READ).bind(from).fetch_one(&mut *tx).await?;
                 let amount = (balance % 7) + 1;
                 sqlx::query(MOVE).bind(-amount).bind(from).execute(&mut *tx).await?;
@@ -497,127 +219,77 @@ macro_rules! backend {
                 tx.commit().await
             }
 
-            /// The hand-written retry loop: plain exponential backoff.
+            /// A careful hand's retry loop, with covet-txn's policy.
             pub async fn hand_transfer(pool: &Pool<Db>, from: i64, to: i64) -> (bool, u32) {
-                let mut attempt = 0;
+                let mut retries = 0;
                 loop {
                     match hand_transfer_once(pool, from, to).await {
-                        Ok(()) => return (true, attempt),
-                        Err(error) if retryable(&error) && attempt < MAX_RETRIES => {
-                            tokio::time::sleep(hand_backoff(attempt)).await;
-                            attempt += 1;
+                        Ok(()) => return (true, retries),
+                        Err(error) if retry::retryable(&error) && retries < MAX_RETRIES => {
+                            retries += 1;
+                            tokio::time::sleep(retry::backoff(retries, FIRST_BACKOFF, MAX_BACKOFF)).await;
                         }
-                        Err(_) => return (false, attempt),
+                        Err(_) => return (false, retries),
                     }
                 }
             }
 
-            #[transactional(manager = manager, isolation = "serializable", retry = 10, backoff = "1ms", max_backoff = "50ms")]
-            pub async fn covet_transfer(manager: &TxManager<Db>, from: i64, to: i64) -> Result<u32, Error> {
-                let balance: i64 = sqlx::query_scalar(READ).bind(from).fetch_one(&mut *manager.conn()?).await?;
+            #[transactional(isolation = "serializable", retry = 10, backoff = "1ms", max_backoff = "50ms")]
+            pub async fn covet_transfer(from: i64, to: i64) -> Result<u32, Error> {
+                let balance: i64 = sqlx::query_scalar(READ).bind(from).fetch_one(&mut *$conn()?).await?;
                 let amount = (balance % 7) + 1;
-                sqlx::query(MOVE).bind(-amount).bind(from).execute(&mut *manager.conn()?).await?;
-                sqlx::query(MOVE).bind(amount).bind(to).execute(&mut *manager.conn()?).await?;
+                sqlx::query(MOVE).bind(-amount).bind(from).execute(&mut *$conn()?).await?;
+                sqlx::query(MOVE).bind(amount).bind(to).execute(&mut *$conn()?).await?;
                 Ok(covet_txn::current().map_or(1, |info| info.attempt) - 1)
             }
 
-            /// The latency scenarios; `counting` is a pool through a
-            /// [`QueryCounter`], for counting what each side sends.
-            pub async fn run(pool: Pool<Db>, label: &'static str, counting: Option<(&QueryCounter, Pool<Db>)>) {
+            /// Times, counts and prints one scenario. The covet-txn side
+            /// runs in `manager`'s scope: `#[transactional]` finds it as the
+            /// task's default, as in an application.
+            macro_rules! compare {
+                ($rows:ident, $label:expr, $name:literal, $hand:ident, $covet:ident, $pool:ident, $manager:ident, $counted:ident) => {{
+                    let hand = |id| async move { $hand($pool, id).await.expect("the hand-written transaction runs") };
+                    let covet = |id| async move { $covet(id).await.expect("the covet-txn transaction runs") };
+                    for id in 0..50 {
+                        hand(id).await;
+                        covet(id).await;
+                    }
+                    let comparison = $manager.scope(interleaved(hand, covet)).await;
+                    let allocations = $manager.scope(measure::allocations_per_call(hand, covet)).await;
+                    let queries = match $counted {
+                        Some((counter, counting_pool, counting_manager)) => {
+                            let hand = |id| async move { $hand(counting_pool, id).await.expect("runs") };
+                            let covet = |id| async move { $covet(id).await.expect("runs") };
+                            let hand_queries = counter.per_call(hand).await;
+                            let covet_queries = counting_manager.scope(counter.per_call(covet)).await;
+                            Some((hand_queries, covet_queries))
+                        }
+                        None => None,
+                    };
+                    $rows.push(Row { backend: $label, scenario: $name, comparison, queries, allocations });
+                }};
+            }
+
+            /// The latency scenarios on a pool of one connection; `counting`
+            /// is a pool through a [`QueryCounter`], for counting what each
+            /// side sends.
+            pub async fn run(pool: Pool<Db>, label: &'static str, counting: Option<(&QueryCounter, Pool<Db>)>) -> Vec<Row> {
                 setup(&pool).await;
                 let manager = TxManager::new(pool.clone());
-                let manager = &manager;
-                let pool = &pool;
+                let (pool, manager) = (&pool, &manager);
                 let counting_manager = counting.as_ref().map(|(_, pool)| TxManager::new(pool.clone()));
                 let counted = counting
                     .as_ref()
                     .zip(counting_manager.as_ref())
-                    .map(|((counter, pool), manager)| (*counter, (pool, manager)));
-
+                    .map(|((counter, pool), manager)| (*counter, pool, manager));
                 let mut rows = Vec::new();
-                let mut row = |scenario, mut timings: Timings, statements: (f64, f64)| {
-                    rows.push(Row {
-                        backend: label,
-                        scenario,
-                        hand_us: micros(percentile(&mut timings.hand, 0.5)),
-                        covet_us: micros(percentile(&mut timings.covet, 0.5)),
-                        ratio: median(&mut timings.round_ratios),
-                        hand_statements: statements.0,
-                        covet_statements: statements.1,
-                    });
-                };
-
-                let expect = |result: Result<(), Error>| result.expect("the transaction runs");
-                let hand_expect = |result: Result<(), sqlx::Error>| result.expect("the transaction runs");
-
-                // Warm both sides: connections, prepared statements.
-                for id in 0..50 {
-                    hand_expect(hand_one(pool, id).await);
-                    expect(covet_one(manager, id).await);
-                }
-
-                let times = interleaved(
-                    |id| async move { hand_expect(hand_one(pool, id).await) },
-                    |id| async move { expect(covet_one(manager, id).await) },
-                )
-                .await;
-                let statements = match counted {
-                    Some((counter, (pool, manager))) => (
-                        counter.per_call(|id| async move { hand_expect(hand_one(pool, id).await) }).await,
-                        counter.per_call(|id| async move { expect(covet_one(manager, id).await) }).await,
-                    ),
-                    None => (f64::NAN, f64::NAN),
-                };
-                row("begin + UPDATE + commit", times, statements);
-
-                let times = interleaved(
-                    |id| async move { hand_expect(hand_serializable(pool, id).await) },
-                    |id| async move { expect(covet_serializable(manager, id).await) },
-                )
-                .await;
-                let statements = match counted {
-                    Some((counter, (pool, manager))) => (
-                        counter.per_call(|id| async move { hand_expect(hand_serializable(pool, id).await) }).await,
-                        counter.per_call(|id| async move { expect(covet_serializable(manager, id).await) }).await,
-                    ),
-                    None => (f64::NAN, f64::NAN),
-                };
-                row("the same at SERIALIZABLE", times, statements);
-
-                let times = interleaved(
-                    |id| async move { hand_expect(hand_nested(pool, id).await) },
-                    |id| async move { expect(covet_nested(manager, id).await) },
-                )
-                .await;
-                let statements = match counted {
-                    Some((counter, (pool, manager))) => (
-                        counter.per_call(|id| async move { hand_expect(hand_nested(pool, id).await) }).await,
-                        counter.per_call(|id| async move { expect(covet_nested(manager, id).await) }).await,
-                    ),
-                    None => (f64::NAN, f64::NAN),
-                };
-                row("3 nested levels, UPDATE innermost", times, statements);
-
-                for row in &rows {
-                    row.print();
-                }
-            }
-
-            /// Client CPU per transaction of each side (BEGIN; UPDATE;
-            /// COMMIT), in microseconds.
-            pub async fn framework_cost(pool: Pool<Db>) -> Option<(f64, f64)> {
-                setup(&pool).await;
-                let manager = TxManager::new(pool.clone());
-                let (manager, pool) = (&manager, &pool);
-                for id in 0..200 {
-                    hand_one(pool, id).await.expect("runs");
-                    covet_one(manager, id).await.expect("runs");
-                }
-                cpu_per_call(
-                    |id| async move { hand_one(pool, id).await.expect("runs") },
-                    |id| async move { covet_one(manager, id).await.expect("runs") },
-                )
-                .await
+                compare!(rows, label, "begin + SELECT 1 + commit", hand_trivial, covet_trivial, pool, manager, counted);
+                compare!(rows, label, "begin + UPDATE + commit", hand_one, covet_one, pool, manager, counted);
+                compare!(rows, label, "the same at SERIALIZABLE", hand_serializable, covet_serializable, pool, manager, counted);
+                compare!(rows, label, "read-only + SELECT", hand_read_only, covet_read_only, pool, manager, counted);
+                compare!(rows, label, "3 nested levels, UPDATE innermost", hand_nested3, covet_nested3, pool, manager, counted);
+                compare!(rows, label, "4 nested levels, UPDATE innermost", hand_nested4, covet_nested4, pool, manager, counted);
+                rows
             }
 
             pub async fn contended(pool: Pool<Db>, label: &'static str) {
@@ -630,7 +302,7 @@ macro_rules! backend {
                         let mut tasks = Vec::new();
                         for task in 0..CONTENDED_TASKS {
                             let (pool, manager) = (pool.clone(), manager.clone());
-                            tasks.push(tokio::spawn(async move {
+                            tasks.push(tokio::spawn(manager.clone().scope(async move {
                                 let mut outcome = Contention::default();
                                 for n in 0..TRANSFERS_PER_TASK {
                                     let from = 1 + ((task * 7 + n * 3) as i64) % HOT_ROWS;
@@ -639,7 +311,7 @@ macro_rules! backend {
                                     let (committed, retries) = if side == 0 {
                                         hand_transfer(&pool, from, to).await
                                     } else {
-                                        match covet_transfer(&manager, from, to).await {
+                                        match covet_transfer(from, to).await {
                                             Ok(retries) => (true, retries),
                                             Err(Error::RetriesExhausted { attempts, .. }) => (false, attempts - 1),
                                             Err(error) => panic!("transfer failed: {error}"),
@@ -653,8 +325,9 @@ macro_rules! backend {
                                         outcome.gave_up += 1;
                                     }
                                 }
+                                drop(manager);
                                 outcome
-                            }));
+                            })));
                         }
                         let mut outcome = Contention::default();
                         for task in tasks {
@@ -688,7 +361,7 @@ macro_rules! backend {
                     }
                     let release = Arc::new(tokio::sync::Notify::new());
                     let ready = Arc::new(tokio::sync::Semaphore::new(0));
-                    let before = LIVE_BYTES.load(Ordering::SeqCst);
+                    alloc::start();
                     let task = {
                         let (pool, manager) = (pool.clone(), manager.clone());
                         let (release, ready) = (Arc::clone(&release), Arc::clone(&ready));
@@ -701,31 +374,30 @@ macro_rules! backend {
                                 waiting.await;
                                 tx.commit().await.expect("commits");
                             } else {
-                                covet_held(&manager, 1_i64, &ready, waiting).await.expect("commits");
+                                manager.scope(covet_held(1_i64, &ready, waiting)).await.expect("commits");
                             }
                         })
                     };
                     let _ = ready.acquire().await.expect("open");
-                    let during = LIVE_BYTES.load(Ordering::SeqCst);
+                    let during = alloc::stop().live_bytes;
                     // The first passes warm caches (prepared statements) that stay.
                     if pass >= 10 {
-                        held[side].push((during - before) as f64);
+                        held[side].push(during as f64);
                     }
                     release.notify_waiters();
                     task.await.expect("no panic");
                 }
                 let [mut hand, mut covet] = held;
-                median(&mut covet) - median(&mut hand)
+                measure::median(&mut covet) - measure::median(&mut hand)
             }
 
-            #[transactional(manager = manager)]
+            #[transactional]
             async fn covet_held(
-                manager: &TxManager<Db>,
                 id: i64,
                 ready: &tokio::sync::Semaphore,
                 waiting: tokio::sync::futures::Notified<'_>,
             ) -> Result<(), Error> {
-                sqlx::query(UPDATE).bind(id).execute(&mut *manager.conn()?).await?;
+                sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
                 ready.add_permits(1);
                 waiting.await;
                 Ok(())
@@ -745,32 +417,76 @@ macro_rules! backend {
     };
 }
 
-/// How a careful hand begins a serializable transaction on each backend.
-mod serializable_begins {
+/// How a careful hand begins a serializable transaction, and runs a
+/// read-only one, on PostgreSQL: both in the BEGIN.
+mod postgres_begins {
     use super::*;
 
-    /// PostgreSQL takes the level in the BEGIN itself.
-    pub async fn postgres(
+    pub async fn serializable(
         pool: &Pool<sqlx::Postgres>,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await
     }
 
-    /// MariaDB: the level for the next transaction, then BEGIN.
-    pub async fn mariadb(
+    pub async fn read_only(
+        pool: &Pool<sqlx::Postgres>,
+        read: &'static str,
+        id: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin_with("BEGIN READ ONLY").await?;
+        sqlx::query(read).bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+}
+
+/// MariaDB: the level for the next transaction and START TRANSACTION in one
+/// request; read-only in the START TRANSACTION.
+mod mariadb_begins {
+    use super::*;
+
+    pub async fn serializable(
         pool: &Pool<sqlx::MySql>,
     ) -> Result<sqlx::Transaction<'static, sqlx::MySql>, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            .await?;
-        sqlx::Transaction::begin(conn, None).await
+        pool.begin_with("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION")
+            .await
     }
 
-    /// SQLite: take the write lock up front.
-    pub async fn sqlite(
+    pub async fn read_only(
+        pool: &Pool<sqlx::MySql>,
+        read: &'static str,
+        id: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin_with("START TRANSACTION READ ONLY").await?;
+        sqlx::query(read).bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+}
+
+/// SQLite: take the write lock up front; read-only is the `query_only`
+/// pragma, switched on with the BEGIN and off after the COMMIT, as
+/// covet-txn does on a pool that has it off.
+mod sqlite_begins {
+    use super::*;
+
+    pub async fn serializable(
         pool: &Pool<sqlx::Sqlite>,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    pub async fn read_only(
+        pool: &Pool<sqlx::Sqlite>,
+        read: &'static str,
+        id: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn
+            .begin_with("PRAGMA query_only = ON; BEGIN DEFERRED")
+            .await?;
+        sqlx::query(read).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        conn.execute("PRAGMA query_only = OFF").await?;
+        Ok(())
     }
 }
 
@@ -779,10 +495,25 @@ backend!(
     sqlx::Postgres,
     "$1",
     "$2",
-    serializable_begins::postgres
+    postgres_begins,
+    covet_txn::postgres::conn
 );
-backend!(mariadb, sqlx::MySql, "?", "?", serializable_begins::mariadb);
-backend!(sqlite, sqlx::Sqlite, "?", "?", serializable_begins::sqlite);
+backend!(
+    mariadb,
+    sqlx::MySql,
+    "?",
+    "?",
+    mariadb_begins,
+    covet_txn::mysql::conn
+);
+backend!(
+    sqlite,
+    sqlx::Sqlite,
+    "?",
+    "?",
+    sqlite_begins,
+    covet_txn::sqlite::conn
+);
 
 /// Re-executes the benchmark pinned to CPU 0, where `taskset` exists, so
 /// that in-process SQLite timings do not swing between two modes.
@@ -879,60 +610,83 @@ async fn sqlite_file(max: u32) -> Pool<sqlx::Sqlite> {
         .expect("opens a database file")
 }
 
+fn resolve(host: &str, port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the server's address resolves")
+}
+
+async fn latency() -> Vec<Row> {
+    let mut rows = Vec::new();
+    if backend("postgres")
+        && let Some(pool) = postgres_pool(1).await
+    {
+        let options = pool.connect_options();
+        let address = resolve(options.get_host(), options.get_port());
+        let counter = QueryCounter::start(address, Protocol::Postgres).await;
+        let through = (*options).clone().host("127.0.0.1").port(counter.port);
+        let counting = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(through)
+            .await
+            .expect("connects through the counter");
+        rows.extend(postgres::run(pool, "PostgreSQL", Some((&counter, counting))).await);
+    }
+    if backend("mariadb")
+        && let Some(pool) = mariadb_pool(1).await
+    {
+        let options = pool.connect_options();
+        let address = resolve(options.get_host(), options.get_port());
+        let counter = QueryCounter::start(address, Protocol::MySql).await;
+        let through = (*options).clone().host("127.0.0.1").port(counter.port);
+        let counting = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect_with(through)
+            .await
+            .expect("connects through the counter");
+        rows.extend(mariadb::run(pool, "MariaDB", Some((&counter, counting))).await);
+    }
+    if backend("sqlite") {
+        rows.extend(sqlite::run(sqlite_memory().await, "SQLite (memory)", None).await);
+        rows.extend(sqlite::run(sqlite_file(1).await, "SQLite (file)", None).await);
+    }
+    rows
+}
+
 async fn run_all() {
     println!("covet-txn vs hand-written sqlx: {}", machine());
     if scenario("latency") {
+        let mut rows = latency().await;
         println!(
-            "{} rounds x {PER_ROUND} calls per side, interleaved; medians\n",
-            rounds()
+            "\nLatency: a pool of one connection, {} rounds x {} calls per side, interleaved; medians\n",
+            measure::rounds(),
+            measure::PER_ROUND
         );
         println!(
             "| backend | scenario | hand-written µs | covet-txn µs | ratio | queries sent, hand | queries sent, covet |"
         );
         println!("|---|---|---|---|---|---|---|");
-        if backend("postgres")
-            && let Some(pool) = postgres_pool(8).await
-        {
-            let options = pool.connect_options();
-            let counter = QueryCounter::start(
-                resolve(options.get_host(), options.get_port()),
-                Protocol::Postgres,
-            )
-            .await;
-            let through = (*options).clone().host("127.0.0.1").port(counter.port);
-            let counting = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(through)
-                .await
-                .expect("connects through the counter");
-            postgres::run(pool, "PostgreSQL", Some((&counter, counting))).await;
+        for row in &mut rows {
+            row.print_latency();
         }
-        if backend("mariadb")
-            && let Some(pool) = mariadb_pool(8).await
-        {
-            let options = pool.connect_options();
-            let counter = QueryCounter::start(
-                resolve(options.get_host(), options.get_port()),
-                Protocol::MySql,
-            )
-            .await;
-            let through = (*options).clone().host("127.0.0.1").port(counter.port);
-            let counting = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(1)
-                .connect_with(through)
-                .await
-                .expect("connects through the counter");
-            mariadb::run(pool, "MariaDB", Some((&counter, counting))).await;
-        }
-        if backend("sqlite") {
-            sqlite::run(sqlite_memory().await, "SQLite (memory)", None).await;
-            sqlite::run(sqlite_file(8).await, "SQLite (file)", None).await;
+        println!(
+            "\nClient cost per transaction: CPU µs on the calling thread and in the whole process (SQLite's worker thread included), and allocations\n"
+        );
+        println!(
+            "| backend | scenario | CPU hand | CPU covet | process CPU hand | process CPU covet | allocations hand | allocations covet |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for row in &rows {
+            row.print_cost();
         }
     }
 
     if scenario("contended") {
         println!(
-            "\nContended transfers: {CONTENDED_TASKS} tasks x {TRANSFERS_PER_TASK} transfers, {HOT_ROWS} hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries; {CONTENDED_ROUNDS} rounds per side, interleaved\n"
+            "\nContended transfers: {CONTENDED_TASKS} tasks x {TRANSFERS_PER_TASK} transfers, {HOT_ROWS} hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {CONTENDED_ROUNDS} rounds per side, interleaved\n"
         );
         println!("| backend | side | committed/s | retries | gave up | p99 ms |");
         println!("|---|---|---|---|---|---|");
@@ -951,22 +705,8 @@ async fn run_all() {
         }
     }
 
-    if scenario("cost") {
-        // In memory, the database's own work is small and runs on its
-        // worker thread: what is left on this thread is sqlx and covet-txn.
-        match sqlite::framework_cost(sqlite_memory().await).await {
-            Some((hand, covet)) => println!(
-                "\nClient CPU per transaction (SQLite in memory, BEGIN; UPDATE; COMMIT, on this thread): \
-                 hand-written {hand:.1} µs, covet-txn {covet:.1} µs: covet-txn's own cost {:.1} µs",
-                covet - hand
-            ),
-            None => println!(
-                "\nClient CPU per transaction: unmeasured (no /proc/thread-self/schedstat)"
-            ),
-        }
-    }
-
     if scenario("memory") {
+        println!();
         let print = |backend: &str, bytes: f64| {
             println!(
                 "Memory held by covet-txn per open transaction, beyond a hand-written one ({backend}): {bytes:.0} bytes"
@@ -989,15 +729,6 @@ async fn run_all() {
             );
         }
     }
-}
-
-fn resolve(host: &str, port: u16) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .expect("the server's address resolves")
 }
 
 fn main() {

@@ -66,12 +66,14 @@ pub(crate) async fn in_test_transaction<T, Fut>(engine: EngineHandle, body: Fut)
 where
     Fut: Future<Output = T>,
 {
-    let run = run_once(
+    // Boxed, as every entry point's call is: the future that awaits it then
+    // holds a pointer, and the compiler's layout of it stays shallow.
+    let run = Box::pin(run_once(
         Some(engine.clone()),
         TEST_TRANSACTION.into(),
         |error: &Error| Some(error),
         Box::pin(async move { Ok(body.await) }),
-    );
+    ));
     defaults::scope(engine, run).await
 }
 
