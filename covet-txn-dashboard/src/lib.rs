@@ -35,9 +35,8 @@
 //!
 //! Modules, one per concept, each importing only those before it: leaves
 //! `error`, `flag` (a raised-once signal), `settings` (limits and their
-//! defaults), `update` (the figures one update carries), `safe_csv`
-//! (spreadsheet-safe exports) and `failures` (slowing and logging failed
-//! authentication); then `events` (one update per tick, shared by every
+//! defaults), `update` (the figures one update carries) and `failures`
+//! (slowing and logging failed authentication); then `events` (one update per tick, shared by every
 //! event stream), `connection` (one client connection: timeouts, eviction),
 //! `state` (what handlers read), `access` (who may ask: Host, Origin, token,
 //! cookie), `routes` (what each path answers), `server` (the listener,
@@ -54,7 +53,6 @@ mod events;
 mod failures;
 mod flag;
 mod routes;
-mod safe_csv;
 mod server;
 mod settings;
 mod state;

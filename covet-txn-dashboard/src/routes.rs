@@ -17,7 +17,6 @@ use serde::Deserialize;
 use crate::access;
 use crate::connection::Client;
 use crate::events::{self, Refused};
-use crate::safe_csv::{self, ALERTS_HEADER, HISTORY_HEADER};
 use crate::state::{Shared, Token};
 use crate::update::{self, Level};
 
@@ -251,14 +250,11 @@ fn download(content_type: &'static str, file: &'static str, body: String) -> Res
 
 const CSV: &str = "text/csv; charset=utf-8";
 
-fn csv_download(
-    file: &'static str,
-    csv: Result<String, covet_txn::Error>,
-    empty_header: &str,
-) -> Response {
-    match csv.map(|csv| safe_csv::neutralise(&csv, empty_header)) {
-        Ok(Ok(csv)) => download(CSV, file, csv),
-        Ok(Err(error)) => failure(error),
+/// A CSV report as a download. The monitor writes it safe for spreadsheets
+/// (formulas neutralised, a header row even when empty).
+fn csv_download(file: &'static str, csv: Result<String, covet_txn::Error>) -> Response {
+    match csv {
+        Ok(csv) => download(CSV, file, csv),
         Err(error) => failure(error),
     }
 }
@@ -278,8 +274,6 @@ async fn metrics_csv(State(shared): State<Arc<Shared>>) -> Response {
     csv_download(
         "attachment; filename=\"covet-txn-metrics.csv\"",
         shared.monitor.metrics_csv(),
-        // Never empty: the totals row is always there.
-        "",
     )
 }
 
@@ -287,7 +281,6 @@ async fn history_csv(State(shared): State<Arc<Shared>>) -> Response {
     csv_download(
         "attachment; filename=\"covet-txn-history.csv\"",
         shared.monitor.history_csv(),
-        HISTORY_HEADER,
     )
 }
 
@@ -299,7 +292,6 @@ async fn alerts_csv(
         Ok(level) => csv_download(
             "attachment; filename=\"covet-txn-alerts.csv\"",
             shared.monitor.alerts_csv(update::filter(level)),
-            ALERTS_HEADER,
         ),
         Err(refusal) => refusal.into_response(),
     }

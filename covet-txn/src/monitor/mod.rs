@@ -7,162 +7,34 @@
 //! It stops when it is shut down, when the last handle to it is dropped, or
 //! when its manager is dropped.
 
+mod alert;
 mod alerts;
+mod config;
 mod export;
 mod health;
+mod rules;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-pub use alerts::{
-    Alert, AlertEngine, AlertFilter, AlertInput, AlertLevel, AlertRule, AlertSink, AlertThresholds,
-};
+pub use alert::{Alert, AlertFilter, AlertLevel, AlertRule, AlertSink};
+pub use alerts::AlertEngine;
+pub use config::{Clock, ManualClock, MonitorConfig, SystemClock};
 pub(crate) use export::encode_text as export_text;
 pub use export::{OPENMETRICS_CONTENT_TYPE, PrometheusCollector};
 pub use health::Health;
+pub use rules::{AlertInput, AlertThresholds};
 
 use crate::engine::{EngineHandle, WeakEngine};
 use crate::error::Error;
 use crate::observe::counters::FunctionMetrics;
-use crate::observe::metrics::{MetricsSnapshot, PoolStatus, unix_millis};
-
-/// Where the monitor gets the time from: the system clock, or a clock a
-/// test moves by hand.
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        unix_millis(SystemTime::now())
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock showing `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.0.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// How a monitor samples and alerts.
-#[derive(Clone)]
-pub struct MonitorConfig {
-    interval: Duration,
-    capacity: usize,
-    alert_capacity: usize,
-    dedup_window: Duration,
-    thresholds: AlertThresholds,
-    sinks: Vec<AlertSink>,
-    clock: Arc<dyn Clock>,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        MonitorConfig {
-            interval: Duration::from_secs(10),
-            capacity: 3600,
-            alert_capacity: 1000,
-            dedup_window: Duration::from_secs(300),
-            thresholds: AlertThresholds::default(),
-            sinks: Vec::new(),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl std::fmt::Debug for MonitorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MonitorConfig")
-            .field("interval", &self.interval)
-            .field("capacity", &self.capacity)
-            .field("alert_capacity", &self.alert_capacity)
-            .field("dedup_window", &self.dedup_window)
-            .field("thresholds", &self.thresholds)
-            .field("sinks", &self.sinks.len())
-            .finish()
-    }
-}
-
-impl MonitorConfig {
-    /// Sample every 10 s, keep 3,600 samples (10 hours) and 1,000 alerts,
-    /// raise an alert at most once per 5 minutes, default thresholds.
-    pub fn new() -> Self {
-        MonitorConfig::default()
-    }
-
-    /// How often to sample.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How many samples to keep.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
-        self
-    }
-
-    /// How many alerts to keep.
-    pub fn alert_capacity(mut self, capacity: usize) -> Self {
-        self.alert_capacity = capacity.max(1);
-        self
-    }
-
-    /// An alert (same rule, same function) is raised again only after this
-    /// long.
-    pub fn dedup_window(mut self, window: Duration) -> Self {
-        self.dedup_window = window;
-        self
-    }
-
-    /// The alert thresholds.
-    pub fn thresholds(mut self, thresholds: AlertThresholds) -> Self {
-        self.thresholds = thresholds;
-        self
-    }
-
-    /// Also send each alert to `sink` (alerts always go to the log, target
-    /// `covet_txn::alerts`).
-    pub fn on_alert(mut self, sink: impl Fn(&Alert) + Send + Sync + 'static) -> Self {
-        self.sinks.push(Arc::new(sink));
-        self
-    }
-
-    /// Where to get the time from.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-}
+use crate::observe::metrics::{MetricsSnapshot, PoolStatus};
 
 /// One sample of the history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -328,16 +200,22 @@ impl Monitor {
     }
 
     /// The metrics now as CSV: one row per function, then the totals.
+    ///
+    /// Every CSV export is safe to open in a spreadsheet: a cell that would
+    /// run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return, unless it is a plain number) is prefixed with `'`,
+    /// and an export with no rows still has its header row.
     pub fn metrics_csv(&self) -> Result<String, Error> {
         export::metrics_csv(&self.metrics()?)
     }
 
-    /// The snapshot history as CSV: one row per sample.
+    /// The snapshot history as CSV: one row per sample (a header row only,
+    /// before the first sample).
     pub fn history_csv(&self) -> Result<String, Error> {
         export::history_csv(&self.history())
     }
 
-    /// The alert history as CSV.
+    /// The alert history as CSV (a header row only, without alerts).
     pub fn alerts_csv(&self, filter: AlertFilter) -> Result<String, Error> {
         export::alerts_csv(&self.alerts(filter))
     }
