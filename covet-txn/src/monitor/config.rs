@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::alert::{Alert, AlertSink};
 use super::rules::AlertThresholds;
+use super::store::MetricsStore;
 use crate::observe::metrics::unix_millis;
 
 /// Where the monitor gets the time from: the system clock, or a clock a
@@ -60,6 +61,7 @@ pub struct MonitorConfig {
     pub(super) thresholds: AlertThresholds,
     pub(super) sinks: Vec<AlertSink>,
     pub(super) clock: Arc<dyn Clock>,
+    pub(super) store: Option<MetricsStore>,
 }
 
 impl Default for MonitorConfig {
@@ -72,6 +74,7 @@ impl Default for MonitorConfig {
             thresholds: AlertThresholds::default(),
             sinks: Vec::new(),
             clock: Arc::new(SystemClock),
+            store: None,
         }
     }
 }
@@ -85,6 +88,7 @@ impl std::fmt::Debug for MonitorConfig {
             .field("dedup_window", &self.dedup_window)
             .field("thresholds", &self.thresholds)
             .field("sinks", &self.sinks.len())
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -137,6 +141,13 @@ impl MonitorConfig {
     /// Where to get the time from.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Also keeps the samples and alerts in a database, and takes them back
+    /// when the monitor starts (see [`MetricsStore`]).
+    pub fn store(mut self, store: MetricsStore) -> Self {
+        self.store = Some(store);
         self
     }
 }

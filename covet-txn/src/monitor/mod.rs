@@ -5,7 +5,8 @@
 //!
 //! The monitor reads the metrics; it never sits on the transactions' path.
 //! It stops when it is shut down, when the last handle to it is dropped, or
-//! when its manager is dropped.
+//! when its manager is dropped. With a [`MetricsStore`] it also keeps its
+//! samples and alerts in a database, and takes them back when it starts.
 
 mod alert;
 mod alerts;
@@ -13,14 +14,14 @@ mod config;
 mod export;
 mod health;
 mod rules;
+mod sampling;
+mod store;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::future::Either;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use alert::{Alert, AlertFilter, AlertLevel, AlertRule, AlertSink};
@@ -30,30 +31,17 @@ pub(crate) use export::encode_text as export_text;
 pub use export::{OPENMETRICS_CONTENT_TYPE, PrometheusCollector};
 pub use health::Health;
 pub use rules::{AlertInput, AlertThresholds};
+pub use sampling::Sample;
+pub use store::{
+    DEFAULT_MAX_AGE, DEFAULT_MAX_ALERTS, DEFAULT_MAX_SAMPLES, DEFAULT_WRITE_TIMEOUT, MetricsStore,
+    Restored, StoreError, StoreStatus,
+};
 
+use self::alerts::DedupKey;
+use self::store::writer::{Host, Writer, WriterSettings};
 use crate::engine::{EngineHandle, WeakEngine};
 use crate::error::Error;
-use crate::observe::counters::FunctionMetrics;
-use crate::observe::metrics::{MetricsSnapshot, PoolStatus};
-
-/// One sample of the history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
-    /// When it was taken, in milliseconds since the Unix epoch.
-    pub taken_at_ms: u64,
-    /// Everything counted so far.
-    pub total: FunctionMetrics,
-    /// What happened since the previous sample (everything, for the first).
-    pub interval: FunctionMetrics,
-    /// Transactions running when it was taken.
-    pub active: usize,
-    /// The age of the oldest of them, in milliseconds.
-    pub oldest_active_ms: Option<f64>,
-    /// The pool.
-    pub pool: PoolStatus,
-    /// The health score over the interval.
-    pub health: u8,
-}
+use crate::observe::metrics::MetricsSnapshot;
 
 struct State {
     history: VecDeque<Sample>,
@@ -65,14 +53,17 @@ struct Inner {
     manager: WeakEngine,
     config: MonitorConfig,
     state: Mutex<State>,
-    /// Shared with the sampling task, which holds the monitor only weakly.
-    stop: Arc<Notify>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The store's writer, if there is a store.
+    store: Option<Arc<Writer>>,
+    /// Raised to stop the background tasks, which hold the monitor only
+    /// weakly.
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.stop.notify_one();
+        self.stop.send_replace(true);
     }
 }
 
@@ -118,6 +109,19 @@ impl Monitor {
             config.dedup_window,
             config.alert_capacity,
         );
+        let store = config.store.clone().map(|store| {
+            Arc::new(Writer::new(
+                store,
+                WriterSettings {
+                    manager: manager.name().to_owned(),
+                    sample_capacity: config.capacity,
+                    alert_capacity: config.alert_capacity,
+                    dedup_window_ms: u64::try_from(config.dedup_window.as_millis())
+                        .unwrap_or(u64::MAX),
+                    clock: Arc::clone(&config.clock),
+                },
+            ))
+        });
         let monitor = Monitor {
             inner: Arc::new(Inner {
                 manager: manager.downgrade(),
@@ -127,17 +131,23 @@ impl Monitor {
                     alerts,
                 }),
                 config,
-                stop: Arc::new(Notify::new()),
-                task: Mutex::new(None),
+                store,
+                stop: watch::Sender::new(false),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let task = runtime.spawn(sample_periodically(
-                Arc::downgrade(&monitor.inner),
-                Arc::clone(&monitor.inner.stop),
-                monitor.inner.config.interval,
-            ));
-            *lock(&monitor.inner.task) = Some(task);
+            let inner = &monitor.inner;
+            let mut tasks = lock(&inner.tasks);
+            tasks.push(runtime.spawn(sampling::sample_periodically(
+                Arc::downgrade(inner),
+                inner.stop.subscribe(),
+                inner.config.interval,
+            )));
+            if let Some(store) = &inner.store {
+                let host: std::sync::Weak<dyn Host> = Arc::downgrade(inner) as _;
+                tasks.push(runtime.spawn(Arc::clone(store).run(host, inner.stop.subscribe())));
+            }
         }
         monitor
     }
@@ -227,15 +237,45 @@ impl Monitor {
         export_text(PrometheusCollector(self.inner.manager()?))
     }
 
-    /// Stops the background sampling; what was gathered stays readable.
+    /// Waits until the monitor has read back what its store kept from
+    /// earlier runs (history, alerts and open deduplication windows), and
+    /// says how much; at once if it already has. With the store unreachable
+    /// at start-up, the error of the first attempt (the monitor tries again
+    /// at every interval, and [`store_status`](Self::store_status) tells
+    /// when it succeeded).
+    pub async fn restored(&self) -> Result<Restored, StoreError> {
+        match &self.inner.store {
+            Some(store) => store.restored().await,
+            None => Err(StoreError::NotConfigured),
+        }
+    }
+
+    /// Writes the samples and alerts that wait for the store now, instead
+    /// of at the next interval: before a planned exit, for example. Fails
+    /// as a write fails; what could not be written keeps waiting.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match &self.inner.store {
+            Some(store) => store.step(Some(&*self.inner)).await,
+            None => Err(StoreError::NotConfigured),
+        }
+    }
+
+    /// How the metrics store is doing: rows written, failures, what waits;
+    /// `None` without a store.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        self.inner.store.as_ref().map(|store| store.status())
+    }
+
+    /// Stops the background sampling; what was gathered stays readable. A
+    /// store gets one last write of what waits, in the background.
     pub fn shutdown(&self) {
-        self.inner.stop.notify_one();
+        self.inner.stop.send_replace(true);
     }
 
     /// Whether the background sampling is still running.
     pub fn is_running(&self) -> bool {
-        lock(&self.inner.task)
-            .as_ref()
+        lock(&self.inner.tasks)
+            .first()
             .is_some_and(|task| !task.is_finished())
     }
 }
@@ -246,102 +286,39 @@ impl Inner {
             "the monitored transaction manager has been dropped".to_owned(),
         ))
     }
+}
 
-    fn sample(&self) -> Result<Sample, Error> {
-        let snapshot = self.manager()?.snapshot();
-        let now_ms = self.config.clock.now_ms();
+impl Host for Inner {
+    fn restore(&self, samples: Vec<Sample>, alerts: Vec<Alert>, last_raised: Vec<(DedupKey, u64)>) {
         let mut state = lock(&self.state);
-        let (interval, functions) = match &state.latest {
-            Some(previous) => (
-                snapshot.total.since(&previous.total),
-                snapshot
-                    .functions
-                    .iter()
-                    .map(|function| {
-                        previous
-                            .functions
-                            .iter()
-                            .find(|earlier| earlier.function == function.function)
-                            .map_or_else(|| function.clone(), |earlier| function.since(earlier))
-                    })
-                    .collect(),
-            ),
-            None => (snapshot.total.clone(), snapshot.functions.clone()),
-        };
-        let input = AlertInput {
-            interval: interval.clone(),
-            functions,
-            active: snapshot.active.clone(),
-            pool: snapshot.pool,
-        };
-        let raised = state.alerts.evaluate(&input, now_ms);
-        let health = Health::assess(
-            &interval,
-            &snapshot.functions,
-            &snapshot.active,
-            snapshot.pool,
-            state.alerts.thresholds(),
-        );
-        let sample = Sample {
-            taken_at_ms: now_ms,
-            total: snapshot.total.clone(),
-            interval,
-            active: snapshot.active.len(),
-            oldest_active_ms: snapshot
-                .active
-                .first()
-                .map(|transaction| transaction.age_ms),
-            pool: snapshot.pool,
-            health: health.score,
-        };
-        if state.history.len() == self.config.capacity {
-            state.history.pop_front();
-        }
-        state.history.push_back(sample.clone());
-        state.latest = Some(snapshot);
-        drop(state);
-        for alert in &raised {
-            log_alert(alert);
-            for sink in &self.config.sinks {
-                sink(alert);
+        // What this run sampled before the store answered is newer than
+        // anything stored (only rows from before it started are read).
+        let merged: Vec<Sample> = samples.into_iter().chain(state.history.drain(..)).collect();
+        let excess = merged.len().saturating_sub(self.config.capacity);
+        state.history = merged.into_iter().skip(excess).collect();
+        state.alerts.restore(alerts, last_raised);
+    }
+
+    fn raise(&self, alert: Alert) {
+        let raised = lock(&self.state).alerts.raise(alert);
+        if let Some(alert) = raised {
+            if let Some(store) = &self.store {
+                store.push(None, std::slice::from_ref(&alert));
             }
-        }
-        Ok(sample)
-    }
-}
-
-fn log_alert(alert: &Alert) {
-    let function = alert.function.as_deref().unwrap_or("");
-    match alert.level {
-        AlertLevel::Info => {
-            tracing::info!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
-        }
-        AlertLevel::Warning => {
-            tracing::warn!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
-        }
-        AlertLevel::Error | AlertLevel::Critical => {
-            tracing::error!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
+            self.announce(&alert);
         }
     }
 }
 
-async fn sample_periodically(monitor: Weak<Inner>, stop: Arc<Notify>, interval: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopped = std::pin::pin!(stop.notified());
-        let tick = std::pin::pin!(ticks.tick());
-        if let Either::Left(_) = futures_util::future::select(stopped, tick).await {
-            return;
-        }
-        // The last handle gone, or the manager dropped: nothing to watch.
-        let Some(inner) = monitor.upgrade() else {
-            return;
-        };
-        if inner.sample().is_err() {
-            return;
-        }
-    }
+/// Waits for `stop` to be raised or `other` to finish: `true` if the
+/// monitor stopped first (or every handle to it is gone).
+async fn stopped_first(stop: &mut watch::Receiver<bool>, other: impl std::future::Future) -> bool {
+    let stopped = std::pin::pin!(stop.wait_for(|stopped| *stopped));
+    let other = std::pin::pin!(other);
+    matches!(
+        futures_util::future::select(stopped, other).await,
+        futures_util::future::Either::Left(_)
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
