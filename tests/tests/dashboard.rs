@@ -427,13 +427,40 @@ fn browser_available() -> bool {
     }
 }
 
+/// How the page must get its updates.
+#[derive(Clone, Copy)]
+enum Transport {
+    WebSocket,
+    /// Server-sent events: what the page falls back to when the WebSocket
+    /// upgrade is refused.
+    Events,
+}
+
+/// The width and height of a PNG, from its header.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    let number = |at: usize| {
+        png.get(at..at + 4)
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    (number(16), number(20))
+}
+
 /// Runs `tests/browser/dashboard.mjs` against the page at `url` and checks
-/// the screenshot it saved.
-async fn run_browser(url: String, screenshot_name: &str) {
+/// the screenshots it saved: the desktop one, and the phone one (390 px
+/// wide).
+async fn run_browser(url: String, screenshot_name: &str, transport: Transport) {
     let (browser_dir, chromium) = browser_tools().expect("checked by browser_available");
     let screenshot = std::env::temp_dir().join(screenshot_name);
+    let phone = std::env::temp_dir().join(format!("phone-{screenshot_name}"));
     let _ = std::fs::remove_file(&screenshot);
+    let _ = std::fs::remove_file(&phone);
     let saved_to = screenshot.clone();
+    let phone_to = phone.clone();
+    let transport = match transport {
+        Transport::WebSocket => "websocket",
+        Transport::Events => "events",
+    };
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(&browser_dir)
@@ -442,6 +469,8 @@ async fn run_browser(url: String, screenshot_name: &str) {
             .arg(url)
             .arg(TOKEN)
             .arg(saved_to)
+            .arg(transport)
+            .arg(phone_to)
             .output()
     })
     .await
@@ -460,6 +489,12 @@ async fn run_browser(url: String, screenshot_name: &str) {
         "a real PNG, {} bytes",
         png.len()
     );
+    let png = std::fs::read(&phone).expect("the phone screenshot was saved");
+    let (width, height) = png_size(&png);
+    assert!(
+        png.starts_with(b"\x89PNG") && width == 390 && height >= 844,
+        "a phone-sized PNG: {width}×{height}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +504,7 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
     }
     let workload = workload("dashboard_browser").await;
     let url = workload.dashboard.url();
-    run_browser(url, "covet-txn-dashboard-test.png").await;
+    run_browser(url, "covet-txn-dashboard-test.png", Transport::WebSocket).await;
     workload.finish().await;
 }
 
@@ -481,7 +516,9 @@ struct AppState {
 
 /// An axum application with its own state and routes, the dashboard
 /// mounted under `/covet`, served by axum on loopback. Its shutdown signal
-/// ends the dashboard's event streams, as the README says to do.
+/// ends the dashboard's event streams, as the README says to do. It refuses
+/// WebSocket upgrades to the dashboard, as some proxies do, so that the
+/// page must fall back to server-sent events.
 struct App {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -491,6 +528,7 @@ struct App {
 async fn app(dashboard: Dashboard) -> App {
     use axum::Router;
     use axum::extract::State;
+    use axum::http::StatusCode;
     use axum::routing::get;
 
     let app = Router::new()
@@ -498,6 +536,10 @@ async fn app(dashboard: Dashboard) -> App {
         .route(
             "/hello",
             get(|State(app): State<AppState>| async move { app.greeting }),
+        )
+        .route(
+            "/covet/api/ws",
+            get(|| async { (StatusCode::FORBIDDEN, "upgrades are refused here") }),
         )
         .nest_service("/covet", dashboard.router())
         .with_state(AppState {
@@ -598,7 +640,12 @@ async fn mounted_in_an_application_the_page_goes_live_in_a_real_browser() {
     let workload = workload("dashboard_mounted_browser").await;
     let app = app(mounted(&workload)).await;
     let url = format!("http://{}/covet/", app.addr);
-    run_browser(url, "covet-txn-dashboard-mounted-test.png").await;
+    run_browser(
+        url,
+        "covet-txn-dashboard-mounted-test.png",
+        Transport::Events,
+    )
+    .await;
     app.shutdown().await;
     workload.finish().await;
 }
