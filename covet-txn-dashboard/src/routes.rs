@@ -250,7 +250,9 @@ async fn websocket(
         };
     // Taken now, while hyper still serves the connection: it must not let
     // go of the connection's slot when it hands the socket over.
-    let hold = client.as_ref().map(|Extension(client)| client.hold_upgrade());
+    let hold = client
+        .as_ref()
+        .map(|Extension(client)| client.hold_upgrade());
     let closed = client.map(|Extension(client)| client.closed());
     upgrade
         // The page sends nothing but control frames.
@@ -261,9 +263,7 @@ async fn websocket(
             match closed {
                 Some(closed) => events::serve_socket(socket, subscription, closed).await,
                 // Mounted: the application's server owns the connection.
-                None => {
-                    events::serve_socket(socket, subscription, std::future::pending()).await
-                }
+                None => events::serve_socket(socket, subscription, std::future::pending()).await,
             }
         })
 }

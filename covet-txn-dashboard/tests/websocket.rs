@@ -233,7 +233,11 @@ async fn a_websocket_follows_the_token_host_and_origin_rules() {
     let cookie = format!("covet_txn_dashboard={}", "t0ken%2Bwith%2Fodd%3Dchars");
     for (lines, expected, why) in [
         (vec![], 401, "no token"),
-        (vec![("Authorization", "Bearer wrong")], 401, "a wrong token"),
+        (
+            vec![("Authorization", "Bearer wrong")],
+            401,
+            "a wrong token",
+        ),
         (
             vec![(name, value.as_str()), ("Origin", "http://evil.example")],
             403,

@@ -178,7 +178,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A file of its own: the bank's SQLite file has one writer already.
         let metrics_db = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(SqliteConnectOptions::new().filename(&file).create_if_missing(true))
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&file)
+                    .create_if_missing(true),
+            )
             .await?;
         config = config.store(MetricsStore::sqlite(metrics_db).create_schema());
     }

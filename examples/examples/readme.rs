@@ -125,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .keep_samples(100_000); // and by rows, per manager
     let monitor = manager.monitor_with(MonitorConfig::new().store(store));
     let restored = monitor.restored().await?; // history, alerts, alert windows
-    println!("{} samples and {} alerts restored", restored.samples, restored.alerts);
+    println!("{} samples restored", restored.samples);
     monitor.flush().await?; // before a planned exit: what waits is written now
 
     use axum::Router;

@@ -129,6 +129,12 @@ covet_txn_tests::each_backend! {
         })
         .await;
         monitor.flush().await.expect("the store takes the batch");
+        let written = status(&monitor);
+        eprintln!(
+            "{BACKEND}: {} writes, the last {:.2} ms",
+            written.writes,
+            written.last_write_ms.unwrap_or_default()
+        );
         let before = monitor.history();
         let before_alerts = monitor.alerts(AlertFilter::new());
         monitor.shutdown();
@@ -356,7 +362,9 @@ async fn mariadb_writes_time_out_on_a_locked_table_and_survive_killed_connection
     else {
         return;
     };
-    let manager = TxManager::builder(admin.clone()).name("store-locked").build();
+    let manager = TxManager::builder(admin.clone())
+        .name("store-locked")
+        .build();
     let monitor = manager.monitor_with(
         MonitorConfig::new()
             .interval(Duration::from_millis(100))
@@ -482,7 +490,10 @@ async fn sqlite_writes_wait_for_a_held_write_lock_and_the_failure_is_logged_once
         "one warning for {} failures: {warnings:?}",
         during.failures
     );
-    assert!(warnings[0].starts_with("WARN covet_txn::alerts"), "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("WARN covet_txn::alerts"),
+        "{warnings:?}"
+    );
     assert!(
         log.lines()
             .iter()
@@ -595,7 +606,10 @@ impl Outage {
         })
         .await;
         let newest = pool
-            .scalar(format!("SELECT MAX(taken_at_ms) FROM {}", self.samples_table))
+            .scalar(format!(
+                "SELECT MAX(taken_at_ms) FROM {}",
+                self.samples_table
+            ))
             .await;
         let last_during = self.last_sample_during.load(Ordering::SeqCst);
         assert!(

@@ -111,7 +111,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("a log file");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -206,7 +209,14 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         let chunked = head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked");
-        Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
+        Ok((
+            status,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_owned()
+            },
+        ))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
@@ -270,18 +280,22 @@ async fn deadlock(manager: &TxManager<Postgres>, first: i32, second: i32) {
                         let waiting = Arc::clone(&waiting);
                         async move {
                             let mut conn = covet_txn::conn::<Postgres>()?;
-                            sqlx::query("UPDATE prom_accounts SET balance = balance - 1 WHERE id = $1")
-                                .bind(a)
-                                .execute(&mut *conn)
-                                .await?;
+                            sqlx::query(
+                                "UPDATE prom_accounts SET balance = balance - 1 WHERE id = $1",
+                            )
+                            .bind(a)
+                            .execute(&mut *conn)
+                            .await?;
                             // Only the first attempts meet: a retry goes on alone.
                             if waiting.swap(false, Ordering::SeqCst) {
                                 barrier.wait().await;
                             }
-                            sqlx::query("UPDATE prom_accounts SET balance = balance + 1 WHERE id = $1")
-                                .bind(b)
-                                .execute(&mut *conn)
-                                .await?;
+                            sqlx::query(
+                                "UPDATE prom_accounts SET balance = balance + 1 WHERE id = $1",
+                            )
+                            .bind(b)
+                            .execute(&mut *conn)
+                            .await?;
                             Ok::<_, covet_txn::Error>(())
                         }
                     },
@@ -348,7 +362,7 @@ async fn the_shipped_rules_and_grafana_queries_work_in_a_real_prometheus() {
             let mut round = 0_u32;
             while !stop.load(Ordering::Relaxed) {
                 round += 1;
-                let refused = round % 10 == 0;
+                let refused = round.is_multiple_of(10);
                 let _ = manager
                     .transaction(TxOptions::new().name("bank::deposit"), || async move {
                         sqlx::query("UPDATE prom_accounts SET balance = balance + 1 WHERE id = 40")

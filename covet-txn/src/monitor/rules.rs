@@ -158,8 +158,7 @@ pub(crate) fn candidates(limits: &AlertThresholds, input: &AlertInput, at_ms: u6
         );
     }
     let serialization_rate = interval.serialization_failures as f64 / started;
-    if interval.serialization_failures > 0
-        && serialization_rate > limits.serialization_failure_rate
+    if interval.serialization_failures > 0 && serialization_rate > limits.serialization_failure_rate
     {
         let function = busiest(|f| f.serialization_failures);
         alert(

@@ -266,8 +266,7 @@ mod tests {
             .as_object_mut()
             .map(|counts| counts.remove("deadlocks"));
         json["interval"]["buckets"] = serde_json::json!([1, 2, 3]);
-        let read =
-            sample_from_json(&json.to_string()).unwrap_or_else(|error| panic!("{error}"));
+        let read = sample_from_json(&json.to_string()).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(read.interval.deadlocks, 0);
         assert_eq!(read.interval.committed, 10);
         assert_eq!(read.interval.duration, original.interval.duration);
@@ -286,7 +285,7 @@ mod tests {
             threshold: 0.0,
             at_ms: 42,
         };
-        assert_eq!(alert_from_row(alert_row(&alert)), Some(alert));
+        assert_eq!(alert_from_row(alert_row(&alert)), Some(alert.clone()));
         let mut unknown = alert_row(&alert);
         unknown.rule = "from_the_future".to_owned();
         assert_eq!(alert_from_row(unknown), None);

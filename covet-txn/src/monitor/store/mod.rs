@@ -256,9 +256,7 @@ pub enum StoreError {
     #[error("the metrics store did not answer within {0:?}")]
     Timeout(Duration),
     /// A table name that is not a plain identifier.
-    #[error(
-        "`{0}` is not a table name: use letters, digits and `_`, optionally `schema.table`"
-    )]
+    #[error("`{0}` is not a table name: use letters, digits and `_`, optionally `schema.table`")]
     InvalidTableName(String),
     /// The monitor has no store.
     #[error("the monitor has no metrics store: set one with MonitorConfig::store")]
@@ -331,7 +329,17 @@ mod tests {
             assert!(is_table_name(good), "{good}");
         }
         let long = "x".repeat(64);
-        for bad in ["", "1x", "a-b", "a b", "a;b", "a.b.c", ".a", "\"a\"", long.as_str()] {
+        for bad in [
+            "",
+            "1x",
+            "a-b",
+            "a b",
+            "a;b",
+            "a.b.c",
+            ".a",
+            "\"a\"",
+            long.as_str(),
+        ] {
             assert!(!is_table_name(bad), "{bad}");
         }
     }
