@@ -319,6 +319,7 @@ impl Writer {
         if recovered_after > 0 {
             tracing::info!(
                 target: "covet_txn::monitor",
+                backend = self.store.backend(),
                 failures = recovered_after,
                 samples = samples.len(),
                 "the metrics store is written to again"
