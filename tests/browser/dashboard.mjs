@@ -142,6 +142,7 @@ try {
       check(eventStreams > 0, "the page never opened the event stream");
     }
     check((await page.textContent("#manager")) === "dashboard-test", "the manager's name is not shown");
+    await page.waitForFunction(() => document.getElementById("store").textContent === "history kept in sqlite");
     check((await page.textContent("#backend")) === "sqlite", "the backend is not shown");
   });
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use covet_txn::monitor::{AlertFilter, AlertRule, MonitorConfig};
+use covet_txn::monitor::{AlertFilter, AlertRule, MetricsStore, MonitorConfig};
 use covet_txn::{Failure, TxManager, transactional};
 use covet_txn_dashboard::{Dashboard, RunningDashboard};
 use covet_txn_tests::AppError;
@@ -66,6 +66,15 @@ async fn held_open(until: tokio::sync::oneshot::Receiver<()>) -> Result<(), AppE
     Ok(())
 }
 
+/// A metrics store in a SQLite file of its own: the page shows where its
+/// history is kept.
+async fn metrics_store(test: &str) -> MetricsStore {
+    let Some(pool) = covet_txn_tests::sqlite(&format!("{test}_metrics"), 1).await else {
+        panic!("SQLite is embedded and always available");
+    };
+    MetricsStore::sqlite(pool).create_schema()
+}
+
 /// A manager with a fast monitor, the alerts the page must show, a
 /// transaction held open, and deposits running until `stop` is set.
 struct Workload {
@@ -85,7 +94,11 @@ async fn workload(test: &str) -> Workload {
         .await
         .expect("the ledger table");
     let manager = TxManager::builder(pool).name("dashboard-test").build();
-    let monitor = manager.monitor_with(MonitorConfig::new().interval(Duration::from_millis(200)));
+    let monitor = manager.monitor_with(
+        MonitorConfig::new()
+            .interval(Duration::from_millis(200))
+            .store(metrics_store(test).await),
+    );
 
     manager.scope(script_named()).await.expect("commits");
     manager.scope(markup_named()).await.expect("commits");
@@ -575,11 +588,13 @@ impl App {
     }
 }
 
-fn mounted(workload: &Workload) -> Dashboard {
+async fn mounted(workload: &Workload, test: &str) -> Dashboard {
     Dashboard::new(
-        workload
-            .manager
-            .monitor_with(MonitorConfig::new().interval(Duration::from_millis(200))),
+        workload.manager.monitor_with(
+            MonitorConfig::new()
+                .interval(Duration::from_millis(200))
+                .store(metrics_store(test).await),
+        ),
     )
     .bearer_token(TOKEN)
     .refresh(Duration::from_millis(250))
@@ -588,7 +603,7 @@ fn mounted(workload: &Workload) -> Dashboard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounted_in_an_application_it_lives_under_its_path_beside_the_app_s_routes() {
     let workload = workload("dashboard_mounted_http").await;
-    let app = app(mounted(&workload)).await;
+    let app = app(mounted(&workload, "dashboard_mounted_http_app").await).await;
     let addr = app.addr;
     let bearer = format!("Bearer {TOKEN}");
 
@@ -638,7 +653,7 @@ async fn mounted_in_an_application_the_page_goes_live_in_a_real_browser() {
         return;
     }
     let workload = workload("dashboard_mounted_browser").await;
-    let app = app(mounted(&workload)).await;
+    let app = app(mounted(&workload, "dashboard_mounted_browser_app").await).await;
     let url = format!("http://{}/covet/", app.addr);
     run_browser(
         url,

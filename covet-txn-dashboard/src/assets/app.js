@@ -132,6 +132,19 @@
     setText("kpi-pool-idle", `${integer.format(pool.size)} open · ${integer.format(pool.idle)} idle`);
   }
 
+  // Where the history is kept, and whether writing it fails.
+  function renderStore(store) {
+    const note = byId("store");
+    note.hidden = !store;
+    if (!store) return;
+    const failing = store.consecutive_failures > 0;
+    note.className = failing ? "store-failing" : "muted";
+    note.textContent = failing
+      ? `history store (${store.backend}) failing: ${store.pending_samples} samples wait`
+      : `history kept in ${store.backend}`;
+    note.title = failing && store.last_error ? store.last_error : "";
+  }
+
   function renderActive(active, thresholds) {
     const body = byId("active-table").tBodies[0];
     body.replaceChildren();
@@ -321,6 +334,7 @@
   function render(state) {
     latest = state;
     renderCards(state);
+    renderStore(state.store);
     renderActive(state.metrics.active, state.long_transaction_ms);
     renderFunctions(state.metrics.functions);
     renderHealth(state.health);
