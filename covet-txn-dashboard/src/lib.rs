@@ -37,8 +37,9 @@
 //! Modules, one per concept, each importing only those before it: leaves
 //! `error`, `flag` (a raised-once signal), `settings` (limits and their
 //! defaults), `update` (the figures one update carries) and `failures`
-//! (slowing and logging failed authentication); then `events` (one update per tick, shared by every
-//! event stream and WebSocket), `connection` (one client connection: timeouts, eviction),
+//! (slowing and logging failed authentication); then `events` (one update
+//! per tick, shared by every event stream and WebSocket), `connection` (one
+//! client connection: timeouts, eviction, a WebSocket's hold on it),
 //! `state` (what handlers read), `access` (who may ask: Host, Origin, token,
 //! cookie), `routes` (what each path answers), `server` (the listener,
 //! connection cap and shutdown of [`Dashboard::start`]), and `dashboard`
