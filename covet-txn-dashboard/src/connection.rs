@@ -2,13 +2,15 @@
 //! hyper with a timer, so that a client that sends its request head too
 //! slowly (or nothing, on an idle keep-alive connection) is cut off; an idle
 //! timeout on the socket itself, so that a client that stopped reading is
-//! dropped; and the handle the server uses to evict the connection.
+//! dropped; and the handle the server uses to evict the connection. A
+//! connection upgraded to a WebSocket keeps its place under the cap, its
+//! idle timeout and its eviction until the WebSocket session ends.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,6 +43,12 @@ struct Slot {
     /// connection is never evicted to make room for another.
     trusted: AtomicBool,
     evict: Notify,
+    /// Upgraded protocols (a WebSocket session) still using the socket.
+    upgrades: AtomicUsize,
+    released: Notify,
+    /// Raised when the server closes the connection: an upgraded session
+    /// ends then.
+    close: watch::Sender<bool>,
 }
 
 impl Client {
@@ -50,6 +58,9 @@ impl Client {
             peer,
             trusted: AtomicBool::new(false),
             evict: Notify::new(),
+            upgrades: AtomicUsize::new(0),
+            released: Notify::new(),
+            close: watch::Sender::new(false),
         }))
     }
 
@@ -72,6 +83,33 @@ impl Client {
     /// Closes the connection at once, whatever it is doing.
     pub(crate) fn evict(&self) {
         self.0.evict.notify_one();
+    }
+
+    /// Keeps the connection open, counted and watched after hyper hands its
+    /// socket to an upgraded protocol, until the guard is dropped. Taken
+    /// before the upgrade's response is sent.
+    pub(crate) fn hold_upgrade(&self) -> UpgradeHold {
+        self.0.upgrades.fetch_add(1, Ordering::AcqRel);
+        UpgradeHold(self.clone())
+    }
+
+    /// Resolves when the server closes the connection (idle, evicted, shut
+    /// down): what an upgraded session must end on.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut close = self.0.close.subscribe();
+        async move { raised(&mut close).await }
+    }
+}
+
+/// An upgraded protocol's claim on its connection.
+pub(crate) struct UpgradeHold(Client);
+
+impl Drop for UpgradeHold {
+    fn drop(&mut self) {
+        let slot = &(self.0).0;
+        if slot.upgrades.fetch_sub(1, Ordering::AcqRel) == 1 {
+            slot.released.notify_one();
+        }
     }
 }
 
@@ -104,36 +142,52 @@ pub(crate) async fn serve(
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(MAX_BUFFER)
         .keep_alive(true);
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let mut stopping = false;
+    // Once hyper has handed the socket to a WebSocket session, the session
+    // owns it; this loop keeps its timeouts and its place until it ends.
+    let mut upgraded = false;
     loop {
         let deadline = activity.last() + settings.idle_timeout;
         tokio::select! {
-            result = connection.as_mut() => {
+            result = connection.as_mut(), if !upgraded => {
                 if let Err(error) = result {
                     // Timeouts and clients that hang up: routine, not errors.
                     tracing::debug!(target: "covet_txn_dashboard", %error, peer = %client.peer(), "connection ended");
                 }
-                return;
+                if client.0.upgrades.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                upgraded = true;
+            }
+            () = client.0.released.notified(), if upgraded => {
+                if client.0.upgrades.load(Ordering::Acquire) == 0 {
+                    return;
+                }
             }
             () = client.0.evict.notified() => {
                 tracing::debug!(target: "covet_txn_dashboard", peer = %client.peer(), "connection evicted");
-                return;
+                break;
             }
             () = tokio::time::sleep_until(deadline) => {
                 if activity.last() + settings.idle_timeout <= Instant::now() {
                     tracing::debug!(target: "covet_txn_dashboard", peer = %client.peer(), "idle connection closed");
-                    return;
+                    break;
                 }
             }
             () = raised(&mut shutdown), if !stopping => {
+                if upgraded {
+                    break;
+                }
                 // Closes it now if idle, or after the response in progress.
                 connection.as_mut().graceful_shutdown();
                 stopping = true;
             }
         }
     }
+    // Closed by the server: an upgraded session lets go of the socket.
+    client.0.close.send_replace(true);
 }
 
 /// When a byte last moved on a connection, in milliseconds since it opened.

@@ -1,12 +1,13 @@
-//! The event streams: one task builds each update once per tick, for each
-//! alert level some stream asks for, and every stream sends the same bytes
-//! (a reference-counted buffer, not a copy per client). It also caps how
-//! many streams are open and ends them all on shutdown.
+//! The live updates, over server-sent events and over WebSocket: one task
+//! builds each update once per tick, for each alert level some stream asks
+//! for, and every stream of either kind sends the same bytes (a
+//! reference-counted buffer, not a copy per client). It also caps how many
+//! streams of both kinds are open together, and ends them all on shutdown.
 //!
 //! A stream holds only the latest update: a client that reads slowly skips
 //! updates instead of queueing them, and one that stopped reading holds at
-//! most what the server's write buffer takes, until the connection's idle
-//! timeout drops it.
+//! most what the server's write buffer takes (one message, on a WebSocket),
+//! until the connection's idle timeout drops it.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use covet_txn::monitor::{AlertLevel, Monitor};
 use futures_util::Stream;
 use tokio::sync::watch;
@@ -34,8 +36,16 @@ fn slot(level: Level) -> usize {
     LEVELS.iter().position(|known| *known == level).unwrap_or(0)
 }
 
-/// An update as the bytes of one event, ready to send.
-type Frame = Option<Bytes>;
+/// One update, ready to send: the bytes of a server-sent event, and the
+/// text of a WebSocket message (the update's JSON, or `{"failure": ...}`).
+#[derive(Clone)]
+struct Frames {
+    event: Bytes,
+    message: Utf8Bytes,
+}
+
+/// The latest update; `None` until the first tick.
+type Frame = Option<Frames>;
 
 /// The streams of one dashboard (and its clones).
 pub(crate) struct Hub {
@@ -69,13 +79,22 @@ impl Hub {
     }
 }
 
-/// An event stream of updates at `level` and above, as a response body.
+/// An open stream of updates at one level: counted against the cap until
+/// dropped.
+pub(crate) struct Subscription {
+    updates: watch::Receiver<Frame>,
+    closing: watch::Receiver<bool>,
+    heartbeat: Duration,
+    guard: OpenStream,
+}
+
+/// Opens a stream of updates at `level` and above, for either transport.
 pub(crate) fn subscribe(
     hub: &Arc<Hub>,
     monitor: &Monitor,
     settings: &Settings,
     level: Level,
-) -> Result<Body, Refused> {
+) -> Result<Subscription, Refused> {
     if *hub.closing.borrow() {
         return Err(Refused::Closing);
     }
@@ -102,13 +121,84 @@ pub(crate) fn subscribe(
         });
         channels[slot(level)].subscribe()
     };
-    let heartbeat = (settings.idle_timeout / 2).min(Duration::from_secs(15));
-    Ok(Body::from_stream(stream(
+    Ok(Subscription {
         updates,
-        hub.closing.subscribe(),
+        closing: hub.closing.subscribe(),
+        heartbeat: (settings.idle_timeout / 2).min(Duration::from_secs(15)),
+        guard,
+    })
+}
+
+/// The subscription as a server-sent event stream, a response body.
+pub(crate) fn event_stream(subscription: Subscription) -> Body {
+    let Subscription {
+        updates,
+        closing,
         heartbeat,
         guard,
-    )))
+    } = subscription;
+    Body::from_stream(stream(updates, closing, heartbeat, guard))
+}
+
+/// Sends the subscription's updates over `socket` until the client leaves,
+/// the dashboard closes its streams, or `closed` (the connection's idle
+/// timeout, an eviction, the server's shutdown) fires. When no update came
+/// for the heartbeat's time, a ping keeps the connection busy.
+pub(crate) async fn serve_socket(
+    mut socket: WebSocket,
+    subscription: Subscription,
+    closed: impl std::future::Future<Output = ()> + Send,
+) {
+    let Subscription {
+        mut updates,
+        mut closing,
+        heartbeat,
+        guard: _counted,
+    } = subscription;
+    tokio::pin!(closed);
+    // The latest update goes out at once, so a new page is not blank for a
+    // tick.
+    updates.mark_changed();
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = raised(&mut closing) => {
+                let goodbye = Message::Close(Some(CloseFrame {
+                    code: 1001,
+                    reason: Utf8Bytes::from_static("the dashboard is shutting down"),
+                }));
+                let _ = tokio::time::timeout(Duration::from_millis(100), socket.send(goodbye)).await;
+                return;
+            }
+            () = &mut closed => return,
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let frame = updates.borrow_and_update().clone();
+                match frame {
+                    Some(frames) => Message::Text(frames.message),
+                    None => continue,
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // The page sends nothing but pongs and its close.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+            () = tokio::time::sleep(heartbeat) => Message::Ping(Bytes::new()),
+        };
+        // A client that stopped reading leaves this send waiting: the
+        // connection's idle timeout, or shutdown, ends it.
+        tokio::select! {
+            biased;
+            () = raised(&mut closing) => return,
+            () = &mut closed => return,
+            sent = socket.send(message) => if sent.is_err() {
+                return;
+            },
+        }
+    }
 }
 
 /// Counts a stream as open until it is dropped.
@@ -142,7 +232,7 @@ fn stream(
                     // dashboard.
                     changed.ok()?;
                     let frame = updates.borrow_and_update().clone();
-                    frame.unwrap_or_else(|| Bytes::from_static(HEARTBEAT))
+                    frame.map_or_else(|| Bytes::from_static(HEARTBEAT), |frames| frames.event)
                 }
                 () = tokio::time::sleep(heartbeat) => Bytes::from_static(HEARTBEAT),
             };
@@ -184,11 +274,23 @@ async fn broadcast(hub: Arc<Hub>, monitor: Monitor, settings: Settings) {
                 .collect()
         };
         for (index, sender) in wanted {
-            let frame = match update::json(&monitor, settings.refresh, LEVELS[index]) {
-                Ok(json) => event("state", &json),
-                Err(error) => event("failure", error.to_string().as_bytes()),
+            let frames = match update::json(&monitor, settings.refresh, LEVELS[index]) {
+                Ok(json) => Frames {
+                    event: event("state", &json),
+                    // serde_json writes UTF-8: the conversion cannot fail,
+                    // and copies nothing.
+                    message: Utf8Bytes::try_from(Bytes::from(json)).unwrap_or_default(),
+                },
+                Err(error) => {
+                    let text = error.to_string();
+                    let message = serde_json::json!({ "failure": text }).to_string();
+                    Frames {
+                        event: event("failure", text.as_bytes()),
+                        message: Utf8Bytes::from(message),
+                    }
+                }
             };
-            sender.send_replace(Some(frame));
+            sender.send_replace(Some(frames));
         }
     }
     let mut channels = hub

@@ -1,5 +1,6 @@
 //! A live web dashboard for [covet-txn](covet_txn): one page that updates
-//! itself every second from a server-sent event stream, report downloads,
+//! itself every second over a WebSocket or a server-sent event stream,
+//! report downloads,
 //! and the Prometheus exposition, over a [`Monitor`](covet_txn::monitor::Monitor).
 //!
 //! ```no_run
@@ -35,10 +36,10 @@
 //!
 //! Modules, one per concept, each importing only those before it: leaves
 //! `error`, `flag` (a raised-once signal), `settings` (limits and their
-//! defaults), `update` (the figures one update carries), `safe_csv`
-//! (spreadsheet-safe exports) and `failures` (slowing and logging failed
-//! authentication); then `events` (one update per tick, shared by every
-//! event stream), `connection` (one client connection: timeouts, eviction),
+//! defaults), `update` (the figures one update carries) and `failures`
+//! (slowing and logging failed authentication); then `events` (one update
+//! per tick, shared by every event stream and WebSocket), `connection` (one
+//! client connection: timeouts, eviction, a WebSocket's hold on it),
 //! `state` (what handlers read), `access` (who may ask: Host, Origin, token,
 //! cookie), `routes` (what each path answers), `server` (the listener,
 //! connection cap and shutdown of [`Dashboard::start`]), and `dashboard`
@@ -54,7 +55,6 @@ mod events;
 mod failures;
 mod flag;
 mod routes;
-mod safe_csv;
 mod server;
 mod settings;
 mod state;

@@ -1,12 +1,14 @@
 //! What each path answers: the page (and its trade of `?token=` for a
-//! cookie), its script and style, the state as JSON or as an event stream,
-//! the reports, and `/metrics`; and the security headers on every answer.
+//! cookie), its script and style, the state as JSON, as an event stream or
+//! over a WebSocket, the reports, and `/metrics`; and the security headers
+//! on every answer.
 //! Who may ask is `access`'s business.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{OriginalUri, Query, Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Extension, OriginalUri, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +19,6 @@ use serde::Deserialize;
 use crate::access;
 use crate::connection::Client;
 use crate::events::{self, Refused};
-use crate::safe_csv::{self, ALERTS_HEADER, HISTORY_HEADER};
 use crate::state::{Shared, Token};
 use crate::update::{self, Level};
 
@@ -33,6 +34,7 @@ where
     let data = Router::new()
         .route("/api/state", get(state_json))
         .route("/api/events", get(events))
+        .route("/api/ws", get(websocket))
         .route("/export/report.json", get(report_json))
         .route("/export/metrics.csv", get(metrics_csv))
         .route("/export/history.csv", get(history_csv))
@@ -209,7 +211,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<AlertQuer
         Err(refusal) => return refusal.into_response(),
     };
     match events::subscribe(&shared.events, &shared.monitor, &shared.settings, level) {
-        Ok(body) => (
+        Ok(subscription) => (
             [
                 (
                     header::CONTENT_TYPE,
@@ -221,16 +223,60 @@ async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<AlertQuer
                     HeaderValue::from_static("no"),
                 ),
             ],
-            body,
+            events::event_stream(subscription),
         )
             .into_response(),
-        Err(Refused::Full) => (
+        Err(refused) => refused_stream(refused),
+    }
+}
+
+/// The same updates as `/api/events`, over a WebSocket: one text message
+/// per update. The access checks (Host, Origin, token) ran before the
+/// upgrade, and the stream counts against the same cap as event streams.
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<AlertQuery>,
+    client: Option<Extension<Client>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let level = match query.level() {
+        Ok(level) => level,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let subscription =
+        match events::subscribe(&shared.events, &shared.monitor, &shared.settings, level) {
+            Ok(subscription) => subscription,
+            Err(refused) => return refused_stream(refused),
+        };
+    // Taken now, while hyper still serves the connection: it must not let
+    // go of the connection's slot when it hands the socket over.
+    let hold = client
+        .as_ref()
+        .map(|Extension(client)| client.hold_upgrade());
+    let closed = client.map(|Extension(client)| client.closed());
+    upgrade
+        // The page sends nothing but control frames.
+        .max_message_size(4 * 1024)
+        .max_frame_size(4 * 1024)
+        .on_upgrade(move |socket| async move {
+            let _hold = hold;
+            match closed {
+                Some(closed) => events::serve_socket(socket, subscription, closed).await,
+                // Mounted: the application's server owns the connection.
+                None => events::serve_socket(socket, subscription, std::future::pending()).await,
+            }
+        })
+}
+
+fn refused_stream(refused: Refused) -> Response {
+    match refused {
+        Refused::Full => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],
             "too many open dashboard pages: close one, or raise Dashboard::max_event_streams",
         )
             .into_response(),
-        Err(Refused::Closing) => (
+        Refused::Closing => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the dashboard is shutting down",
         )
@@ -251,14 +297,11 @@ fn download(content_type: &'static str, file: &'static str, body: String) -> Res
 
 const CSV: &str = "text/csv; charset=utf-8";
 
-fn csv_download(
-    file: &'static str,
-    csv: Result<String, covet_txn::Error>,
-    empty_header: &str,
-) -> Response {
-    match csv.map(|csv| safe_csv::neutralise(&csv, empty_header)) {
-        Ok(Ok(csv)) => download(CSV, file, csv),
-        Ok(Err(error)) => failure(error),
+/// A CSV report as a download. The monitor writes it safe for spreadsheets
+/// (formulas neutralised, a header row even when empty).
+fn csv_download(file: &'static str, csv: Result<String, covet_txn::Error>) -> Response {
+    match csv {
+        Ok(csv) => download(CSV, file, csv),
         Err(error) => failure(error),
     }
 }
@@ -278,8 +321,6 @@ async fn metrics_csv(State(shared): State<Arc<Shared>>) -> Response {
     csv_download(
         "attachment; filename=\"covet-txn-metrics.csv\"",
         shared.monitor.metrics_csv(),
-        // Never empty: the totals row is always there.
-        "",
     )
 }
 
@@ -287,7 +328,6 @@ async fn history_csv(State(shared): State<Arc<Shared>>) -> Response {
     csv_download(
         "attachment; filename=\"covet-txn-history.csv\"",
         shared.monitor.history_csv(),
-        HISTORY_HEADER,
     )
 }
 
@@ -299,7 +339,6 @@ async fn alerts_csv(
         Ok(level) => csv_download(
             "attachment; filename=\"covet-txn-alerts.csv\"",
             shared.monitor.alerts_csv(update::filter(level)),
-            ALERTS_HEADER,
         ),
         Err(refusal) => refusal.into_response(),
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use covet_txn::MetricsSnapshot;
-use covet_txn::monitor::{Alert, AlertFilter, AlertLevel, Health, Monitor, Sample};
+use covet_txn::monitor::{Alert, AlertFilter, AlertLevel, Health, Monitor, Sample, StoreStatus};
 use serde::Serialize;
 
 /// How many samples and alerts one update carries at most.
@@ -75,6 +75,8 @@ struct Update {
     health: Health,
     history: Vec<Point>,
     alerts: Vec<Alert>,
+    /// The metrics store, if the monitor keeps its history in one.
+    store: Option<StoreStatus>,
     /// Active transactions older than this are shown as long.
     long_transaction_ms: u128,
     refresh_ms: u128,
@@ -110,6 +112,7 @@ pub(crate) fn json(
         health,
         history,
         alerts,
+        store: monitor.store_status(),
         long_transaction_ms: monitor.thresholds().long_transaction.as_millis(),
         refresh_ms: refresh.as_millis(),
     };

@@ -7,12 +7,14 @@
 //! `COVET_DASHBOARD_ADDR` changes where it listens (default
 //! `127.0.0.1:7777`; an address off loopback needs a token),
 //! `COVET_DASHBOARD_TOKEN` requires a bearer token (open the page once with
-//! `?token=<it>`; the example never prints it), and `COVET_DASHBOARD_SECONDS`
-//! stops it after that many seconds.
+//! `?token=<it>`; the example never prints it), `COVET_DASHBOARD_SECONDS`
+//! stops it after that many seconds, and `COVET_DASHBOARD_STORE` keeps the
+//! monitor's history and alerts in that SQLite file: run it twice with the
+//! same file and the charts start with the first run's history.
 
 use std::time::Duration;
 
-use covet_txn::monitor::MonitorConfig;
+use covet_txn::monitor::{MetricsStore, MonitorConfig};
 use covet_txn::{TxManager, transactional};
 use covet_txn_dashboard::Dashboard;
 use sqlx::Sqlite;
@@ -171,9 +173,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let manager = TxManager::builder(pool).name("bank").build();
     manager.install_default()?;
-    let monitor = manager.monitor_with(MonitorConfig::new().interval(Duration::from_secs(1)));
+    let mut config = MonitorConfig::new().interval(Duration::from_secs(1));
+    if let Ok(file) = std::env::var("COVET_DASHBOARD_STORE") {
+        // A file of its own: the bank's SQLite file has one writer already.
+        let metrics_db = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&file)
+                    .create_if_missing(true),
+            )
+            .await?;
+        config = config.store(MetricsStore::sqlite(metrics_db).create_schema());
+    }
+    let monitor = manager.monitor_with(config);
+    if let Ok(restored) = monitor.restored().await {
+        println!(
+            "monitor history restored: {} samples, {} alerts",
+            restored.samples, restored.alerts
+        );
+    }
 
-    let mut dashboard = Dashboard::new(monitor);
+    let mut dashboard = Dashboard::new(monitor.clone());
     if let Ok(addr) = std::env::var("COVET_DASHBOARD_ADDR") {
         dashboard = dashboard.bind(addr);
     }
@@ -201,5 +222,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => std::future::pending().await,
     }
     running.shutdown().await;
+    if monitor.store_status().is_some() {
+        monitor.flush().await?;
+    }
     Ok(())
 }

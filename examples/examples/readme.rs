@@ -212,6 +212,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("dashboard at {}", running.url()); // open it once with ?token=...
     running.shutdown().await;
 
+    use covet_txn::monitor::MetricsStore;
+    let metrics_db = sqlx::SqlitePool::connect("sqlite:metrics.db?mode=rwc").await?;
+    let store = MetricsStore::sqlite(metrics_db) // or ::postgres(pool), ::mysql(pool)
+        .create_schema() // CREATE TABLE IF NOT EXISTS, when the monitor starts
+        .keep_for(Duration::from_secs(7 * 24 * 3600)) // retention by age
+        .keep_samples(100_000); // and by rows, per manager
+    let monitor = manager.monitor_with(MonitorConfig::new().store(store));
+    let restored = monitor.restored().await?; // history, alerts, alert windows
+    println!("{} samples restored", restored.samples);
+    monitor.flush().await?; // before a planned exit: what waits is written now
+
     use axum::Router;
     use axum::routing::get;
     let app_state = AppState { greeting: "hello" };

@@ -1,12 +1,13 @@
-// Saves a screenshot of a running dashboard, for the README:
+// Saves screenshots of a running dashboard, for the README: on a desktop
+// (1440×900) and, given a second file, on a phone (390×844):
 //   cargo run --example dashboard &
-//   node screenshot.mjs http://127.0.0.1:7777/ ../../docs/dashboard.png
+//   node screenshot.mjs http://127.0.0.1:7777/ ../../docs/dashboard.png ../../docs/dashboard-phone.png
 
 import { chromium } from "playwright-core";
 
-const [url, path] = process.argv.slice(2);
+const [url, path, phonePath] = process.argv.slice(2);
 if (!url || !path) {
-  console.error("usage: node screenshot.mjs <dashboard url> <file.png>");
+  console.error("usage: node screenshot.mjs <dashboard url> <file.png> [<phone.png>]");
   process.exit(2);
 }
 const browser = await chromium.launch({
@@ -26,6 +27,13 @@ try {
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path, fullPage: true });
   console.log(`saved ${path}`);
+  if (phonePath) {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(1500);
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: phonePath, fullPage: true });
+    console.log(`saved ${phonePath}`);
+  }
 } finally {
   await browser.close();
 }

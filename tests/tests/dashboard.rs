@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use covet_txn::monitor::{AlertFilter, AlertRule, MonitorConfig};
+use covet_txn::monitor::{AlertFilter, AlertRule, MetricsStore, MonitorConfig};
 use covet_txn::{Failure, TxManager, transactional};
 use covet_txn_dashboard::{Dashboard, RunningDashboard};
 use covet_txn_tests::AppError;
@@ -66,6 +66,15 @@ async fn held_open(until: tokio::sync::oneshot::Receiver<()>) -> Result<(), AppE
     Ok(())
 }
 
+/// A metrics store in a SQLite file of its own: the page shows where its
+/// history is kept.
+async fn metrics_store(test: &str) -> MetricsStore {
+    let Some(pool) = covet_txn_tests::sqlite(&format!("{test}_metrics"), 1).await else {
+        panic!("SQLite is embedded and always available");
+    };
+    MetricsStore::sqlite(pool).create_schema()
+}
+
 /// A manager with a fast monitor, the alerts the page must show, a
 /// transaction held open, and deposits running until `stop` is set.
 struct Workload {
@@ -85,7 +94,11 @@ async fn workload(test: &str) -> Workload {
         .await
         .expect("the ledger table");
     let manager = TxManager::builder(pool).name("dashboard-test").build();
-    let monitor = manager.monitor_with(MonitorConfig::new().interval(Duration::from_millis(200)));
+    let monitor = manager.monitor_with(
+        MonitorConfig::new()
+            .interval(Duration::from_millis(200))
+            .store(metrics_store(test).await),
+    );
 
     manager.scope(script_named()).await.expect("commits");
     manager.scope(markup_named()).await.expect("commits");
@@ -427,13 +440,40 @@ fn browser_available() -> bool {
     }
 }
 
+/// How the page must get its updates.
+#[derive(Clone, Copy)]
+enum Transport {
+    WebSocket,
+    /// Server-sent events: what the page falls back to when the WebSocket
+    /// upgrade is refused.
+    Events,
+}
+
+/// The width and height of a PNG, from its header.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    let number = |at: usize| {
+        png.get(at..at + 4)
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    (number(16), number(20))
+}
+
 /// Runs `tests/browser/dashboard.mjs` against the page at `url` and checks
-/// the screenshot it saved.
-async fn run_browser(url: String, screenshot_name: &str) {
+/// the screenshots it saved: the desktop one, and the phone one (390 px
+/// wide).
+async fn run_browser(url: String, screenshot_name: &str, transport: Transport) {
     let (browser_dir, chromium) = browser_tools().expect("checked by browser_available");
     let screenshot = std::env::temp_dir().join(screenshot_name);
+    let phone = std::env::temp_dir().join(format!("phone-{screenshot_name}"));
     let _ = std::fs::remove_file(&screenshot);
+    let _ = std::fs::remove_file(&phone);
     let saved_to = screenshot.clone();
+    let phone_to = phone.clone();
+    let transport = match transport {
+        Transport::WebSocket => "websocket",
+        Transport::Events => "events",
+    };
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(&browser_dir)
@@ -442,6 +482,8 @@ async fn run_browser(url: String, screenshot_name: &str) {
             .arg(url)
             .arg(TOKEN)
             .arg(saved_to)
+            .arg(transport)
+            .arg(phone_to)
             .output()
     })
     .await
@@ -460,6 +502,12 @@ async fn run_browser(url: String, screenshot_name: &str) {
         "a real PNG, {} bytes",
         png.len()
     );
+    let png = std::fs::read(&phone).expect("the phone screenshot was saved");
+    let (width, height) = png_size(&png);
+    assert!(
+        png.starts_with(b"\x89PNG") && width == 390 && height >= 844,
+        "a phone-sized PNG: {width}×{height}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +517,7 @@ async fn the_page_shows_live_figures_safely_in_a_real_browser() {
     }
     let workload = workload("dashboard_browser").await;
     let url = workload.dashboard.url();
-    run_browser(url, "covet-txn-dashboard-test.png").await;
+    run_browser(url, "covet-txn-dashboard-test.png", Transport::WebSocket).await;
     workload.finish().await;
 }
 
@@ -481,7 +529,9 @@ struct AppState {
 
 /// An axum application with its own state and routes, the dashboard
 /// mounted under `/covet`, served by axum on loopback. Its shutdown signal
-/// ends the dashboard's event streams, as the README says to do.
+/// ends the dashboard's event streams, as the README says to do. It refuses
+/// WebSocket upgrades to the dashboard, as some proxies do, so that the
+/// page must fall back to server-sent events.
 struct App {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -491,6 +541,7 @@ struct App {
 async fn app(dashboard: Dashboard) -> App {
     use axum::Router;
     use axum::extract::State;
+    use axum::http::StatusCode;
     use axum::routing::get;
 
     let app = Router::new()
@@ -498,6 +549,10 @@ async fn app(dashboard: Dashboard) -> App {
         .route(
             "/hello",
             get(|State(app): State<AppState>| async move { app.greeting }),
+        )
+        .route(
+            "/covet/api/ws",
+            get(|| async { (StatusCode::FORBIDDEN, "upgrades are refused here") }),
         )
         .nest_service("/covet", dashboard.router())
         .with_state(AppState {
@@ -533,11 +588,13 @@ impl App {
     }
 }
 
-fn mounted(workload: &Workload) -> Dashboard {
+async fn mounted(workload: &Workload, test: &str) -> Dashboard {
     Dashboard::new(
-        workload
-            .manager
-            .monitor_with(MonitorConfig::new().interval(Duration::from_millis(200))),
+        workload.manager.monitor_with(
+            MonitorConfig::new()
+                .interval(Duration::from_millis(200))
+                .store(metrics_store(test).await),
+        ),
     )
     .bearer_token(TOKEN)
     .refresh(Duration::from_millis(250))
@@ -546,7 +603,7 @@ fn mounted(workload: &Workload) -> Dashboard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounted_in_an_application_it_lives_under_its_path_beside_the_app_s_routes() {
     let workload = workload("dashboard_mounted_http").await;
-    let app = app(mounted(&workload)).await;
+    let app = app(mounted(&workload, "dashboard_mounted_http_app").await).await;
     let addr = app.addr;
     let bearer = format!("Bearer {TOKEN}");
 
@@ -596,9 +653,14 @@ async fn mounted_in_an_application_the_page_goes_live_in_a_real_browser() {
         return;
     }
     let workload = workload("dashboard_mounted_browser").await;
-    let app = app(mounted(&workload)).await;
+    let app = app(mounted(&workload, "dashboard_mounted_browser_app").await).await;
     let url = format!("http://{}/covet/", app.addr);
-    run_browser(url, "covet-txn-dashboard-mounted-test.png").await;
+    run_browser(
+        url,
+        "covet-txn-dashboard-mounted-test.png",
+        Transport::Events,
+    )
+    .await;
     app.shutdown().await;
     workload.finish().await;
 }

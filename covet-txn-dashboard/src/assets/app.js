@@ -1,4 +1,8 @@
-// The covet-txn dashboard. Every value that comes from the application
+// The covet-txn dashboard. Updates come over a WebSocket (api/ws) when
+// one can be opened, and over server-sent events (api/events) otherwise:
+// a proxy that refuses the upgrade, or a socket that keeps closing before
+// its first update, switches the page to the event stream for good.
+// Every value that comes from the application
 // (function names, alert messages) is written with textContent or as an
 // SVG text node: nothing received is ever parsed as markup. The token, if
 // one is needed, travels in an HttpOnly cookie that the server set when the
@@ -15,6 +19,11 @@
 
   let alertLevel = "";
   let source = null;
+  let socket = null;
+  let retry = null;
+  // "websocket" until the WebSocket path proves unusable, then "events".
+  let transport = "WebSocket" in window ? "websocket" : "events";
+  let socketFailures = 0;
   let latest = null;
   let functionSort = { key: "committed", descending: true };
 
@@ -70,6 +79,8 @@
     const pill = byId("connection");
     pill.className = `pill pill-${state}`;
     pill.textContent = text;
+    pill.dataset.transport = transport;
+    pill.title = transport === "websocket" ? "updates over a WebSocket" : "updates over server-sent events";
   }
 
   // Throughput over the last few seconds of updates, from the running
@@ -119,6 +130,19 @@
     const pool = metrics.pool;
     setText("kpi-pool", pool.max ? `${integer.format(pool.size - pool.idle)} / ${integer.format(pool.max)}` : "—");
     setText("kpi-pool-idle", `${integer.format(pool.size)} open · ${integer.format(pool.idle)} idle`);
+  }
+
+  // Where the history is kept, and whether writing it fails.
+  function renderStore(store) {
+    const note = byId("store");
+    note.hidden = !store;
+    if (!store) return;
+    const failing = store.consecutive_failures > 0;
+    note.className = failing ? "store-failing" : "muted";
+    note.textContent = failing
+      ? `history store (${store.backend}) failing: ${store.pending_samples} samples wait`
+      : `history kept in ${store.backend}`;
+    note.title = failing && store.last_error ? store.last_error : "";
   }
 
   function renderActive(active, thresholds) {
@@ -310,6 +334,7 @@
   function render(state) {
     latest = state;
     renderCards(state);
+    renderStore(state.store);
     renderActive(state.metrics.active, state.long_transaction_ms);
     renderFunctions(state.metrics.functions);
     renderHealth(state.health);
@@ -317,8 +342,25 @@
     renderCharts(state.history);
   }
 
-  function connect() {
+  function disconnect() {
+    if (retry) clearTimeout(retry);
+    retry = null;
     if (source) source.close();
+    source = null;
+    if (socket) {
+      const closing = socket;
+      socket = null;
+      closing.close();
+    }
+  }
+
+  function connect() {
+    disconnect();
+    if (transport === "websocket") connectSocket();
+    else connectEvents();
+  }
+
+  function connectEvents() {
     source = new EventSource(url("api/events", { level: alertLevel }));
     source.addEventListener("open", () => setConnection("live", "live"));
     source.addEventListener("state", (event) => {
@@ -328,6 +370,43 @@
     source.addEventListener("failure", (event) => setConnection("bad", event.data));
     // EventSource reconnects by itself; say so meanwhile.
     source.addEventListener("error", () => setConnection("wait", "reconnecting…"));
+  }
+
+  function connectSocket() {
+    const address = new URL(url("api/ws", { level: alertLevel }));
+    address.protocol = address.protocol === "https:" ? "wss:" : "ws:";
+    const current = new WebSocket(address.toString());
+    socket = current;
+    let opened = false;
+    let updated = false;
+    current.addEventListener("open", () => {
+      opened = true;
+    });
+    current.addEventListener("message", (event) => {
+      if (socket !== current) return;
+      const message = JSON.parse(event.data);
+      updated = true;
+      socketFailures = 0;
+      if (message.failure !== undefined) {
+        setConnection("bad", message.failure);
+        return;
+      }
+      setConnection("live", "live");
+      render(message);
+    });
+    current.addEventListener("close", () => {
+      if (socket !== current) return;
+      socket = null;
+      // Refused before it opened (a proxy that blocks upgrades), or closed
+      // twice in a row before any update: the event stream takes over.
+      if (!opened || (!updated && ++socketFailures >= 2)) {
+        transport = "events";
+        connectEvents();
+        return;
+      }
+      setConnection("wait", "reconnecting…");
+      retry = setTimeout(connect, 1000);
+    });
   }
 
   function refreshNow() {

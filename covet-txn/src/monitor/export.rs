@@ -1,6 +1,11 @@
 //! Getting the numbers out: the Prometheus (OpenMetrics) exposition, and
 //! JSON and CSV reports of the metrics, the snapshot history and the alert
 //! history.
+//!
+//! CSV is written to be opened in a spreadsheet by whoever downloads it:
+//! every export has its header row, even with no rows, and a cell that a
+//! spreadsheet would run as a formula (function names and alert texts come
+//! from the application) is neutralised here, once, for every caller.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -10,7 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
 use super::Sample;
-use super::alerts::Alert;
+use super::alert::Alert;
 use crate::engine::EngineHandle;
 use crate::error::Error;
 use crate::observe::counters::{Counter, DURATION_BUCKETS, FunctionMetrics};
@@ -140,6 +145,20 @@ impl Collector for PrometheusCollector {
             let mut metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric.encode_family(&manager_labels)?)?;
         }
+        // What the `long_transaction` alert watches, for Prometheus rules.
+        let oldest = ConstGauge::new(
+            snapshot
+                .active
+                .first()
+                .map_or(0.0, |transaction| transaction.age_ms / 1000.0),
+        );
+        let mut metric = encoder.encode_descriptor(
+            "oldest_transaction_age",
+            "How long the oldest running transaction has run; 0 when none runs.",
+            Some(&Unit::Seconds),
+            oldest.metric_type(),
+        )?;
+        oldest.encode(metric.encode_family(&manager_labels)?)?;
         Ok(())
     }
 }
@@ -164,124 +183,206 @@ pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
     to_json(value)
 }
 
-fn write_csv<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String, Error> {
+/// A CSV document: the header row, always (an export with no rows is still
+/// a valid file with its columns), then the rows, every cell made safe to
+/// open in a spreadsheet.
+fn csv_document(
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> Result<String, Error> {
+    let failed = |error: csv::Error| Error::InvalidOption(format!("cannot write CSV: {error}"));
     let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(header).map_err(failed)?;
     for row in rows {
         writer
-            .serialize(row)
-            .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))?;
+            .write_record(row.into_iter().map(spreadsheet_safe))
+            .map_err(failed)?;
     }
     let bytes = writer
         .into_inner()
         .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))?;
     String::from_utf8(bytes)
         .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))
+}
+
+/// A cell a spreadsheet reads as data. Excel, LibreOffice and Google Sheets
+/// run a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return as a formula, and function names and alert texts are the
+/// application's: such a cell is prefixed with `'`, as OWASP recommends. A
+/// plain number (`-1.5`) is data and left alone, since quoting it would turn
+/// it into text.
+fn spreadsheet_safe(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) && cell.parse::<f64>().is_err() {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+fn optional(value: Option<f64>) -> String {
+    value.map(|value| value.to_string()).unwrap_or_default()
 }
 
 /// The metrics as CSV: one row per function, then the totals; a column per
 /// counter of the counter table, then the rates and percentiles.
 pub(crate) fn metrics_csv(snapshot: &MetricsSnapshot) -> Result<String, Error> {
-    let failed = |error: csv::Error| Error::InvalidOption(format!("cannot write CSV: {error}"));
-    let mut writer = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["function"];
     header.extend(Counter::ALL.iter().map(|counter| counter.name()));
     header.extend(["success_rate", "mean_ms", "p50_ms", "p95_ms", "p99_ms"]);
-    writer.write_record(&header).map_err(failed)?;
-    let optional = |value: Option<f64>| value.map(|value| value.to_string()).unwrap_or_default();
-    for function in snapshot
+    let rows = snapshot
         .functions
         .iter()
         .chain(std::iter::once(&snapshot.total))
-    {
-        let mut row = vec![function.function.clone()];
-        row.extend(
-            Counter::ALL
-                .iter()
-                .map(|counter| counter.read(function).to_string()),
-        );
-        row.extend([
-            optional(function.success_rate),
-            optional(function.duration.mean_ms),
-            optional(function.duration.p50_ms),
-            optional(function.duration.p95_ms),
-            optional(function.duration.p99_ms),
-        ]);
-        writer.write_record(&row).map_err(failed)?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))?;
-    String::from_utf8(bytes)
-        .map_err(|error| Error::InvalidOption(format!("cannot write CSV: {error}")))
+        .map(|function| {
+            let mut row = vec![function.function.clone()];
+            row.extend(
+                Counter::ALL
+                    .iter()
+                    .map(|counter| counter.read(function).to_string()),
+            );
+            row.extend([
+                optional(function.success_rate),
+                optional(function.duration.mean_ms),
+                optional(function.duration.p50_ms),
+                optional(function.duration.p95_ms),
+                optional(function.duration.p99_ms),
+            ]);
+            row
+        });
+    csv_document(&header, rows)
 }
 
-/// One CSV row per sample: what happened in its interval.
-#[derive(Serialize)]
-struct SampleRow {
-    taken_at_ms: u64,
-    started: u64,
-    committed: u64,
-    rolled_back: u64,
-    failed: u64,
-    retries: u64,
-    deadlocks: u64,
-    serialization_failures: u64,
-    timeouts: u64,
-    p50_ms: Option<f64>,
-    p95_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    active: usize,
-    pool_size: u32,
-    pool_idle: u32,
-    health: u8,
-}
+/// The columns of the history export: what happened in each sample's
+/// interval.
+pub(crate) const HISTORY_COLUMNS: [&str; 16] = [
+    "taken_at_ms",
+    "started",
+    "committed",
+    "rolled_back",
+    "failed",
+    "retries",
+    "deadlocks",
+    "serialization_failures",
+    "timeouts",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "active",
+    "pool_size",
+    "pool_idle",
+    "health",
+];
 
-/// The snapshot history as CSV.
+/// The snapshot history as CSV: one row per sample.
 pub(crate) fn history_csv(samples: &[Sample]) -> Result<String, Error> {
-    write_csv(samples.iter().map(|sample| {
+    let rows = samples.iter().map(|sample| {
         let interval = &sample.interval;
-        SampleRow {
-            taken_at_ms: sample.taken_at_ms,
-            started: interval.started,
-            committed: interval.committed,
-            rolled_back: interval.rolled_back,
-            failed: interval.failed,
-            retries: interval.retries,
-            deadlocks: interval.deadlocks,
-            serialization_failures: interval.serialization_failures,
-            timeouts: interval.timeouts,
-            p50_ms: interval.duration.p50_ms,
-            p95_ms: interval.duration.p95_ms,
-            p99_ms: interval.duration.p99_ms,
-            active: sample.active,
-            pool_size: sample.pool.size,
-            pool_idle: sample.pool.idle,
-            health: sample.health,
-        }
-    }))
+        vec![
+            sample.taken_at_ms.to_string(),
+            interval.started.to_string(),
+            interval.committed.to_string(),
+            interval.rolled_back.to_string(),
+            interval.failed.to_string(),
+            interval.retries.to_string(),
+            interval.deadlocks.to_string(),
+            interval.serialization_failures.to_string(),
+            interval.timeouts.to_string(),
+            optional(interval.duration.p50_ms),
+            optional(interval.duration.p95_ms),
+            optional(interval.duration.p99_ms),
+            sample.active.to_string(),
+            sample.pool.size.to_string(),
+            sample.pool.idle.to_string(),
+            sample.health.to_string(),
+        ]
+    });
+    csv_document(&HISTORY_COLUMNS, rows)
 }
 
-/// One CSV row per alert.
-#[derive(Serialize)]
-struct AlertRow<'a> {
-    at_ms: u64,
-    level: &'static str,
-    rule: &'static str,
-    function: Option<&'a str>,
-    message: &'a str,
-    value: f64,
-    threshold: f64,
-}
+/// The columns of the alerts export.
+pub(crate) const ALERT_COLUMNS: [&str; 7] = [
+    "at_ms",
+    "level",
+    "rule",
+    "function",
+    "message",
+    "value",
+    "threshold",
+];
 
 /// The alert history as CSV.
 pub(crate) fn alerts_csv(alerts: &[Alert]) -> Result<String, Error> {
-    write_csv(alerts.iter().map(|alert| AlertRow {
-        at_ms: alert.at_ms,
-        level: alert.level.name(),
-        rule: alert.rule.name(),
-        function: alert.function.as_deref(),
-        message: &alert.message,
-        value: alert.value,
-        threshold: alert.threshold,
-    }))
+    let rows = alerts.iter().map(|alert| {
+        vec![
+            alert.at_ms.to_string(),
+            alert.level.name().to_owned(),
+            alert.rule.name().to_owned(),
+            alert.function.clone().unwrap_or_default(),
+            alert.message.clone(),
+            alert.value.to_string(),
+            alert.threshold.to_string(),
+        ]
+    });
+    csv_document(&ALERT_COLUMNS, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::alert::{AlertLevel, AlertRule};
+
+    fn rows(csv: &str) -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(csv.as_bytes())
+            .records()
+            .map(|row| match row {
+                Ok(row) => row.iter().map(str::to_owned).collect(),
+                Err(error) => panic!("not CSV: {error}"),
+            })
+            .collect()
+    }
+
+    fn alert(function: &str, message: &str, value: f64) -> Alert {
+        Alert {
+            level: AlertLevel::Error,
+            rule: AlertRule::Timeouts,
+            function: Some(function.to_owned()),
+            message: message.to_owned(),
+            value,
+            threshold: 0.0,
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised_and_numbers_kept() {
+        let alerts = [
+            alert("=HYPERLINK(\"x\")", "+1+2", -1.5),
+            alert("@SUM(A1)", "\tcmd", 2.0),
+            alert("\r=1", "-2+3", 0.0),
+            alert("plain::name", "a - b", 3.0),
+        ];
+        let csv = alerts_csv(&alerts).unwrap_or_else(|error| panic!("{error}"));
+        let rows = rows(&csv);
+        let cells = |row: usize| {
+            (
+                rows[row][3].as_str(),
+                rows[row][4].as_str(),
+                rows[row][5].as_str(),
+            )
+        };
+        assert_eq!(cells(1), ("'=HYPERLINK(\"x\")", "'+1+2", "-1.5"));
+        assert_eq!(cells(2), ("'@SUM(A1)", "'\tcmd", "2"));
+        assert_eq!(cells(3), ("'\r=1", "'-2+3", "0"));
+        assert_eq!(cells(4), ("plain::name", "a - b", "3"));
+    }
+
+    #[test]
+    fn empty_exports_still_have_their_header_row() {
+        let alerts = alerts_csv(&[]).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(alerts, format!("{}\n", ALERT_COLUMNS.join(",")));
+        let history = history_csv(&[]).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(history, format!("{}\n", HISTORY_COLUMNS.join(",")));
+    }
 }

@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use super::alerts::AlertThresholds;
+use super::rules::AlertThresholds;
 use crate::observe::counters::FunctionMetrics;
 use crate::observe::metrics::{ActiveTransaction, PoolStatus};
 

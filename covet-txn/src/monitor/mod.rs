@@ -5,183 +5,43 @@
 //!
 //! The monitor reads the metrics; it never sits on the transactions' path.
 //! It stops when it is shut down, when the last handle to it is dropped, or
-//! when its manager is dropped.
+//! when its manager is dropped. With a [`MetricsStore`] it also keeps its
+//! samples and alerts in a database, and takes them back when it starts.
 
+mod alert;
 mod alerts;
+mod config;
 mod export;
 mod health;
+mod rules;
+mod sampling;
+mod store;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::future::Either;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use alerts::{
-    Alert, AlertEngine, AlertFilter, AlertInput, AlertLevel, AlertRule, AlertSink, AlertThresholds,
-};
+pub use alert::{Alert, AlertFilter, AlertLevel, AlertRule, AlertSink};
+pub use alerts::AlertEngine;
+pub use config::{Clock, ManualClock, MonitorConfig, SystemClock};
 pub(crate) use export::encode_text as export_text;
 pub use export::{OPENMETRICS_CONTENT_TYPE, PrometheusCollector};
 pub use health::Health;
+pub use rules::{AlertInput, AlertThresholds};
+pub use sampling::Sample;
+pub use store::{
+    DEFAULT_MAX_AGE, DEFAULT_MAX_ALERTS, DEFAULT_MAX_SAMPLES, DEFAULT_WRITE_TIMEOUT, MetricsStore,
+    Restored, StoreError, StoreStatus,
+};
 
+use self::alerts::DedupKey;
+use self::store::writer::{Host, Writer, WriterSettings};
 use crate::engine::{EngineHandle, WeakEngine};
 use crate::error::Error;
-use crate::observe::counters::FunctionMetrics;
-use crate::observe::metrics::{MetricsSnapshot, PoolStatus, unix_millis};
-
-/// Where the monitor gets the time from: the system clock, or a clock a
-/// test moves by hand.
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        unix_millis(SystemTime::now())
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock showing `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.0.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// How a monitor samples and alerts.
-#[derive(Clone)]
-pub struct MonitorConfig {
-    interval: Duration,
-    capacity: usize,
-    alert_capacity: usize,
-    dedup_window: Duration,
-    thresholds: AlertThresholds,
-    sinks: Vec<AlertSink>,
-    clock: Arc<dyn Clock>,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        MonitorConfig {
-            interval: Duration::from_secs(10),
-            capacity: 3600,
-            alert_capacity: 1000,
-            dedup_window: Duration::from_secs(300),
-            thresholds: AlertThresholds::default(),
-            sinks: Vec::new(),
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl std::fmt::Debug for MonitorConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MonitorConfig")
-            .field("interval", &self.interval)
-            .field("capacity", &self.capacity)
-            .field("alert_capacity", &self.alert_capacity)
-            .field("dedup_window", &self.dedup_window)
-            .field("thresholds", &self.thresholds)
-            .field("sinks", &self.sinks.len())
-            .finish()
-    }
-}
-
-impl MonitorConfig {
-    /// Sample every 10 s, keep 3,600 samples (10 hours) and 1,000 alerts,
-    /// raise an alert at most once per 5 minutes, default thresholds.
-    pub fn new() -> Self {
-        MonitorConfig::default()
-    }
-
-    /// How often to sample.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How many samples to keep.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
-        self
-    }
-
-    /// How many alerts to keep.
-    pub fn alert_capacity(mut self, capacity: usize) -> Self {
-        self.alert_capacity = capacity.max(1);
-        self
-    }
-
-    /// An alert (same rule, same function) is raised again only after this
-    /// long.
-    pub fn dedup_window(mut self, window: Duration) -> Self {
-        self.dedup_window = window;
-        self
-    }
-
-    /// The alert thresholds.
-    pub fn thresholds(mut self, thresholds: AlertThresholds) -> Self {
-        self.thresholds = thresholds;
-        self
-    }
-
-    /// Also send each alert to `sink` (alerts always go to the log, target
-    /// `covet_txn::alerts`).
-    pub fn on_alert(mut self, sink: impl Fn(&Alert) + Send + Sync + 'static) -> Self {
-        self.sinks.push(Arc::new(sink));
-        self
-    }
-
-    /// Where to get the time from.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-}
-
-/// One sample of the history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
-    /// When it was taken, in milliseconds since the Unix epoch.
-    pub taken_at_ms: u64,
-    /// Everything counted so far.
-    pub total: FunctionMetrics,
-    /// What happened since the previous sample (everything, for the first).
-    pub interval: FunctionMetrics,
-    /// Transactions running when it was taken.
-    pub active: usize,
-    /// The age of the oldest of them, in milliseconds.
-    pub oldest_active_ms: Option<f64>,
-    /// The pool.
-    pub pool: PoolStatus,
-    /// The health score over the interval.
-    pub health: u8,
-}
+use crate::observe::metrics::MetricsSnapshot;
 
 struct State {
     history: VecDeque<Sample>,
@@ -193,14 +53,17 @@ struct Inner {
     manager: WeakEngine,
     config: MonitorConfig,
     state: Mutex<State>,
-    /// Shared with the sampling task, which holds the monitor only weakly.
-    stop: Arc<Notify>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The store's writer, if there is a store.
+    store: Option<Arc<Writer>>,
+    /// Raised to stop the background tasks, which hold the monitor only
+    /// weakly.
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.stop.notify_one();
+        self.stop.send_replace(true);
     }
 }
 
@@ -246,6 +109,19 @@ impl Monitor {
             config.dedup_window,
             config.alert_capacity,
         );
+        let store = config.store.clone().map(|store| {
+            Arc::new(Writer::new(
+                store,
+                WriterSettings {
+                    manager: manager.name().to_owned(),
+                    sample_capacity: config.capacity,
+                    alert_capacity: config.alert_capacity,
+                    dedup_window_ms: u64::try_from(config.dedup_window.as_millis())
+                        .unwrap_or(u64::MAX),
+                    clock: Arc::clone(&config.clock),
+                },
+            ))
+        });
         let monitor = Monitor {
             inner: Arc::new(Inner {
                 manager: manager.downgrade(),
@@ -255,17 +131,23 @@ impl Monitor {
                     alerts,
                 }),
                 config,
-                stop: Arc::new(Notify::new()),
-                task: Mutex::new(None),
+                store,
+                stop: watch::Sender::new(false),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let task = runtime.spawn(sample_periodically(
-                Arc::downgrade(&monitor.inner),
-                Arc::clone(&monitor.inner.stop),
-                monitor.inner.config.interval,
-            ));
-            *lock(&monitor.inner.task) = Some(task);
+            let inner = &monitor.inner;
+            let mut tasks = lock(&inner.tasks);
+            tasks.push(runtime.spawn(sampling::sample_periodically(
+                Arc::downgrade(inner),
+                inner.stop.subscribe(),
+                inner.config.interval,
+            )));
+            if let Some(store) = &inner.store {
+                let host: std::sync::Weak<dyn Host> = Arc::downgrade(inner) as _;
+                tasks.push(runtime.spawn(Arc::clone(store).run(host, inner.stop.subscribe())));
+            }
         }
         monitor
     }
@@ -328,16 +210,22 @@ impl Monitor {
     }
 
     /// The metrics now as CSV: one row per function, then the totals.
+    ///
+    /// Every CSV export is safe to open in a spreadsheet: a cell that would
+    /// run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return, unless it is a plain number) is prefixed with `'`,
+    /// and an export with no rows still has its header row.
     pub fn metrics_csv(&self) -> Result<String, Error> {
         export::metrics_csv(&self.metrics()?)
     }
 
-    /// The snapshot history as CSV: one row per sample.
+    /// The snapshot history as CSV: one row per sample (a header row only,
+    /// before the first sample).
     pub fn history_csv(&self) -> Result<String, Error> {
         export::history_csv(&self.history())
     }
 
-    /// The alert history as CSV.
+    /// The alert history as CSV (a header row only, without alerts).
     pub fn alerts_csv(&self, filter: AlertFilter) -> Result<String, Error> {
         export::alerts_csv(&self.alerts(filter))
     }
@@ -349,15 +237,45 @@ impl Monitor {
         export_text(PrometheusCollector(self.inner.manager()?))
     }
 
-    /// Stops the background sampling; what was gathered stays readable.
+    /// Waits until the monitor has read back what its store kept from
+    /// earlier runs (history, alerts and open deduplication windows), and
+    /// says how much; at once if it already has. With the store unreachable
+    /// at start-up, the error of the first attempt (the monitor tries again
+    /// at every interval, and [`store_status`](Self::store_status) tells
+    /// when it succeeded).
+    pub async fn restored(&self) -> Result<Restored, StoreError> {
+        match &self.inner.store {
+            Some(store) => store.restored().await,
+            None => Err(StoreError::NotConfigured),
+        }
+    }
+
+    /// Writes the samples and alerts that wait for the store now, instead
+    /// of at the next interval: before a planned exit, for example. Fails
+    /// as a write fails; what could not be written keeps waiting.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match &self.inner.store {
+            Some(store) => store.step(Some(&*self.inner)).await,
+            None => Err(StoreError::NotConfigured),
+        }
+    }
+
+    /// How the metrics store is doing: rows written, failures, what waits;
+    /// `None` without a store.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        self.inner.store.as_ref().map(|store| store.status())
+    }
+
+    /// Stops the background sampling; what was gathered stays readable. A
+    /// store gets one last write of what waits, in the background.
     pub fn shutdown(&self) {
-        self.inner.stop.notify_one();
+        self.inner.stop.send_replace(true);
     }
 
     /// Whether the background sampling is still running.
     pub fn is_running(&self) -> bool {
-        lock(&self.inner.task)
-            .as_ref()
+        lock(&self.inner.tasks)
+            .first()
             .is_some_and(|task| !task.is_finished())
     }
 }
@@ -368,102 +286,39 @@ impl Inner {
             "the monitored transaction manager has been dropped".to_owned(),
         ))
     }
+}
 
-    fn sample(&self) -> Result<Sample, Error> {
-        let snapshot = self.manager()?.snapshot();
-        let now_ms = self.config.clock.now_ms();
+impl Host for Inner {
+    fn restore(&self, samples: Vec<Sample>, alerts: Vec<Alert>, last_raised: Vec<(DedupKey, u64)>) {
         let mut state = lock(&self.state);
-        let (interval, functions) = match &state.latest {
-            Some(previous) => (
-                snapshot.total.since(&previous.total),
-                snapshot
-                    .functions
-                    .iter()
-                    .map(|function| {
-                        previous
-                            .functions
-                            .iter()
-                            .find(|earlier| earlier.function == function.function)
-                            .map_or_else(|| function.clone(), |earlier| function.since(earlier))
-                    })
-                    .collect(),
-            ),
-            None => (snapshot.total.clone(), snapshot.functions.clone()),
-        };
-        let input = AlertInput {
-            interval: interval.clone(),
-            functions,
-            active: snapshot.active.clone(),
-            pool: snapshot.pool,
-        };
-        let raised = state.alerts.evaluate(&input, now_ms);
-        let health = Health::assess(
-            &interval,
-            &snapshot.functions,
-            &snapshot.active,
-            snapshot.pool,
-            state.alerts.thresholds(),
-        );
-        let sample = Sample {
-            taken_at_ms: now_ms,
-            total: snapshot.total.clone(),
-            interval,
-            active: snapshot.active.len(),
-            oldest_active_ms: snapshot
-                .active
-                .first()
-                .map(|transaction| transaction.age_ms),
-            pool: snapshot.pool,
-            health: health.score,
-        };
-        if state.history.len() == self.config.capacity {
-            state.history.pop_front();
-        }
-        state.history.push_back(sample.clone());
-        state.latest = Some(snapshot);
-        drop(state);
-        for alert in &raised {
-            log_alert(alert);
-            for sink in &self.config.sinks {
-                sink(alert);
+        // What this run sampled before the store answered is newer than
+        // anything stored (only rows from before it started are read).
+        let merged: Vec<Sample> = samples.into_iter().chain(state.history.drain(..)).collect();
+        let excess = merged.len().saturating_sub(self.config.capacity);
+        state.history = merged.into_iter().skip(excess).collect();
+        state.alerts.restore(alerts, last_raised);
+    }
+
+    fn raise(&self, alert: Alert) {
+        let raised = lock(&self.state).alerts.raise(alert);
+        if let Some(alert) = raised {
+            if let Some(store) = &self.store {
+                store.push(None, std::slice::from_ref(&alert));
             }
-        }
-        Ok(sample)
-    }
-}
-
-fn log_alert(alert: &Alert) {
-    let function = alert.function.as_deref().unwrap_or("");
-    match alert.level {
-        AlertLevel::Info => {
-            tracing::info!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
-        }
-        AlertLevel::Warning => {
-            tracing::warn!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
-        }
-        AlertLevel::Error | AlertLevel::Critical => {
-            tracing::error!(target: "covet_txn::alerts", level = alert.level.name(), rule = alert.rule.name(), function, "{}", alert.message)
+            self.announce(&alert);
         }
     }
 }
 
-async fn sample_periodically(monitor: Weak<Inner>, stop: Arc<Notify>, interval: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopped = std::pin::pin!(stop.notified());
-        let tick = std::pin::pin!(ticks.tick());
-        if let Either::Left(_) = futures_util::future::select(stopped, tick).await {
-            return;
-        }
-        // The last handle gone, or the manager dropped: nothing to watch.
-        let Some(inner) = monitor.upgrade() else {
-            return;
-        };
-        if inner.sample().is_err() {
-            return;
-        }
-    }
+/// Waits for `stop` to be raised or `other` to finish: `true` if the
+/// monitor stopped first (or every handle to it is gone).
+async fn stopped_first(stop: &mut watch::Receiver<bool>, other: impl std::future::Future) -> bool {
+    let stopped = std::pin::pin!(stop.wait_for(|stopped| *stopped));
+    let other = std::pin::pin!(other);
+    matches!(
+        futures_util::future::select(stopped, other).await,
+        futures_util::future::Either::Left(_)
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
