@@ -250,12 +250,16 @@ macro_rules! backend {
                 ($rows:ident, $label:expr, $name:literal, $hand:ident, $covet:ident, $pool:ident, $manager:ident, $counted:ident) => {{
                     let hand = |id| async move { $hand($pool, id).await.expect("the hand-written transaction runs") };
                     let covet = |id| async move { $covet(id).await.expect("the covet-txn transaction runs") };
-                    for id in 0..50 {
-                        hand(id).await;
-                        covet(id).await;
-                    }
-                    let comparison = $manager.scope(interleaved(hand, covet)).await;
-                    let allocations = $manager.scope(measure::allocations_per_call(hand, covet)).await;
+                    let (comparison, allocations) = $manager
+                        .scope(async move {
+                            for id in 0..50 {
+                                hand(id).await;
+                                covet(id).await;
+                            }
+                            let comparison = interleaved(hand, covet).await;
+                            (comparison, measure::allocations_per_call(hand, covet).await)
+                        })
+                        .await;
                     let queries = match $counted {
                         Some((counter, counting_pool, counting_manager)) => {
                             let hand = |id| async move { $hand(counting_pool, id).await.expect("runs") };
@@ -516,7 +520,9 @@ backend!(
 );
 
 /// Re-executes the benchmark pinned to CPU 0, where `taskset` exists, so
-/// that in-process SQLite timings do not swing between two modes.
+/// that in-process SQLite timings do not swing between two modes; then runs
+/// the SQLite latency scenarios once more on every core, where SQLite's
+/// worker thread runs beside the caller instead of taking turns with it.
 fn pin_to_one_cpu() {
     if std::env::var_os("COVET_BENCH_PINNED").is_some() {
         return;
@@ -524,17 +530,33 @@ fn pin_to_one_cpu() {
     let Ok(program) = std::env::current_exe() else {
         return;
     };
-    let status = std::process::Command::new("taskset")
+    let pinned = std::process::Command::new("taskset")
         .arg("-c")
         .arg("0")
         .arg(&program)
         .args(std::env::args_os().skip(1))
         .env("COVET_BENCH_PINNED", "1")
         .status();
-    match status {
-        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
-        Err(error) => eprintln!("notice: running unpinned, taskset is unavailable ({error})"),
+    let pinned = match pinned {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("notice: running unpinned, taskset is unavailable ({error})");
+            return;
+        }
+    };
+    if pinned.success() && backend("sqlite") && scenario("latency") {
+        println!("\nThe SQLite latency scenarios again, on every core:");
+        let unpinned = std::process::Command::new(&program)
+            .args(std::env::args_os().skip(1))
+            .env("COVET_BENCH_PINNED", "0")
+            .env("COVET_BENCH_BACKENDS", "sqlite")
+            .env("COVET_BENCH_SCENARIOS", "latency")
+            .status();
+        if let Err(error) = unpinned {
+            eprintln!("notice: the unpinned SQLite pass did not run: {error}");
+        }
     }
+    std::process::exit(pinned.code().unwrap_or(1));
 }
 
 fn machine() -> String {
@@ -547,10 +569,8 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    format!(
-        "{cores} cores ({cpu}), benchmark pinned to one core: {}",
-        std::env::var_os("COVET_BENCH_PINNED").is_some()
-    )
+    let pinned = std::env::var("COVET_BENCH_PINNED").is_ok_and(|value| value == "1");
+    format!("{cores} cores available ({cpu}), pinned to one core: {pinned}")
 }
 
 async fn postgres_pool(max: u32) -> Option<Pool<sqlx::Postgres>> {

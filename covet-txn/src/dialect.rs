@@ -139,6 +139,8 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
     /// A query, run before BEGIN, whose one row of booleans `begin` needs to
     /// know: the session settings the BEGIN would change, so that it changes
     /// (and later restores) only those that differ. `None`: nothing to read.
+    /// The runtime runs it once per manager and keeps the answer: the
+    /// connections of one pool share their settings.
     fn probe(&self, _request: &BeginRequest) -> Option<&'static str> {
         None
     }

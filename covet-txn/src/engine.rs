@@ -23,7 +23,7 @@ use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis}
 use crate::options::Isolation;
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;
-use crate::session::{Opening, Session, SessionErase, SessionHandle, Source};
+use crate::session::{Opening, ProbeCache, Session, SessionErase, SessionHandle, Source};
 
 /// A database covet-txn can run transactions on: [`sqlx::Postgres`],
 /// [`sqlx::MySql`] (also MariaDB) and [`sqlx::Sqlite`], each behind its cargo
@@ -46,6 +46,7 @@ pub struct Engine<DB: Driver> {
     pub(crate) hooks: Arc<ManagerHooks>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) nested_acquires: NestedAcquires,
+    pub(crate) probes: ProbeCache,
 }
 
 /// What a call asks of an engine to open a session.
@@ -70,8 +71,7 @@ impl<DB: Backend> Engine<DB> {
             )?)),
             None if request.holding > 0 => {
                 let acquire = async {
-                    self.pool
-                        .acquire()
+                    Box::pin(self.pool.acquire())
                         .await
                         .map_err(|source| Error::database(Operation::Acquire, source))
                 };
@@ -95,6 +95,7 @@ impl<DB: Backend> Engine<DB> {
             observer: request.observer,
             pool: self.pool.clone(),
             dialect: Arc::clone(&self.dialect),
+            probes: &self.probes,
         })
         .await?;
         Ok(DB::erase(session))

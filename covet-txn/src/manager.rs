@@ -26,7 +26,7 @@ use crate::nested_acquire::NestedAcquires;
 use crate::observe::metrics::{DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot};
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
-use crate::session::TxConn;
+use crate::session::{ProbeCache, TxConn};
 
 /// Runs transactions on one sqlx pool.
 ///
@@ -192,7 +192,7 @@ impl<DB: Backend> TxManager<DB> {
             Some(self.handle()),
             options.into(),
             inspect_source::<E, M>,
-            Box::pin(body()),
+            body(),
         )
         .await
     }
@@ -333,6 +333,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 hooks: Arc::new(self.hooks),
                 metrics: Arc::new(Metrics::new(id, self.max_functions)),
                 nested_acquires: NestedAcquires::default(),
+                probes: ProbeCache::default(),
             }),
         }
     }
@@ -349,13 +350,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error> + ErrorSource<M>,
 {
-    run_once(
-        None,
-        options.into(),
-        inspect_source::<E, M>,
-        Box::pin(body()),
-    )
-    .await
+    run_once(None, options.into(), inspect_source::<E, M>, body()).await
 }
 
 /// Runs `body` in a transaction of the default manager, retrying. See
@@ -385,10 +380,7 @@ where
     options.options = options.options.retry();
     let mut attempts = Attempts::new(manager, options);
     loop {
-        if let Some(result) = attempts
-            .attempt(inspect_source::<E, M>, Box::pin(body()))
-            .await
-        {
+        if let Some(result) = attempts.attempt(inspect_source::<E, M>, body()).await {
             return result;
         }
     }

@@ -65,10 +65,11 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: ErrorType,
 {
-    // Boxed before any wrapper is built: a nested call's future then holds
-    // a pointer, not the callee's whole state machine, and the compiler's
-    // layout of a call stays shallow however deep calls nest.
-    attempts::run_once(manager, options.into(), inspect, Box::pin(body))
+    // The runtime boxes the body (with the whole call, when it opens a
+    // session): a caller's future then holds a pointer, not the callee's
+    // state machine, and the compiler's layout of a call stays shallow
+    // however deep calls nest.
+    attempts::run_once(manager, options.into(), inspect, body)
 }
 
 /// The attempts of one call of a `#[transactional]` function with `retry`:
@@ -92,7 +93,7 @@ impl<E: ErrorType> Attempts<E> {
     where
         Fut: Future<Output = Result<T, E>> + 'a,
     {
-        self.0.attempt(inspect, Box::pin(body))
+        self.0.attempt(inspect, body)
     }
 }
 

@@ -66,14 +66,12 @@ pub(crate) async fn in_test_transaction<T, Fut>(engine: EngineHandle, body: Fut)
 where
     Fut: Future<Output = T>,
 {
-    // Boxed, as every entry point's call is: the future that awaits it then
-    // holds a pointer, and the compiler's layout of it stays shallow.
-    let run = Box::pin(run_once(
+    let run = run_once(
         Some(engine.clone()),
         TEST_TRANSACTION.into(),
         |error: &Error| Some(error),
-        Box::pin(async move { Ok(body.await) }),
-    ));
+        async move { Ok(body.await) },
+    );
     defaults::scope(engine, run).await
 }
 

@@ -186,12 +186,20 @@ each_backend! {
         result.expect("commits");
         let select = format!("SELECT v FROM {table} WHERE id = 1");
         // SQLite's read-only mode is connection state the pool may have set
-        // itself: it is read first, and switched back off only if it was off.
+        // itself: it is read by the manager's first read-only transaction,
+        // and switched back off only if it was off.
         let read_pragmas = (BACKEND == "sqlite").then_some(
             "SELECT (SELECT query_only FROM pragma_query_only()), (SELECT read_uncommitted FROM pragma_read_uncommitted())",
         );
         let restore = (BACKEND == "sqlite").then_some("PRAGMA query_only = OFF");
         assert_eq!(sent, expected(&[read_pragmas, begin_read_only, Some(&select), commit(), restore]));
+        let (result, sent) = statements_of(manager.scope(read_only(&table))).await;
+        result.expect("commits");
+        assert_eq!(
+            sent,
+            expected(&[begin_read_only, Some(&select), commit(), restore]),
+            "the pool's pragmas are known: no second read"
+        );
 
         let (result, sent) = statements_of(manager.scope(level_1(&table))).await;
         result.expect("commits");

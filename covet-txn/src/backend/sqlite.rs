@@ -3,8 +3,8 @@
 //! (`BEGIN IMMEDIATE`), because a deferred transaction that reads and then
 //! writes fails with `SQLITE_BUSY` under contention whatever the busy
 //! timeout. Read-only and read-uncommitted are connection pragmas, which the
-//! pool may have set itself: they are read first and changed only where they
-//! differ.
+//! pool may have set itself: they are read once per manager and changed only
+//! where they differ.
 //!
 //! BEGIN, COMMIT, ROLLBACK and nested scopes' savepoints go through sqlx's
 //! own transaction manager: the connection's worker thread then knows a
@@ -44,7 +44,8 @@ impl Dialect<Sqlite> for SqliteDialect {
         Isolation::Serializable
     }
 
-    // Only transactions that need a pragma pay the extra trip to the worker.
+    // Only the first transaction that needs a pragma pays the extra trip to
+    // the worker; the runtime keeps the answer.
     fn probe(&self, request: &BeginRequest) -> Option<&'static str> {
         let access = request.access;
         (access.read_only == Some(true) || access.isolation == Some(Isolation::ReadUncommitted))

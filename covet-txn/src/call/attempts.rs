@@ -8,7 +8,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, ready};
+
 use super::Call;
+use super::enter::{Entry, Own, Way};
 use crate::backend;
 use crate::engine::EngineHandle;
 use crate::error::{self, Error};
@@ -19,22 +22,35 @@ use crate::retry::RetryPolicy;
 use super::Inspect;
 
 /// Runs `body` as one call on `manager` (the default if `None`), without
-/// retrying.
-pub(crate) async fn run_once<T, E, Fut>(
+/// retrying. Planned when called (in the caller's task): a call that opens a
+/// session of its own is boxed once, body and all; a nested call boxes only
+/// its body, so that the caller's future holds a pointer either way.
+pub(crate) fn run_once<T, E, Fut>(
     manager: Option<EngineHandle>,
     options: CallOptions<E>,
     inspect: Inspect<E>,
     body: Fut,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
     let call = match Call::prepare(manager, options, inspect) {
         Ok(call) => call,
-        Err(error) => return Err(error.into()),
+        Err(error) => return Either::Right(Either::Right(ready(Err(error.into())))),
     };
-    let result = call.run(body, 1).await;
+    match call.way() {
+        Way::Own(own) => Either::Left(Box::pin(finish(call, own, body))),
+        Way::Within(within) => Either::Right(Either::Left(finish(call, within, Box::pin(body)))),
+    }
+}
+
+async fn finish<W: Entry, T, E, Fut>(call: Call<E>, way: W, body: Fut) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let result = call.run(way, body, 1).await;
     if let Err(error) = &result
         && call.begins_transaction()
         && !call.commits_on(error)
@@ -65,51 +81,73 @@ impl<E: From<Error>> Attempts<E> {
 
     /// Runs one attempt, with `inspect` finding the error inside `E`.
     /// `None`: it failed in a way a retry may fix, and the wait before the
-    /// next attempt is over.
-    pub(crate) async fn attempt<T, Fut>(
+    /// next attempt is over. Boxed as `run_once` boxes a call.
+    pub(crate) fn attempt<T, Fut>(
         &mut self,
         inspect: Inspect<E>,
         body: Fut,
-    ) -> Option<Result<T, E>>
+    ) -> impl Future<Output = Option<Result<T, E>>>
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        if self.call.is_none() {
-            match Call::prepare(self.manager.take(), self.options, inspect) {
+        let planned = match self.call.take() {
+            Some(planned) => planned,
+            None => match Call::prepare(self.manager.take(), self.options, inspect) {
                 Ok(call) => {
                     let policy = call
                         .engine()
                         .retry_policy()
                         .overridden_by(&self.options.options.retry);
-                    self.call = Some((call, policy));
+                    (call, policy)
                 }
-                Err(error) => return Some(Err(error.into())),
-            }
-        }
-        let (call, policy) = self.call.as_ref()?;
+                Err(error) => return Either::Right(Either::Right(ready(Some(Err(error.into()))))),
+            },
+        };
+        let (call, policy) = &*self.call.insert(planned);
         self.attempts += 1;
         let attempt = self.attempts;
-        if !call.begins_transaction() {
-            // Inside a running transaction only the outermost call retries:
-            // a retryable error goes up to it.
-            return Some(call.run(body, attempt).await);
+        match call.way() {
+            Way::Own(own) => Either::Left(Box::pin(attempt_own(call, policy, own, body, attempt))),
+            // Inside a running transaction only the outermost call retries: a
+            // retryable error goes up to it.
+            Way::Within(within) => Either::Right(Either::Left(async move {
+                Some(call.run(within, Box::pin(body), attempt).await)
+            })),
         }
-        let error = match call.run(body, attempt).await {
-            Ok(value) => return Some(Ok(value)),
-            Err(error) => error,
-        };
-        let wait = match decide(call, policy, error, attempt) {
-            Decision::Retry(wait) => wait,
-            Decision::GiveUp(error) => {
-                if !call.commits_on(&error) {
-                    call.observer().call_failed();
-                }
-                return Some(Err(error));
-            }
-        };
-        tokio::time::sleep(wait).await;
-        None
     }
+}
+
+/// One attempt of a call that opens its own session, and the wait after it
+/// if it is to be retried.
+async fn attempt_own<T, E, Fut>(
+    call: &Call<E>,
+    policy: &RetryPolicy,
+    own: Own,
+    body: Fut,
+    attempt: u32,
+) -> Option<Result<T, E>>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let error = match call.run(own, body, attempt).await {
+        Ok(value) => return Some(Ok(value)),
+        Err(error) => error,
+    };
+    if !call.begins_transaction() {
+        return Some(Err(error));
+    }
+    let wait = match decide(call, policy, error, attempt) {
+        Decision::Retry(wait) => wait,
+        Decision::GiveUp(error) => {
+            if !call.commits_on(&error) {
+                call.observer().call_failed();
+            }
+            return Some(Err(error));
+        }
+    };
+    tokio::time::sleep(wait).await;
+    None
 }
 
 /// What to do after a failed attempt.

@@ -1,12 +1,15 @@
 //! Running one transactional call, one way: plan it (`plan`), enter its
-//! scope (open a session, create a savepoint, or join), run the body in its
-//! frame under its deadline, and settle the outcome (`settle`); with
-//! `retry`, run it again as `attempts` decides.
+//! scope (`enter`: open a session, create a savepoint, or join), run the
+//! body in its frame under its deadline, and settle the outcome (`settle`),
+//! with a guard for a future dropped half-way (`guard`); with `retry`, run
+//! it again as `attempts` decides.
 //!
 //! This is the only module that puts the lower layers together; it holds no
 //! SQL and counts nothing itself.
 
 pub(crate) mod attempts;
+mod enter;
+mod guard;
 pub(crate) mod plan;
 mod settle;
 
@@ -15,22 +18,19 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use tracing::Instrument;
 
+use self::enter::{Entry, Way};
+use self::guard::CancelGuard;
 use self::plan::{Plan, PoolUse, Request, Running, RunningTransaction};
-use crate::backend::{SERVER_TIMEOUT_GRACE, SERVER_TIMEOUT_LIMIT};
-use crate::context::{self, ChildClaim, Frame, FrameKind};
+use crate::context::{self, ChildClaim, Frame};
 use crate::defaults;
-use crate::dialect::{SavepointAction, SavepointName};
-use crate::engine::{EngineHandle, OpenRequest};
+use crate::engine::EngineHandle;
 use crate::error::Error;
-use crate::event::{RollbackCause, TxEvent, TxOutcome};
-use crate::hooks::run;
 use crate::observe::Observer;
 use crate::request::CallOptions;
 
@@ -156,6 +156,11 @@ impl<E: From<Error>> Call<E> {
         })
     }
 
+    /// How the call enters its scope.
+    pub(crate) fn way(&self) -> Way {
+        Way::from(self.plan)
+    }
+
     /// Whether this call begins a transaction, and so may retry it.
     pub(crate) fn begins_transaction(&self) -> bool {
         matches!(self.plan, Plan::Begin { .. } | Plan::BeginOnAutocommit)
@@ -170,8 +175,14 @@ impl<E: From<Error>> Call<E> {
         }
     }
 
-    /// Runs one attempt: enters the scope, runs the body in it and settles.
-    pub(crate) async fn run<T, Fut>(&self, body: Fut, attempt: u32) -> Result<T, E>
+    /// Runs one attempt: enters the scope `way`, runs the body in it and
+    /// settles.
+    pub(crate) async fn run<W: Entry, T, Fut>(
+        &self,
+        way: W,
+        body: Fut,
+        attempt: u32,
+    ) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
     {
@@ -188,7 +199,7 @@ impl<E: From<Error>> Call<E> {
             Plan::Autocommit { .. } | Plan::Join => tracing::Span::none(),
         };
         let result = self
-            .run_in_scope(body, attempt)
+            .run_in_scope(way, body, attempt)
             .instrument(span.clone())
             .await;
         if !span.is_none() {
@@ -209,136 +220,24 @@ impl<E: From<Error>> Call<E> {
         result
     }
 
-    async fn run_in_scope<T, Fut>(&self, body: Fut, attempt: u32) -> Result<T, E>
+    async fn run_in_scope<W: Entry, T, Fut>(&self, way: W, body: Fut, attempt: u32) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        let scope = match self.enter(attempt).await {
+        let scope = match way.enter(self, attempt).await {
             Ok(scope) => scope,
             Err(error) => return Err(error.into()),
         };
         let guard = CancelGuard::new(&scope, self);
         let outcome = self.run_body(&scope.frame, body).await;
-        let settled = settle::settle(self, &scope, outcome, attempt).await;
+        let settled = way.settle(self, &scope, outcome, attempt).await;
         guard.disarm();
         drop(scope);
         settled.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
-    /// Opens the call's session, creates its savepoint, or joins.
-    async fn enter(&self, attempt: u32) -> Result<Scope, Error> {
-        let options = &self.options.options;
-        let (session, kind, depth, claim) = match self.plan {
-            Plan::Begin { holding } => (
-                self.open(true, None, holding, attempt).await?,
-                FrameKind::Root,
-                1,
-                None,
-            ),
-            Plan::BeginOnAutocommit => {
-                let lender = self.running_frame()?.session.clone();
-                (
-                    self.open(true, Some(lender), 0, attempt).await?,
-                    FrameKind::Root,
-                    1,
-                    None,
-                )
-            }
-            Plan::Autocommit { holding } => (
-                self.open(false, None, holding, attempt).await?,
-                FrameKind::Autocommit,
-                0,
-                None,
-            ),
-            Plan::Savepoint => {
-                let parent = self.running_frame()?;
-                let claim = parent.claim_child()?;
-                let depth = parent.depth + 1;
-                parent
-                    .session
-                    .savepoint(SavepointAction::Create, SavepointName::Scope(depth))
-                    .await?;
-                self.observer.savepoint_created();
-                (
-                    parent.session.clone(),
-                    FrameKind::Savepoint,
-                    depth,
-                    Some(claim),
-                )
-            }
-            Plan::Join => {
-                let parent = self.running_frame()?;
-                (
-                    parent.session.clone(),
-                    FrameKind::Joined,
-                    parent.depth,
-                    None,
-                )
-            }
-        };
-        let core = session.core();
-        if core.transactional {
-            core.hooks.declare(depth, options.hooks);
-        }
-        let test = match kind {
-            FrameKind::Root | FrameKind::Autocommit => options.test,
-            FrameKind::Savepoint | FrameKind::Joined => {
-                self.running.as_ref().is_some_and(|frame| frame.test)
-            }
-        };
-        let frame = Arc::new(Frame {
-            engine: self.engine.clone(),
-            session,
-            kind,
-            depth,
-            name: self.name,
-            propagation: options.propagation,
-            deadline: self.deadline,
-            test,
-            rollback_requested: AtomicBool::new(false),
-            parent: self.head.clone(),
-        });
-        Ok(Scope {
-            frame,
-            _claim: claim,
-        })
-    }
-
     fn running_frame(&self) -> Result<&Arc<Frame>, Error> {
         self.running.as_ref().ok_or(Error::NoTransaction)
-    }
-
-    /// Opens a session on the call's manager, under the call's deadline.
-    async fn open(
-        &self,
-        transactional: bool,
-        lent_from: Option<crate::session::SessionHandle>,
-        holding: u32,
-        attempt: u32,
-    ) -> Result<crate::session::SessionHandle, Error> {
-        let server_timeout = self
-            .deadline
-            .filter(|_| transactional)
-            .map(|deadline| {
-                deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE
-            })
-            .filter(|timeout| *timeout <= SERVER_TIMEOUT_LIMIT);
-        let opening = self.engine.open(OpenRequest {
-            name: self.name,
-            options: self.options.options,
-            transactional,
-            lent_from,
-            holding,
-            attempt,
-            server_timeout,
-            observer: transactional.then(|| self.observer.clone()),
-        });
-        match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), opening)
-                .await
-                .unwrap_or_else(|_| Err(self.timeout_error(attempt))),
-            None => opening.await,
-        }
     }
 
     /// Runs the body in its frame, catching a panic, under the call's
@@ -347,21 +246,22 @@ impl<E: From<Error>> Call<E> {
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        let scoped = std::pin::pin!(context::enter(
-            Arc::clone(frame),
-            AssertUnwindSafe(body).catch_unwind()
-        ));
-        let enforced = self.deadline.filter(|_| self.enforces_deadline);
-        let expiry = std::pin::pin!(async move {
-            match enforced {
-                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                None => std::future::pending().await,
+        let scoped = context::enter(Arc::clone(frame), AssertUnwindSafe(body).catch_unwind());
+        let finished = match self.deadline.filter(|_| self.enforces_deadline) {
+            // Without a deadline of its own, the body is polled directly: no
+            // timer to race it against.
+            None => scoped.await,
+            Some(deadline) => {
+                let expiry = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
+                match select(std::pin::pin!(scoped), expiry).await {
+                    Either::Left((finished, _)) => finished,
+                    Either::Right(_) => return BodyOutcome::TimedOut,
+                }
             }
-        });
-        match select(scoped, expiry).await {
-            Either::Left((Ok(result), _)) => BodyOutcome::Returned(result),
-            Either::Left((Err(panic), _)) => BodyOutcome::Panicked(panic),
-            Either::Right(_) => BodyOutcome::TimedOut,
+        };
+        match finished {
+            Ok(result) => BodyOutcome::Returned(result),
+            Err(panic) => BodyOutcome::Panicked(panic),
         }
     }
 }
@@ -384,73 +284,29 @@ fn describe(running: Option<&Frame>, engine: &EngineHandle) -> Running {
     }
 }
 
-/// Aborts the session if the scope's future is dropped before it settles,
-/// and for a transaction that began in the scope, runs its on_rollback hooks
-/// on the runtime, if one is left to run them.
-struct CancelGuard<'a> {
-    frame: &'a Arc<Frame>,
-    observer: &'a Observer,
-    armed: bool,
-}
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
 
-impl<'a> CancelGuard<'a> {
-    fn new<E>(scope: &'a Scope, call: &'a Call<E>) -> Self {
-        CancelGuard {
-            frame: &scope.frame,
-            observer: &call.observer,
-            armed: true,
-        }
-    }
-
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let frame = self.frame;
-        frame.session.abort(match frame.kind {
-            FrameKind::Root | FrameKind::Autocommit => {
-                "the transactional call was cancelled before it finished"
-            }
-            FrameKind::Savepoint => {
-                "a nested transactional scope was cancelled before it finished, leaving the \
-                 transaction in an unknown state"
-            }
-            FrameKind::Joined => {
-                "a joined transactional scope was cancelled before it finished, leaving the \
-                 transaction in an unknown state"
-            }
-        });
-        if frame.kind != FrameKind::Root {
-            return;
-        }
-        let core = frame.session.core();
-        let manager = frame.engine.hooks();
-        // Cut off once COMMIT was sent, the transaction may have committed;
-        // cut off during on_commit or on_rollback hooks, those finish on
-        // their own. Either way no on_rollback hook is owed here.
-        if core.machine.sealed() || (core.hooks.is_empty() && manager.is_empty()) {
-            return;
-        }
-        core.machine.seal();
-        let event = TxEvent::new(
-            &frame.info(),
-            TxOutcome::RolledBack,
-            Some(RollbackCause::Cancelled),
+    /// A call's future lives inside its caller's and is moved with it, so it
+    /// must stay small: a call that opens a session is boxed whole, sqlx's
+    /// wait for a pooled connection (kilobytes of state) is boxed where it is
+    /// made, as a hand-written `pool.begin()` boxes it, and so is the rare
+    /// resolution of an ambiguous COMMIT.
+    #[tokio::test]
+    async fn a_calls_future_stays_small() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("opens");
+        let manager = crate::TxManager::new(pool);
+        let body = Box::pin(async { Ok::<(), Error>(()) });
+        let call = attempts::run_once(
+            Some(manager.handle()),
+            crate::TxOptions::new().into(),
+            |error: &Error| Some(error),
+            body,
         );
-        // Dropped at once: outside a runtime it does nothing, inside one it
-        // runs the hooks in a task of their own.
-        drop(run::after_end(
-            crate::event::Phase::AfterRollback,
-            frame.session.hook_holder(),
-            Arc::clone(manager),
-            Some(self.observer.clone()),
-            event,
-        ));
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 6 * 1024, "a call's future is {size} bytes");
     }
 }

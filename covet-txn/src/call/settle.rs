@@ -25,8 +25,9 @@ use crate::state::{RollbackOnlyCause, Verdict};
 /// What a settled scope returns: the call's result, or a panic to resume.
 pub(crate) type Settled<T, E> = std::thread::Result<Result<T, E>>;
 
-/// Settles `scope` after its body ended with `outcome`.
-pub(crate) async fn settle<T, E: From<Error>>(
+/// Settles the scope of a call that opened its own session: commits or
+/// rolls back its transaction, or gives back its autocommit connection.
+pub(crate) async fn settle_own<T, E: From<Error>>(
     call: &Call<E>,
     scope: &Scope,
     outcome: BodyOutcome<T, E>,
@@ -34,10 +35,22 @@ pub(crate) async fn settle<T, E: From<Error>>(
 ) -> Settled<T, E> {
     let frame = &scope.frame;
     match frame.kind {
-        FrameKind::Root => settle_transaction(call, frame, outcome, attempt).await,
-        FrameKind::Savepoint => settle_savepoint(call, frame, outcome).await,
-        FrameKind::Joined => settle_joined(call, frame, outcome),
         FrameKind::Autocommit => settle_autocommit(call, frame, outcome, attempt),
+        _ => settle_transaction(call, frame, outcome, attempt).await,
+    }
+}
+
+/// Settles the scope of a call that ran inside the running session:
+/// releases or rolls back its savepoint, or marks the transaction it joined.
+pub(crate) async fn settle_within<T, E: From<Error>>(
+    call: &Call<E>,
+    scope: &Scope,
+    outcome: BodyOutcome<T, E>,
+) -> Settled<T, E> {
+    let frame = &scope.frame;
+    match frame.kind {
+        FrameKind::Joined => settle_joined(call, frame, outcome),
+        _ => settle_savepoint(call, frame, outcome).await,
     }
 }
 

@@ -9,6 +9,7 @@
 //! that no statement pays for a boxed future.
 
 mod handle;
+mod probes;
 mod recovery;
 mod slot;
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 
 pub use self::handle::{SessionErase, SessionHandle};
+pub(crate) use self::probes::ProbeCache;
 use self::recovery::{Cutoff, Held, Origin, abandon};
 pub use self::slot::TxConn;
 use self::slot::{ConnectionSlot, Lease, Slot};
@@ -118,7 +120,7 @@ pub(crate) enum Source<DB: Driver> {
 }
 
 /// What a new session is opened with.
-pub(crate) struct Opening<DB: Driver> {
+pub(crate) struct Opening<'a, DB: Driver> {
     pub(crate) manager_id: u64,
     pub(crate) name: &'static str,
     pub(crate) options: TxOptions,
@@ -131,6 +133,8 @@ pub(crate) struct Opening<DB: Driver> {
     pub(crate) observer: Option<Observer>,
     pub(crate) pool: sqlx::Pool<DB>,
     pub(crate) dialect: Arc<dyn Dialect<DB>>,
+    /// The manager's answers to the dialect's probes.
+    pub(crate) probes: &'a ProbeCache,
 }
 
 /// Why COMMIT did not happen.
@@ -146,7 +150,7 @@ pub(crate) enum CommitError {
 impl<DB: Driver> Session<DB> {
     /// Takes a connection (from `pool`, or as `source` says), begins the
     /// transaction if there is to be one, and returns the session.
-    pub(crate) async fn open(opening: Opening<DB>) -> Result<Arc<Session<DB>>, Error> {
+    pub(crate) async fn open(opening: Opening<'_, DB>) -> Result<Arc<Session<DB>>, Error> {
         let Opening {
             manager_id,
             name,
@@ -158,12 +162,16 @@ impl<DB: Driver> Session<DB> {
             observer,
             pool,
             dialect,
+            probes,
         } = opening;
         let (conn, origin) = match source {
             Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
             Source::Acquired(conn) => (conn, Origin::Pool),
+            // Boxed where it is made, as `pool.begin()` boxes it: sqlx's wait
+            // for a connection is kilobytes of state, which every future
+            // awaiting it would otherwise carry and copy.
             Source::Pool => (
-                pool.acquire()
+                Box::pin(pool.acquire())
                     .await
                     .map_err(|source| Error::database(Operation::Acquire, source))?,
                 Origin::Pool,
@@ -177,16 +185,16 @@ impl<DB: Driver> Session<DB> {
                 server_timeout,
             };
             let probed = match dialect.probe(&request) {
-                Some(sql) => match DB::probe(held.conn(), sql).await {
-                    Ok(row) => row,
+                Some(sql) => match probes.read::<DB>(held.conn(), sql).await {
+                    Ok(row) => Some(row),
                     Err(source) => {
                         held.roll_back_and_release().await;
                         return Err(Error::database(Operation::Begin, source));
                     }
                 },
-                None => Vec::new(),
+                None => None,
             };
-            let begin = dialect.begin(&request, &probed);
+            let begin = dialect.begin(&request, probed.as_deref().unwrap_or_default());
             held.restore = begin.restore;
             if let Err(source) = DB::begin(held.conn(), begin.statement).await {
                 held.roll_back_and_release().await;
@@ -425,12 +433,15 @@ impl<DB: Driver> Session<DB> {
                 drop(held);
                 let unresolved = Unresolved(&self.core);
                 let outcome = match &token {
+                    // Boxed: it waits for a pooled connection, whose
+                    // future is kilobytes, and every COMMIT's future would
+                    // carry that space for this rare path.
                     Some(token) => {
-                        DB::resolve_commit(
+                        Box::pin(DB::resolve_commit(
                             self.pool.clone(),
                             Arc::clone(&self.dialect),
                             token.clone(),
-                        )
+                        ))
                         .await
                     }
                     None => CommitOutcome::Unknown,
