@@ -519,10 +519,10 @@ backend!(
     covet_txn::sqlite::conn
 );
 
-/// Re-executes the benchmark pinned to CPU 0, where `taskset` exists, so
-/// that in-process SQLite timings do not swing between two modes; then runs
-/// the SQLite latency scenarios once more on every core, where SQLite's
-/// worker thread runs beside the caller instead of taking turns with it.
+/// Re-executes the benchmark pinned to CPU 0, where `taskset` exists: on
+/// two cores, SQLite's worker thread and the caller wake each other across
+/// cores, and in-process timings swing between two modes several times
+/// apart from run to run.
 fn pin_to_one_cpu() {
     if std::env::var_os("COVET_BENCH_PINNED").is_some() {
         return;
@@ -530,33 +530,17 @@ fn pin_to_one_cpu() {
     let Ok(program) = std::env::current_exe() else {
         return;
     };
-    let pinned = std::process::Command::new("taskset")
+    let status = std::process::Command::new("taskset")
         .arg("-c")
         .arg("0")
         .arg(&program)
         .args(std::env::args_os().skip(1))
         .env("COVET_BENCH_PINNED", "1")
         .status();
-    let pinned = match pinned {
-        Ok(status) => status,
-        Err(error) => {
-            eprintln!("notice: running unpinned, taskset is unavailable ({error})");
-            return;
-        }
-    };
-    if pinned.success() && backend("sqlite") && scenario("latency") {
-        println!("\nThe SQLite latency scenarios again, on every core:");
-        let unpinned = std::process::Command::new(&program)
-            .args(std::env::args_os().skip(1))
-            .env("COVET_BENCH_PINNED", "0")
-            .env("COVET_BENCH_BACKENDS", "sqlite")
-            .env("COVET_BENCH_SCENARIOS", "latency")
-            .status();
-        if let Err(error) = unpinned {
-            eprintln!("notice: the unpinned SQLite pass did not run: {error}");
-        }
+    match status {
+        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+        Err(error) => eprintln!("notice: running unpinned, taskset is unavailable ({error})"),
     }
-    std::process::exit(pinned.code().unwrap_or(1));
 }
 
 fn machine() -> String {

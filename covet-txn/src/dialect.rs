@@ -151,9 +151,15 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
 
     /// The statement for a savepoint action. A scope's savepoint names its
     /// depth; a named one is a checked identifier, never raw user input.
+    /// The PostgreSQL and SQLite drivers nest scopes through sqlx's own
+    /// numbered savepoints, as hand-written sqlx does, and use this for
+    /// named savepoints only.
     fn savepoint(&self, action: SavepointAction, name: SavepointName<'_>) -> Cow<'static, str>;
 
-    /// The statement that commits.
+    /// The statement that commits. The PostgreSQL and SQLite drivers commit
+    /// through sqlx's transaction manager (a plain `COMMIT`), which keeps
+    /// sqlx's count of open levels right; they use this statement only for
+    /// a transaction sqlx does not count.
     fn commit(&self) -> &'static str {
         "COMMIT"
     }

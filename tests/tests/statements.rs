@@ -92,13 +92,13 @@ async fn statements_of<F: std::future::Future>(work: F) -> (F::Output, Vec<Strin
 
 each_backend! {
     /// What each backend sends to begin: plain, serializable, read-only; and
-    /// to commit. SQLite begins, commits and nests through sqlx's transaction
-    /// manager, whose worker-thread commands sqlx does not log (as for a
-    /// hand-written `pool.begin()`): there only the statements in between
-    /// show. `isolation.rs` shows which BEGIN SQLite ran.
+    /// to commit. PostgreSQL and SQLite begin, commit and nest through sqlx's
+    /// transaction manager, as a hand-written `pool.begin()` does: sqlx does
+    /// not log the BEGIN and SAVEPOINT it queues on PostgreSQL, nor SQLite's
+    /// worker-thread commands, so there only the statements in between show.
+    /// `isolation.rs` shows which level and access mode each BEGIN set.
     fn begins() -> [Option<&'static str>; 3] {
         match BACKEND {
-            "postgresql" => [Some("BEGIN"), Some("BEGIN ISOLATION LEVEL SERIALIZABLE"), Some("BEGIN READ ONLY")],
             "mysql" => [
                 Some("START TRANSACTION"),
                 Some("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION"),
@@ -116,6 +116,28 @@ each_backend! {
     /// COMMIT, and nested scopes' savepoints.
     fn logged(statement: &'static str) -> Option<&'static str> {
         (BACKEND != "sqlite").then_some(statement)
+    }
+
+    /// A nested scope's savepoint statements (create at depth 2, create at
+    /// 3, release 3, roll back 2), as each backend logs them: MariaDB runs
+    /// covet-txn's own; PostgreSQL queues sqlx's numbered SAVEPOINT
+    /// (unlogged), then releases and rolls back with logged statements.
+    fn savepoint_statements() -> [Option<&'static str>; 4] {
+        match BACKEND {
+            "mysql" => [
+                Some("SAVEPOINT covet_sp_2"),
+                Some("SAVEPOINT covet_sp_3"),
+                Some("RELEASE SAVEPOINT covet_sp_3"),
+                Some("ROLLBACK TO SAVEPOINT covet_sp_2; RELEASE SAVEPOINT covet_sp_2"),
+            ],
+            "postgresql" => [
+                None,
+                None,
+                Some("RELEASE SAVEPOINT _sqlx_savepoint_2"),
+                Some("ROLLBACK TO SAVEPOINT _sqlx_savepoint_1"),
+            ],
+            _ => [None, None, None, None],
+        }
     }
 
     /// `statements` without the ones this backend does not log.
@@ -205,17 +227,18 @@ each_backend! {
         result.expect("commits");
         let set = |v: i64| format!("UPDATE {table} SET v = {v} WHERE id = 1");
         let (one, two, three) = (set(1), set(2), set(3));
+        let [create_2, create_3, release_3, roll_back_2] = savepoint_statements();
         assert_eq!(
             sent,
             expected(&[
                 begin,
                 Some(&one),
-                logged("SAVEPOINT covet_sp_2"),
+                create_2,
                 Some(&two),
-                logged("SAVEPOINT covet_sp_3"),
+                create_3,
                 Some(&three),
-                logged("RELEASE SAVEPOINT covet_sp_3"),
-                logged("ROLLBACK TO SAVEPOINT covet_sp_2; RELEASE SAVEPOINT covet_sp_2"),
+                release_3,
+                roll_back_2,
                 commit(),
             ])
         );
