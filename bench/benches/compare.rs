@@ -193,6 +193,24 @@ macro_rules! backend {
                 covet_one(id).await
             }
 
+            #[transactional]
+            pub async fn covet_joined3(id: i64) -> Result<(), Error> {
+                covet_joined2(id).await
+            }
+
+            #[transactional(propagation = "required")]
+            async fn covet_joined2(id: i64) -> Result<(), Error> {
+                covet_joined1(id).await
+            }
+
+            /// Joins the running transaction: no statement of its own, so the
+            /// scope costs only covet-txn's own work.
+            #[transactional(propagation = "required")]
+            async fn covet_joined1(id: i64) -> Result<(), Error> {
+                sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
+                Ok(())
+            }
+
             pub async fn hand_nested4(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
                 let mut outer = pool.begin().await?;
                 let mut second = outer.begin().await?;
@@ -293,6 +311,7 @@ macro_rules! backend {
                 compare!(rows, label, "read-only + SELECT", hand_read_only, covet_read_only, pool, manager, counted);
                 compare!(rows, label, "3 nested levels, UPDATE innermost", hand_nested3, covet_nested3, pool, manager, counted);
                 compare!(rows, label, "4 nested levels, UPDATE innermost", hand_nested4, covet_nested4, pool, manager, counted);
+                compare!(rows, label, "UPDATE in 2 joined scopes (required) of 1 transaction", hand_one, covet_joined3, pool, manager, counted);
                 rows
             }
 

@@ -37,7 +37,13 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
-use covet_txn::transactional;
+use std::borrow::Cow;
+
+use covet_txn::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use covet_txn::postgres::PostgresDialect;
+use covet_txn::{FailureKind, Isolation, TxManager, transactional};
+use sqlx::Postgres;
+use sqlx::error::DatabaseError;
 
 #[transactional(isolation = "serializable")]
 async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
@@ -140,6 +146,33 @@ async fn a_transfer_moves_the_money() -> Result<(), AppError> {
     Ok(())
 } // rolled back: the next test starts from the same rows
 
+struct Restarting;
+
+impl Dialect<Postgres> for Restarting {
+    fn system(&self) -> &'static str {
+        "cockroachdb"
+    }
+
+    fn default_isolation(&self) -> Isolation {
+        Isolation::Serializable
+    }
+
+    fn begin(&self, request: &BeginRequest, probed: &[bool]) -> Begin {
+        PostgresDialect.begin(request, probed)
+    }
+
+    fn savepoint(&self, action: SavepointAction, name: SavepointName<'_>) -> Cow<'static, str> {
+        PostgresDialect.savepoint(action, name)
+    }
+
+    fn classify(&self, error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
+        match error.code().as_deref() {
+            Some("40001") => Some(FailureKind::SerializationFailure), // "restart transaction"
+            _ => PostgresDialect.classify(error),
+        }
+    }
+}
+
 /// An application's own state, beside which the dashboard is mounted.
 #[derive(Clone)]
 struct AppState {
@@ -183,6 +216,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("moved 30 from account 1 to account 2; the total is still {total}");
+
+    {
+        let pool = manager.pool().clone();
+        let manager = TxManager::builder(pool).dialect(Restarting).build();
+        assert_eq!(manager.metrics().backend, "cockroachdb");
+    }
 
     let refused = withdraw(2, 500).await;
     assert!(matches!(refused, Err(AppError::Refused(_))), "{refused:?}");
