@@ -41,9 +41,11 @@ use std::borrow::Cow;
 
 use covet_txn::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
 use covet_txn::postgres::PostgresDialect;
-use covet_txn::{FailureKind, Isolation, TxManager, transactional};
+use covet_txn::{FailureKind, Isolation, TxManager};
 use sqlx::Postgres;
 use sqlx::error::DatabaseError;
+
+use covet_txn::transactional;
 
 #[transactional(isolation = "serializable")]
 async fn transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
