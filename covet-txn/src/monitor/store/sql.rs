@@ -36,6 +36,9 @@ macro_rules! with_pool {
             StorePool::MySql($pool) => $body,
             #[cfg(feature = "sqlite")]
             StorePool::Sqlite($pool) => $body,
+            // Without a backend the enum has no variant and no value.
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     };
 }
@@ -60,6 +63,9 @@ impl StorePool {
             StorePool::MySql(_) => "mysql",
             #[cfg(feature = "sqlite")]
             StorePool::Sqlite(_) => "sqlite",
+            // Without a backend the enum has no variant and no value.
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     }
 
@@ -86,6 +92,9 @@ impl StorePool {
                 insert: "INSERT OR IGNORE INTO",
                 on_conflict: "",
             },
+            // Without a backend the enum has no variant and no value.
+            #[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+            _ => unreachable!("no backend feature is enabled"),
         }
     }
 
