@@ -53,6 +53,7 @@ use sqlx::error::DatabaseError;
 
 use crate::failure::FailureKind;
 use crate::options::{Access, Isolation};
+pub use crate::prepared::{BranchId, Decision, PreparedTransactions};
 
 /// What a transaction begins with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +195,13 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
     /// dropped mid-statement waits for the server before closing it.
     fn recovery_deadline(&self) -> Duration {
         Duration::from_secs(5)
+    }
+
+    /// The SQL of two-phase commit, for a database that can hold a prepared
+    /// transaction; `None` (the default) for one that cannot, which then
+    /// cannot take part in a [`TwoPhase`](crate::two_phase::TwoPhase) call.
+    fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
+        None
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
+use crate::backend::TextRows;
 use crate::backend::{self, Driver};
-use crate::dialect::Dialect;
+use crate::dialect::{BranchId, Dialect, PreparedTransactions};
 use crate::error::{Error, Operation};
 use crate::failure::FailureKind;
 use crate::hooks::list::ManagerHooks;
@@ -23,7 +24,9 @@ use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis}
 use crate::options::Isolation;
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;
-use crate::session::{Opening, ProbeCache, Session, SessionErase, SessionHandle, Source};
+use crate::session::{
+    Opening, ProbeCache, Session, SessionErase, SessionHandle, Source, finish_on,
+};
 
 /// A database covet-txn can run transactions on: [`sqlx::Postgres`],
 /// [`sqlx::MySql`] (also MariaDB) and [`sqlx::Sqlite`], each behind its cargo
@@ -61,6 +64,8 @@ pub(crate) struct OpenRequest {
     pub(crate) attempt: u32,
     pub(crate) server_timeout: Option<Duration>,
     pub(crate) observer: Option<Observer>,
+    /// Begin this branch of a two-phase commit.
+    pub(crate) branch: Option<BranchId>,
 }
 
 impl<DB: Backend> Engine<DB> {
@@ -96,9 +101,60 @@ impl<DB: Backend> Engine<DB> {
             pool: self.pool.clone(),
             dialect: Arc::clone(&self.dialect),
             probes: &self.probes,
+            branch: request.branch,
         })
         .await?;
         Ok(DB::erase(session))
+    }
+
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
+        Box::pin(self.pool.acquire())
+            .await
+            .map_err(|source| Error::database(Operation::Acquire, source))
+    }
+
+    async fn readiness(&self) -> Result<Option<String>, Error> {
+        let prepared = self.prepared()?;
+        let Some(sql) = prepared.readiness() else {
+            return Ok(None);
+        };
+        let mut conn = self.connection().await?;
+        let rows = DB::text_rows(&mut conn, sql.to_owned(), Vec::new())
+            .await
+            .map_err(|source| Error::database(Operation::Prepare, source))?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten()))
+    }
+
+    async fn list_branches(&self) -> Result<Vec<BranchId>, Error> {
+        let prepared = self.prepared()?;
+        let mut conn = self.connection().await?;
+        DB::list_branches(&mut conn, prepared.list())
+            .await
+            .map_err(|source| Error::database(Operation::FinishPrepared, source))
+    }
+
+    async fn finish_branch(&self, branch: &BranchId, commit: bool) -> Result<bool, Error> {
+        let prepared = self.prepared()?;
+        let mut conn = self.connection().await?;
+        finish_on::<DB>(&mut conn, prepared, branch, commit).await
+    }
+
+    async fn text_rows(&self, sql: String, parameters: Vec<String>) -> Result<TextRows, Error> {
+        let mut conn = self.connection().await?;
+        DB::text_rows(&mut conn, sql, parameters)
+            .await
+            .map_err(|source| Error::database(Operation::DecisionLog, source))
+    }
+
+    fn prepared(&self) -> Result<&dyn PreparedTransactions, Error> {
+        self.dialect
+            .prepared_transactions()
+            .ok_or(Error::TwoPhaseUnsupported {
+                system: self.dialect.system(),
+            })
     }
 
     fn pool_status(&self) -> PoolStatus {
@@ -181,6 +237,41 @@ impl EngineHandle {
 
     pub(crate) async fn open(&self, request: OpenRequest) -> Result<SessionHandle, Error> {
         dispatch!(self, engine => engine.open(request).await)
+    }
+
+    /// The dialect's two-phase SQL, or the error that says there is none.
+    pub(crate) fn prepared(&self) -> Result<&dyn PreparedTransactions, Error> {
+        dispatch!(self, engine => engine.prepared())
+    }
+
+    /// Why the server cannot hold prepared transactions, if it cannot.
+    pub(crate) async fn two_phase_readiness(&self) -> Result<Option<String>, Error> {
+        dispatch!(self, engine => engine.readiness().await)
+    }
+
+    /// The prepared branches the database holds now.
+    pub(crate) async fn prepared_branches(&self) -> Result<Vec<BranchId>, Error> {
+        dispatch!(self, engine => engine.list_branches().await)
+    }
+
+    /// Commits or rolls back a prepared branch on a connection of the pool;
+    /// `Ok(false)`: the database did not let this connection finish it.
+    pub(crate) async fn finish_branch(
+        &self,
+        branch: &BranchId,
+        commit: bool,
+    ) -> Result<bool, Error> {
+        dispatch!(self, engine => engine.finish_branch(branch, commit).await)
+    }
+
+    /// Runs a query of text parameters and text columns on a connection of
+    /// the pool, outside any transaction.
+    pub(crate) async fn text_rows(
+        &self,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> Result<TextRows, Error> {
+        dispatch!(self, engine => engine.text_rows(sql, parameters).await)
     }
 
     #[cfg(feature = "monitor")]

@@ -30,6 +30,14 @@ pub enum Operation {
     Commit,
     /// `ROLLBACK`.
     Rollback,
+    /// Phase one of a two-phase commit: `PREPARE TRANSACTION` or
+    /// `XA PREPARE`.
+    Prepare,
+    /// Phase two: `COMMIT PREPARED`, `ROLLBACK PREPARED`, `XA COMMIT` or
+    /// `XA ROLLBACK`.
+    FinishPrepared,
+    /// Reading or writing the two-phase coordinator's decision log.
+    DecisionLog,
 }
 
 impl fmt::Display for Operation {
@@ -42,6 +50,9 @@ impl fmt::Display for Operation {
             Operation::RollbackToSavepoint => "ROLLBACK TO SAVEPOINT",
             Operation::Commit => "COMMIT",
             Operation::Rollback => "ROLLBACK",
+            Operation::Prepare => "PREPARE",
+            Operation::FinishPrepared => "finishing a prepared transaction",
+            Operation::DecisionLog => "the two-phase decision log",
         })
     }
 }
@@ -299,6 +310,41 @@ pub enum Error {
          outermost function"
     )]
     Doomed(FailureKind),
+
+    /// A manager's database cannot take part in a two-phase commit.
+    #[error(
+        "{system} cannot hold a prepared transaction, so it cannot take part in a two-phase \
+         commit: use PostgreSQL or MySQL/MariaDB participants"
+    )]
+    TwoPhaseUnsupported {
+        /// The database's `db.system` name.
+        system: &'static str,
+    },
+
+    /// A participant's server is not set up for two-phase commit.
+    #[error("participant `{participant}` cannot take part in a two-phase commit: {reason}")]
+    TwoPhaseNotReady {
+        /// The participant's (manager's) name.
+        participant: String,
+        /// What the server said, and what to change.
+        reason: String,
+    },
+
+    /// Every branch was prepared, but whether the decision to commit was
+    /// recorded is not known: the branches stay prepared, holding their
+    /// locks, until recovery reads the decision log and finishes them all
+    /// the same way. Never retried automatically.
+    #[error(
+        "the two-phase transaction {global_id} is in doubt: its decision could not be confirmed \
+         ({reason}); recovery will commit or roll back every branch as the decision log says, \
+         so check the data after it has run"
+    )]
+    TwoPhaseInDoubt {
+        /// The distributed transaction's global id.
+        global_id: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl Error {

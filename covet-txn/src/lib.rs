@@ -106,12 +106,14 @@ pub mod monitor;
 mod nested_acquire;
 mod observe;
 mod options;
+mod prepared;
 mod request;
 mod retry;
 mod savepoint;
 mod session;
 mod state;
 mod testing;
+pub mod two_phase;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -50,6 +50,9 @@ pub enum TxState {
     Committing,
     /// COMMIT succeeded.
     Committed,
+    /// Phase one of a two-phase commit succeeded: the work is kept,
+    /// prepared, until the coordinator commits or rolls it back.
+    Prepared,
     /// ROLLBACK is in flight.
     RollingBack,
     /// ROLLBACK succeeded.
@@ -66,6 +69,7 @@ impl TxState {
             TxState::Active => "active",
             TxState::Committing => "committing",
             TxState::Committed => "committed",
+            TxState::Prepared => "prepared",
             TxState::RollingBack => "rolling_back",
             TxState::RolledBack => "rolled_back",
             TxState::Failed => "failed",

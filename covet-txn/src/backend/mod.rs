@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 
-use crate::dialect::{Dialect, SavepointAction};
+use crate::dialect::{BranchId, Dialect, SavepointAction};
 use crate::error::Error;
 use crate::failure::{self, CommitOutcome, FailureKind};
 
@@ -154,6 +154,29 @@ pub trait Driver: sqlx::Database + Sized {
         commit: Option<InFlightCommit>,
     ) -> impl Future<Output = Result<Option<CommitOutcome>, sqlx::Error>> + Send + 'c;
 
+    /// Ends phase one of a two-phase commit with the dialect's PREPARE
+    /// statement, which leaves the connection outside any transaction.
+    fn prepare_branch<'c>(
+        conn: &'c mut Self::Connection,
+        sql: String,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        Self::execute(conn, Cow::Owned(sql))
+    }
+
+    /// Runs a query whose parameters and columns are all text (the
+    /// coordinator's decision log).
+    fn text_rows<'c>(
+        conn: &'c mut Self::Connection,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> impl Future<Output = Result<TextRows, sqlx::Error>> + Send + 'c;
+
+    /// The prepared branches the dialect's list query finds.
+    fn list_branches<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<Vec<BranchId>, sqlx::Error>> + Send + 'c;
+
     /// The error as a database error, if it is this driver's concrete error
     /// type (a user's error may hold one without sqlx's wrapper).
     fn as_database_error<'a>(
@@ -257,6 +280,34 @@ where
         Cow::Owned(text) => sqlx::raw_sql(sqlx::AssertSqlSafe(text)),
     };
     statement.execute(conn).await.map(drop)
+}
+
+/// Rows of text columns, any of which may be NULL.
+pub(crate) type TextRows = Vec<Vec<Option<String>>>;
+
+/// `Driver::text_rows`, for any of sqlx's databases.
+pub(crate) async fn text_rows<'c, DB>(
+    conn: &'c mut DB::Connection,
+    sql: String,
+    parameters: Vec<String>,
+) -> Result<TextRows, sqlx::Error>
+where
+    DB: sqlx::Database,
+    &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> Option<String>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for parameter in parameters {
+        query = query.bind(parameter);
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| (0..row.len()).map(|column| row.try_get(column)).collect())
+        .collect()
 }
 
 /// The access-mode clause PostgreSQL and MySQL share.

@@ -13,8 +13,13 @@ use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{MySql, MySqlConnection, Row};
 
-use super::{Driver, InFlightCommit, Restore, access_clause, execute_raw, roll_back_cleanly};
-use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use super::{
+    Driver, InFlightCommit, Restore, TextRows, access_clause, execute_raw, roll_back_cleanly,
+    text_rows,
+};
+use crate::dialect::{
+    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, SavepointAction, SavepointName,
+};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
 
@@ -80,6 +85,91 @@ impl Dialect<MySql> for MySqlDialect {
             1927 | 2006 | 2013 => Some(FailureKind::ConnectionLost),
             _ => None,
         }
+    }
+
+    fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
+        Some(self)
+    }
+}
+
+/// A branch's XA id: the global id as `gtrid`, the participant as `bqual`.
+fn xid(branch: &BranchId) -> String {
+    format!("'{}','{}'", branch.global(), branch.participant())
+}
+
+impl PreparedTransactions for MySqlDialect {
+    // The begin request with `XA START` in place of `START TRANSACTION`: an
+    // XA branch has no access clause, and the settings before it stay.
+    fn begin(&self, request: &BeginRequest, probed: &[bool], branch: &BranchId) -> Begin {
+        let plain = Dialect::begin(self, request, probed);
+        let settings = plain
+            .statement
+            .rfind("START TRANSACTION")
+            .map_or("", |start| &plain.statement[..start]);
+        let statement = format!("{settings}XA START {}", xid(branch));
+        match plain.restore {
+            Some(restore) => Begin::restoring(statement, restore),
+            None => Begin::plain(statement),
+        }
+    }
+
+    fn prepare(&self, branch: &BranchId) -> String {
+        let xid = xid(branch);
+        format!("XA END {xid}; XA PREPARE {xid}")
+    }
+
+    fn rollback_unprepared(&self, branch: &BranchId) -> Option<String> {
+        let xid = xid(branch);
+        Some(format!("XA END {xid}; XA ROLLBACK {xid}"))
+    }
+
+    // Another connection's XA COMMIT answers XAER_NOTA while the
+    // preparing connection lives.
+    fn finish_anywhere(&self) -> bool {
+        false
+    }
+
+    fn finish(&self, branch: &BranchId, commit: bool) -> String {
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        format!("XA {verb} {}", xid(branch))
+    }
+
+    // ER_XAER_NOTA: unknown XID.
+    fn is_out_of_reach(&self, error: &(dyn DatabaseError + 'static)) -> bool {
+        error
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|database| database.number() == 1397)
+    }
+
+    fn list(&self) -> &'static str {
+        "XA RECOVER"
+    }
+
+    fn create_log(&self, table: &str) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (global_id VARCHAR(64) PRIMARY KEY, \
+             coordinator VARCHAR(32) NOT NULL, decision VARCHAR(8) NOT NULL, \
+             decided_at BIGINT NOT NULL) ENGINE = InnoDB"
+        )
+    }
+
+    fn record(&self, table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (global_id, coordinator, decision, decided_at) \
+             VALUES (?, ?, ?, ?)"
+        )
+    }
+
+    fn read(&self, table: &str) -> String {
+        format!("SELECT decision FROM {table} WHERE global_id = ?")
+    }
+
+    fn decisions(&self, table: &str) -> String {
+        format!("SELECT global_id, decision FROM {table} WHERE coordinator = ?")
+    }
+
+    fn forget(&self, table: &str) -> String {
+        format!("DELETE FROM {table} WHERE global_id = ?")
     }
 }
 
@@ -182,6 +272,38 @@ impl Driver for MySql {
             ));
         }
         Ok(commit.map(|_| CommitOutcome::Committed))
+    }
+
+    fn text_rows<'c>(
+        conn: &'c mut MySqlConnection,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> impl Future<Output = Result<TextRows, sqlx::Error>> + Send + 'c {
+        text_rows::<MySql>(conn, sql, parameters)
+    }
+
+    // XA RECOVER answers `gtrid` and `bqual` joined in one binary column,
+    // with the length of `gtrid`; it runs over the text protocol.
+    async fn list_branches(
+        conn: &mut MySqlConnection,
+        sql: &'static str,
+    ) -> Result<Vec<BranchId>, sqlx::Error> {
+        let rows = sqlx::raw_sql(sql).fetch_all(conn).await?;
+        let mut branches = Vec::with_capacity(rows.len());
+        for row in rows {
+            let global_length: i64 = row.try_get_unchecked(1)?;
+            let data: Vec<u8> = row.try_get_unchecked(3)?;
+            let split = usize::try_from(global_length).unwrap_or(usize::MAX);
+            if let (Some(global), Some(participant)) = (data.get(..split), data.get(split..))
+                && let (Ok(global), Ok(participant)) = (
+                    std::str::from_utf8(global),
+                    std::str::from_utf8(participant),
+                )
+            {
+                branches.push(BranchId::new(global.to_owned(), participant.to_owned()));
+            }
+        }
+        Ok(branches)
     }
 
     fn as_database_error<'a>(

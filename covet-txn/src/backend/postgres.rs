@@ -18,8 +18,13 @@ use sqlx::postgres::{PgDatabaseError, PgTransactionManager};
 use sqlx::{PgConnection, Postgres, Row, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
-use super::{Driver, InFlightCommit, Restore, access_clause, execute_raw, roll_back_cleanly};
-use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use super::{
+    Driver, InFlightCommit, Restore, TextRows, access_clause, execute_raw, roll_back_cleanly,
+    text_rows,
+};
+use crate::dialect::{
+    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, SavepointAction, SavepointName,
+};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
 
@@ -78,6 +83,77 @@ impl Dialect<Postgres> for PostgresDialect {
 
     fn commit_status(&self) -> Option<&'static str> {
         Some("SELECT pg_xact_status($1::xid8)")
+    }
+
+    fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
+        Some(self)
+    }
+}
+
+/// A branch's PostgreSQL transaction id: `global/participant`, unique on the
+/// server even when two databases of one server take part.
+fn prepared_gid(branch: &BranchId) -> String {
+    format!("{}/{}", branch.global(), branch.participant())
+}
+
+impl PreparedTransactions for PostgresDialect {
+    fn begin(&self, request: &BeginRequest, probed: &[bool], _branch: &BranchId) -> Begin {
+        Dialect::begin(self, request, probed)
+    }
+
+    fn prepare(&self, branch: &BranchId) -> String {
+        format!("PREPARE TRANSACTION '{}'", prepared_gid(branch))
+    }
+
+    fn finish(&self, branch: &BranchId, commit: bool) -> String {
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        format!("{verb} PREPARED '{}'", prepared_gid(branch))
+    }
+
+    // 42704: no such prepared transaction; 55000: another session is
+    // finishing it right now.
+    fn is_out_of_reach(&self, error: &(dyn DatabaseError + 'static)) -> bool {
+        matches!(error.code().as_deref(), Some("42704" | "55000"))
+    }
+
+    fn list(&self) -> &'static str {
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+    }
+
+    fn readiness(&self) -> Option<&'static str> {
+        Some(
+            "SELECT CASE WHEN current_setting('max_prepared_transactions')::int > 0 THEN NULL \
+             ELSE 'max_prepared_transactions is 0 on this PostgreSQL server, so it cannot hold \
+             a prepared transaction: set it above the number of two-phase calls that run at \
+             once (ALTER SYSTEM SET max_prepared_transactions = 64) and restart the server' END",
+        )
+    }
+
+    fn create_log(&self, table: &str) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (global_id VARCHAR(64) PRIMARY KEY, \
+             coordinator VARCHAR(32) NOT NULL, decision VARCHAR(8) NOT NULL, \
+             decided_at BIGINT NOT NULL)"
+        )
+    }
+
+    fn record(&self, table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (global_id, coordinator, decision, decided_at) \
+             VALUES ($1, $2, $3, CAST($4 AS BIGINT))"
+        )
+    }
+
+    fn read(&self, table: &str) -> String {
+        format!("SELECT decision FROM {table} WHERE global_id = $1")
+    }
+
+    fn decisions(&self, table: &str) -> String {
+        format!("SELECT global_id, decision FROM {table} WHERE coordinator = $1")
+    }
+
+    fn forget(&self, table: &str) -> String {
+        format!("DELETE FROM {table} WHERE global_id = $1")
     }
 }
 
@@ -237,6 +313,36 @@ impl Driver for Postgres {
         };
         roll_back_cleanly(conn, dialect, restore).await?;
         Ok(commit.map(|_| outcome))
+    }
+
+    // PREPARE TRANSACTION ends the transaction sqlx counts as open: a queued
+    // ROLLBACK (answered with a warning) tells sqlx, without a round trip.
+    async fn prepare_branch(conn: &mut PgConnection, sql: String) -> Result<(), sqlx::Error> {
+        execute_raw::<Postgres>(conn, Cow::Owned(sql)).await?;
+        PgTransactionManager::start_rollback(conn);
+        Ok(())
+    }
+
+    fn text_rows<'c>(
+        conn: &'c mut PgConnection,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> impl Future<Output = Result<TextRows, sqlx::Error>> + Send + 'c {
+        text_rows::<Postgres>(conn, sql, parameters)
+    }
+
+    async fn list_branches(
+        conn: &mut PgConnection,
+        sql: &'static str,
+    ) -> Result<Vec<BranchId>, sqlx::Error> {
+        let gids: Vec<String> = sqlx::query_scalar(sql).fetch_all(conn).await?;
+        Ok(gids
+            .into_iter()
+            .filter_map(|gid| {
+                let (global, participant) = gid.split_once('/')?;
+                Some(BranchId::new(global.to_owned(), participant.to_owned()))
+            })
+            .collect())
     }
 
     fn as_database_error<'a>(

@@ -21,8 +21,8 @@ use sqlx::sqlite::{SqliteError, SqliteTransactionManager};
 use sqlx::{Row, SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
-use super::{Driver, InFlightCommit, Restore, execute_raw, roll_back_cleanly};
-use crate::dialect::{Begin, BeginRequest, Dialect, SavepointAction, SavepointName};
+use super::{Driver, InFlightCommit, Restore, TextRows, execute_raw, roll_back_cleanly, text_rows};
+use crate::dialect::{Begin, BeginRequest, BranchId, Dialect, SavepointAction, SavepointName};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
 
@@ -211,6 +211,22 @@ impl Driver for Sqlite {
         };
         roll_back_cleanly(conn, dialect, restore).await?;
         Ok(commit.map(|_| outcome))
+    }
+
+    fn text_rows<'c>(
+        conn: &'c mut SqliteConnection,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> impl Future<Output = Result<TextRows, sqlx::Error>> + Send + 'c {
+        text_rows::<Sqlite>(conn, sql, parameters)
+    }
+
+    // SQLite cannot hold a prepared transaction, so it never has one.
+    async fn list_branches(
+        _conn: &mut SqliteConnection,
+        _sql: &'static str,
+    ) -> Result<Vec<BranchId>, sqlx::Error> {
+        Ok(Vec::new())
     }
 
     fn as_database_error<'a>(

@@ -202,6 +202,7 @@ where
         attempt,
         server_timeout,
         observer: transactional.then(|| call.observer.clone()),
+        branch: None,
     });
     match call.deadline {
         Some(deadline) => tokio::time::timeout_at(deadline.into(), opening)

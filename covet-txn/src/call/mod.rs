@@ -11,7 +11,7 @@ pub(crate) mod attempts;
 mod enter;
 mod guard;
 pub(crate) mod plan;
-mod settle;
+pub(crate) mod settle;
 
 use std::any::Any;
 use std::error::Error as StdError;

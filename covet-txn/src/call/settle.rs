@@ -55,7 +55,7 @@ pub(crate) async fn settle_within<T, E: From<Error>>(
 }
 
 /// The error and hook cause of a transaction that may not commit.
-fn refusal(verdict: Verdict) -> Option<(Error, RollbackCause)> {
+pub(crate) fn refusal(verdict: Verdict) -> Option<(Error, RollbackCause)> {
     match verdict {
         Verdict::Open => None,
         Verdict::RollbackOnly(cause) => Some((

@@ -60,6 +60,14 @@ impl SessionHandle {
         dispatch!(self, session => session.commit().await)
     }
 
+    pub(crate) async fn prepare(&self) -> Result<(), CommitError> {
+        dispatch!(self, session => session.prepare().await)
+    }
+
+    pub(crate) async fn finish_prepared(&self, commit: bool) -> Result<bool, Error> {
+        dispatch!(self, session => session.finish_prepared(commit).await)
+    }
+
     pub(crate) async fn rollback(&self) -> Result<(), Error> {
         dispatch!(self, session => session.rollback().await)
     }

@@ -8,24 +8,27 @@
 //! of the three drivers are held erased as a [`SessionHandle`], an enum, so
 //! that no statement pays for a boxed future.
 
+mod branch;
 mod handle;
 mod probes;
 mod recovery;
 mod slot;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 
+pub(crate) use self::branch::finish_on;
 pub use self::handle::{SessionErase, SessionHandle};
 pub(crate) use self::probes::ProbeCache;
 use self::recovery::{Cutoff, Held, Origin, abandon};
 pub use self::slot::TxConn;
 use self::slot::{ConnectionSlot, Lease, Slot};
 use crate::backend::{Driver, Restore};
-use crate::dialect::{BeginRequest, Dialect, SavepointAction, SavepointName};
+use crate::dialect::{BeginRequest, BranchId, Dialect, SavepointAction, SavepointName};
 use crate::error::{Error, Operation};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::hooks::list::HookList;
@@ -87,7 +90,7 @@ impl SessionCore {
         self.account.as_ref().map(TxAccount::observer)
     }
 
-    fn finish(&self, outcome: CommitOutcome) {
+    pub(super) fn finish(&self, outcome: CommitOutcome) {
         if let Some(account) = &self.account {
             account.finish(outcome);
         }
@@ -105,8 +108,14 @@ pub struct Session<DB: Driver> {
     origin: Origin<DB>,
     dialect: Arc<dyn Dialect<DB>>,
     /// For asking, on a fresh connection, what became of a COMMIT that was
-    /// cut off.
+    /// cut off, and for finishing a prepared branch.
     pool: sqlx::Pool<DB>,
+    /// The branch of a two-phase commit this transaction is.
+    branch: Option<BranchId>,
+    /// A prepared branch's connection, kept for phase two: MySQL finishes a
+    /// branch only on the connection that prepared it while that connection
+    /// lives. Closed if phase two never comes, so that recovery can.
+    prepared_conn: std::sync::Mutex<Option<PoolConnection<DB>>>,
 }
 
 /// Where a new session's connection comes from.
@@ -135,6 +144,8 @@ pub(crate) struct Opening<'a, DB: Driver> {
     pub(crate) dialect: Arc<dyn Dialect<DB>>,
     /// The manager's answers to the dialect's probes.
     pub(crate) probes: &'a ProbeCache,
+    /// Begin this branch of a two-phase commit.
+    pub(crate) branch: Option<BranchId>,
 }
 
 /// Why COMMIT did not happen.
@@ -163,7 +174,17 @@ impl<DB: Driver> Session<DB> {
             pool,
             dialect,
             probes,
+            branch,
         } = opening;
+        let prepared =
+            match &branch {
+                Some(_) => Some(dialect.prepared_transactions().ok_or(
+                    Error::TwoPhaseUnsupported {
+                        system: dialect.system(),
+                    },
+                )?),
+                None => None,
+            };
         let (conn, origin) = match source {
             Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
             Source::Acquired(conn) => (conn, Origin::Pool),
@@ -194,7 +215,11 @@ impl<DB: Driver> Session<DB> {
                 },
                 None => None,
             };
-            let begin = dialect.begin(&request, probed.as_deref().unwrap_or_default());
+            let probed = probed.as_deref().unwrap_or_default();
+            let begin = match (prepared, &branch) {
+                (Some(prepared), Some(branch)) => prepared.begin(&request, probed, branch),
+                _ => dialect.begin(&request, probed),
+            };
             held.restore = begin.restore;
             if let Err(source) = DB::begin(held.conn(), begin.statement).await {
                 held.roll_back_and_release().await;
@@ -230,6 +255,8 @@ impl<DB: Driver> Session<DB> {
             origin,
             dialect,
             pool,
+            branch,
+            prepared_conn: std::sync::Mutex::new(None),
         });
         if let Some(observer) = session.core.observer() {
             observer.begun(id, Arc::clone(&session) as Arc<dyn ActiveTx>);
@@ -322,7 +349,7 @@ impl<DB: Driver> Session<DB> {
     }
 
     /// Takes the connection out of the slot for the session's end.
-    fn take_for_end(&self) -> Result<Held<'_, DB>, Error> {
+    pub(super) fn take_for_end(&self) -> Result<Held<'_, DB>, Error> {
         match self.slot.close() {
             Slot::Idle(conn) => {
                 if let Some(reason) = self.core.machine.aborted() {
@@ -364,7 +391,22 @@ impl<DB: Driver> Session<DB> {
         let mut held = self.take_for_end()?;
         self.core.machine.begin_rollback();
         self.core.finish(CommitOutcome::Aborted);
-        match held.end(false).await {
+        let branch_rollback = self.branch.as_ref().and_then(|branch| {
+            self.dialect
+                .prepared_transactions()
+                .and_then(|prepared| prepared.rollback_unprepared(branch))
+        });
+        let ended = match branch_rollback {
+            Some(sql) => match DB::execute(held.conn(), Cow::Owned(sql)).await {
+                Ok(()) => {
+                    let restore = held.restore;
+                    Ok(DB::restore(held.conn(), restore).await)
+                }
+                Err(error) => Err(error),
+            },
+            None => held.end(false).await,
+        };
+        match ended {
             Ok(restored) => {
                 self.core.machine.end(TxState::RolledBack);
                 if restored {

@@ -1,0 +1,460 @@
+//! One two-phase call: its attempts, each opening a branch on every
+//! participant, running the body over them, preparing them all (phase one,
+//! under the call's deadline), recording the decision, and committing them
+//! all (phase two, in a task of its own that nothing cancels).
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+
+use super::stats::TwoPhaseOutcome;
+use super::{Coordinator, TwoPhaseOptions, ids};
+use crate::backend::find_database_error;
+use crate::call::settle::refusal;
+use crate::context::{self, Frame, FrameKind};
+use crate::dialect::{BranchId, Decision};
+use crate::engine::OpenRequest;
+use crate::error::Error;
+use crate::event::{Phase, RollbackCause, TxEvent, TxOutcome};
+use crate::failure::{ErrorSource, Failure, FailureKind};
+use crate::hooks::run::{self, PhaseRun};
+use crate::observe::Observer;
+use crate::options::Propagation;
+use crate::request::TxOptions;
+use crate::session::CommitError;
+use crate::state::TxState;
+
+/// How phase one ended, short of every branch prepared.
+enum Stopped<E> {
+    /// The body or a step failed; `kind` is the retryable failure in it.
+    Failed(E, RollbackCause, Option<FailureKind>),
+    Panicked(Box<dyn Any + Send>),
+    TimedOut,
+}
+
+/// The frames of one attempt's branches, outermost first. Dropped before
+/// they end (the caller's future was dropped), every branch is abandoned:
+/// an active one's connection is recovered and rolled back, a prepared one's
+/// is closed, leaving the branch to recovery.
+struct Branches {
+    frames: Vec<Arc<Frame>>,
+    observers: Vec<Observer>,
+    armed: bool,
+}
+
+impl Drop for Branches {
+    fn drop(&mut self) {
+        if self.armed {
+            for frame in &self.frames {
+                frame.session.abort("the two-phase call was dropped");
+            }
+        }
+    }
+}
+
+pub(crate) async fn run<T, E, M, F, Fut>(
+    coordinator: &Arc<Coordinator>,
+    options: TwoPhaseOptions,
+    mut body: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error> + ErrorSource<M>,
+{
+    let started = Instant::now();
+    let deadline = options
+        .timeout
+        .and_then(|timeout| started.checked_add(timeout));
+    let mut attempt = 1;
+    loop {
+        let (error, kind) =
+            match run_attempt(coordinator, &options, deadline, attempt, body()).await {
+                Attempted::Done(result) => return result,
+                Attempted::Retryable(error, kind) => (error, kind),
+            };
+        // Decided in a block: a borrow of the error held across the wait
+        // would make the call's future `Send` only for `Sync` error types.
+        let retry = {
+            let source = error.error_source();
+            let failure = Failure {
+                error: source,
+                kind,
+                database: find_database_error(source),
+                attempt,
+            };
+            attempt <= options.retry.max_retries() && options.retry.should_retry(&failure)
+        };
+        if !retry {
+            return Err(error);
+        }
+        let wait = options.retry.delay(attempt);
+        if deadline.is_some_and(|deadline| Instant::now() + wait >= deadline) {
+            return Err(Error::Timeout {
+                timeout: options.timeout.unwrap_or_default(),
+                attempts: attempt,
+            }
+            .into());
+        }
+        tracing::debug!(attempt, ?wait, "two-phase call retrying");
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+enum Attempted<T, E> {
+    Done(Result<T, E>),
+    Retryable(E, Option<FailureKind>),
+}
+
+async fn run_attempt<T, E, M, Fut>(
+    coordinator: &Arc<Coordinator>,
+    options: &TwoPhaseOptions,
+    deadline: Option<Instant>,
+    attempt: u32,
+    body: Fut,
+) -> Attempted<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error> + ErrorSource<M>,
+{
+    let global = ids::new_global(&coordinator.name);
+    let mut branches = Branches {
+        frames: Vec::with_capacity(coordinator.participants.len()),
+        observers: Vec::with_capacity(coordinator.participants.len()),
+        armed: true,
+    };
+    let phase_one = phase_one(
+        coordinator,
+        options,
+        deadline,
+        attempt,
+        &global,
+        &mut branches,
+        body,
+    );
+    let ended = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), phase_one)
+            .await
+            .unwrap_or(Err(Stopped::TimedOut)),
+        None => phase_one.await,
+    };
+    let value = match ended {
+        Ok(value) => value,
+        Err(stopped) => {
+            let (cause, result) = match stopped {
+                Stopped::Failed(error, cause, kind) => (cause, Attempted::Retryable(error, kind)),
+                Stopped::Panicked(panic) => {
+                    roll_back_all(&mut branches, RollbackCause::Panic).await;
+                    std::panic::resume_unwind(panic);
+                }
+                Stopped::TimedOut => (
+                    RollbackCause::Timeout,
+                    Attempted::Done(Err(Error::Timeout {
+                        timeout: options.timeout.unwrap_or_default(),
+                        attempts: attempt,
+                    }
+                    .into())),
+                ),
+            };
+            roll_back_all(&mut branches, cause).await;
+            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
+            return result;
+        }
+    };
+    let value = match value {
+        Some(value) => value,
+        None => {
+            roll_back_all(&mut branches, RollbackCause::Requested).await;
+            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
+            return Attempted::Done(Err(Error::TransactionAborted(
+                "a scope of the two-phase call asked to roll back",
+            )
+            .into()));
+        }
+    };
+    Attempted::Done(
+        decide_and_commit(coordinator, &global, branches)
+            .await
+            .map(|()| value)
+            .map_err(E::from),
+    )
+}
+
+/// Opens every branch, runs the body over them, runs the before_commit
+/// hooks and prepares every branch. `Ok(None)`: a scope asked to roll back.
+async fn phase_one<T, E, M, Fut>(
+    coordinator: &Coordinator,
+    options: &TwoPhaseOptions,
+    deadline: Option<Instant>,
+    attempt: u32,
+    global: &str,
+    branches: &mut Branches,
+    body: Fut,
+) -> Result<Option<T>, Stopped<E>>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error> + ErrorSource<M>,
+{
+    let failed = |error: Error| {
+        let kind = error.own_failure_kind();
+        let cause = RollbackCause::Error {
+            message: error.to_string(),
+            kind,
+        };
+        Stopped::Failed(E::from(error), cause, kind)
+    };
+    let head = context::head();
+    for participant in &coordinator.participants {
+        if head
+            .as_ref()
+            .is_some_and(|head| Frame::innermost_of(head, participant.engine.id()).is_some())
+        {
+            return Err(failed(Error::InvalidOption(format!(
+                "a two-phase call cannot run inside a transaction of its participant `{}`: \
+                 call it where no transaction of that manager is open",
+                participant.name
+            ))));
+        }
+    }
+    let mut parent = head;
+    for participant in &coordinator.participants {
+        let observer = Observer::new(participant.engine.metrics(), options.name);
+        let server_timeout = deadline.map(|deadline| {
+            deadline.saturating_duration_since(Instant::now())
+                + crate::backend::SERVER_TIMEOUT_GRACE
+        });
+        let mut request = TxOptions::new().name(options.name);
+        if let Some(isolation) = options.isolation {
+            request = request.isolation(isolation);
+        }
+        let opened = participant
+            .engine
+            .open(OpenRequest {
+                name: options.name,
+                options: request,
+                transactional: true,
+                lent_from: None,
+                holding: 0,
+                attempt,
+                server_timeout: server_timeout
+                    .filter(|timeout| *timeout <= crate::backend::SERVER_TIMEOUT_LIMIT),
+                observer: Some(observer.clone()),
+                branch: Some(BranchId::new(global.to_owned(), participant.name.clone())),
+            })
+            .await;
+        let session = match opened {
+            Ok(session) => session,
+            Err(error) => {
+                let kind = participant.engine.classify(&error);
+                let cause = RollbackCause::Error {
+                    message: error.to_string(),
+                    kind,
+                };
+                return Err(Stopped::Failed(E::from(error), cause, kind));
+            }
+        };
+        let frame = Arc::new(Frame {
+            engine: participant.engine.clone(),
+            session,
+            kind: FrameKind::Root,
+            depth: 1,
+            name: options.name,
+            propagation: Propagation::Required,
+            deadline,
+            test: false,
+            rollback_requested: AtomicBool::new(false),
+            parent: parent.clone(),
+        });
+        parent = Some(Arc::clone(&frame));
+        branches.frames.push(frame);
+        branches.observers.push(observer);
+    }
+    let innermost = branches.frames.last().map(Arc::clone).ok_or_else(|| {
+        failed(Error::InvalidOption(
+            "a two-phase call has no participant".to_owned(),
+        ))
+    })?;
+    let returned = context::enter(innermost, AssertUnwindSafe(body).catch_unwind()).await;
+    let value = match returned {
+        Err(panic) => return Err(Stopped::Panicked(panic)),
+        Ok(Err(error)) => {
+            let source = error.error_source();
+            let kind = branches
+                .frames
+                .iter()
+                .find_map(|frame| frame.engine.classify(source));
+            let cause = RollbackCause::Error {
+                message: source.to_string(),
+                kind,
+            };
+            return Err(Stopped::Failed(error, cause, kind));
+        }
+        Ok(Ok(value)) => value,
+    };
+    if branches
+        .frames
+        .iter()
+        .any(|frame| frame.rollback_requested())
+    {
+        return Ok(None);
+    }
+    for (frame, observer) in branches.frames.iter().zip(&branches.observers) {
+        if let Some((error, cause)) = refusal(frame.session.core().machine.verdict()) {
+            return Err(Stopped::Failed(E::from(error), cause, None));
+        }
+        let before = PhaseRun {
+            hooks: &frame.session.core().hooks,
+            manager: Some(frame.engine.hooks()),
+            observer: Some(observer),
+            event: TxEvent::new(&frame.info(), TxOutcome::Committed, None),
+        };
+        if let Err(failure) =
+            context::enter(Arc::clone(frame), before.run(Phase::BeforeCommit, true)).await
+        {
+            let error = Error::from(failure);
+            let kind = frame.engine.classify(&error);
+            let cause = RollbackCause::HookFailed(error.to_string());
+            return Err(Stopped::Failed(E::from(error), cause, kind));
+        }
+        if frame.rollback_requested() {
+            return Ok(None);
+        }
+    }
+    for (index, frame) in branches.frames.iter().enumerate() {
+        let prepared = frame.session.prepare().await;
+        let error = match prepared {
+            Ok(()) => {
+                coordinator.step("prepared", index);
+                continue;
+            }
+            Err(CommitError::Refused(verdict)) => refusal(verdict).map_or(
+                Error::TransactionAborted("it was refused at PREPARE"),
+                |(error, _)| error,
+            ),
+            Err(CommitError::Failed(error)) => error,
+        };
+        let kind = frame.engine.classify(&error);
+        let cause = RollbackCause::CommitFailed(error.to_string());
+        return Err(Stopped::Failed(E::from(error), cause, kind));
+    }
+    Ok(Some(value))
+}
+
+/// Rolls back every branch still open or prepared, with the rollback hooks
+/// around each.
+async fn roll_back_all(branches: &mut Branches, cause: RollbackCause) {
+    for (frame, observer) in branches.frames.iter().zip(&branches.observers) {
+        let session = &frame.session;
+        let before = PhaseRun {
+            hooks: &session.core().hooks,
+            manager: Some(frame.engine.hooks()),
+            observer: Some(observer),
+            event: TxEvent::new(&frame.info(), TxOutcome::RolledBack, Some(cause.clone())),
+        };
+        let _ = context::enter(Arc::clone(frame), before.run(Phase::BeforeRollback, false)).await;
+        let failed = match session.core().machine.state() {
+            TxState::Prepared => session.finish_prepared(false).await.err(),
+            TxState::Active => session.rollback().await.err(),
+            _ => None,
+        };
+        let mut event = TxEvent::new(&frame.info(), TxOutcome::RolledBack, Some(cause.clone()));
+        event.rollback_error = failed.map(Arc::new);
+        run::after_end(
+            Phase::AfterRollback,
+            session.hook_holder(),
+            Arc::clone(frame.engine.hooks()),
+            Some(observer.clone()),
+            event,
+        )
+        .await;
+    }
+    branches.armed = false;
+}
+
+/// Records the decision to commit and, once it is durable, commits every
+/// branch in a task of its own, then runs the on_commit hooks.
+async fn decide_and_commit(
+    coordinator: &Arc<Coordinator>,
+    global: &str,
+    mut branches: Branches,
+) -> Result<(), Error> {
+    match coordinator.log.decide(global, Decision::Commit).await {
+        Ok(Decision::Commit) => {}
+        Ok(Decision::Abort) => {
+            let reason = "recovery rolled the two-phase transaction back before its decision to \
+                          commit was recorded: give the coordinator a recovery_grace longer than \
+                          its calls take";
+            roll_back_all(&mut branches, RollbackCause::Aborted(reason)).await;
+            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
+            return Err(Error::TransactionAborted(reason));
+        }
+        Err(error) if coordinator.log.classify(&error) == Some(FailureKind::ConnectionLost) => {
+            // The record may or may not have been written: the branches stay
+            // prepared (their connections close as the branches drop) and
+            // recovery finishes them as the log says.
+            coordinator.counters.count(TwoPhaseOutcome::InDoubt);
+            return Err(Error::TwoPhaseInDoubt {
+                global_id: global.to_owned(),
+                reason: error.to_string(),
+            });
+        }
+        Err(error) => {
+            let cause = RollbackCause::CommitFailed(error.to_string());
+            roll_back_all(&mut branches, cause).await;
+            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
+            return Err(error);
+        }
+    }
+    coordinator.step("decided", 0);
+    branches.armed = false;
+    let sessions: Vec<_> = branches
+        .frames
+        .iter()
+        .map(|frame| frame.session.clone())
+        .collect();
+    let (finished, all_committed) = tokio::sync::oneshot::channel();
+    let phase_two = Arc::clone(coordinator);
+    let global_id = global.to_owned();
+    tokio::spawn(async move {
+        let mut committed = true;
+        for (index, session) in sessions.iter().enumerate() {
+            match session.finish_prepared(true).await {
+                Ok(true) => phase_two.step("committed", index),
+                Ok(false) | Err(_) => committed = false,
+            }
+        }
+        let _ = finished.send(committed);
+        if committed && let Err(error) = phase_two.log.forget(&global_id).await {
+            tracing::debug!(%error, global_id, "a decision stays in the log until recovery forgets it");
+        }
+    });
+    if all_committed.await.unwrap_or(false) {
+        coordinator.counters.count(TwoPhaseOutcome::Committed);
+    } else {
+        coordinator
+            .counters
+            .count(TwoPhaseOutcome::CommittedPendingRecovery);
+        tracing::warn!(
+            coordinator = %coordinator.name,
+            global_id = global,
+            "a branch of a committed two-phase transaction could not be committed now; \
+             recovery commits it"
+        );
+    }
+    for (frame, observer) in branches.frames.iter().zip(&branches.observers) {
+        run::after_end(
+            Phase::AfterCommit,
+            frame.session.hook_holder(),
+            Arc::clone(frame.engine.hooks()),
+            Some(observer.clone()),
+            TxEvent::new(&frame.info(), TxOutcome::Committed, None),
+        )
+        .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,581 @@
+//! Two-phase commit across PostgreSQL and MariaDB, and across two
+//! PostgreSQL databases: commit and rollback with nested scopes, retry after
+//! a lost connection, the timeout, a coordinator killed with SIGKILL at every
+//! step of the protocol and recovered by a new process, and a bank split
+//! between two databases under concurrent serializable transfers.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use covet_txn::two_phase::{TwoPhase, TwoPhaseOptions};
+use covet_txn::{Error, Isolation, RetryPolicy, TxManager, TxOptions};
+use covet_txn_tests as support;
+use sqlx::{MySql, Postgres};
+
+/// The second PostgreSQL database of the two-database tests.
+const SECOND_DATABASE: &str = "covet_two_phase_b";
+
+async fn orders() -> Option<TxManager<Postgres>> {
+    let pool = support::postgres(6).await?;
+    Some(TxManager::builder(pool).name("orders").build())
+}
+
+async fn ledger() -> Option<TxManager<MySql>> {
+    let pool = support::mysql(6).await?;
+    Some(TxManager::builder(pool).name("ledger").build())
+}
+
+async fn second_postgres() -> Option<TxManager<Postgres>> {
+    let admin = support::postgres(1).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(SECOND_DATABASE)
+        .fetch_optional(&admin)
+        .await
+        .expect("reads pg_database");
+    if exists.is_none() {
+        // Two test binaries may race to create it.
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {SECOND_DATABASE}"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    let pool =
+        support::postgres_with(support::postgres_options().database(SECOND_DATABASE), 6).await?;
+    Some(TxManager::builder(pool).name("archive").build())
+}
+
+async fn pg_exec(manager: &TxManager<Postgres>, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(manager.pool())
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+}
+
+async fn my_exec(manager: &TxManager<MySql>, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(manager.pool())
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+}
+
+async fn pg_count(manager: &TxManager<Postgres>, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(manager.pool())
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+}
+
+async fn my_count(manager: &TxManager<MySql>, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(manager.pool())
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+}
+
+/// Prepared branches of `coordinator` left on the PostgreSQL server and the
+/// MariaDB server.
+async fn branches_left(
+    postgres: &TxManager<Postgres>,
+    mysql: &TxManager<MySql>,
+    coordinator: &str,
+) -> usize {
+    let pg: Vec<String> = sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts")
+        .fetch_all(postgres.pool())
+        .await
+        .expect("lists prepared transactions");
+    let my = sqlx::raw_sql("XA RECOVER")
+        .fetch_all(mysql.pool())
+        .await
+        .expect("XA RECOVER");
+    let prefix = format!("{coordinator}:");
+    let mysql_left = my
+        .iter()
+        .filter(|row| {
+            let data: Vec<u8> = sqlx::Row::try_get_unchecked(*row, 3).unwrap_or_default();
+            data.starts_with(prefix.as_bytes())
+        })
+        .count();
+    pg.iter().filter(|gid| gid.starts_with(&prefix)).count() + mysql_left
+}
+
+/// A coordinator name of this test and process: runs elsewhere on the same
+/// servers never touch its branches.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_and_rolls_back_across_postgres_and_mariadb_with_nested_scopes() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_orders; CREATE TABLE tp_orders (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_ledger; CREATE TABLE tp_ledger (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
+    let coordinator = unique("nested");
+    let two_phase = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+
+    let committed = two_phase
+        .transaction(
+            TwoPhaseOptions::new().isolation(Isolation::Serializable),
+            || async {
+                sqlx::query("INSERT INTO tp_orders VALUES (1)")
+                    .execute(&mut *orders.conn()?)
+                    .await?;
+                sqlx::query("INSERT INTO tp_ledger VALUES (1)")
+                    .execute(&mut *ledger.conn()?)
+                    .await?;
+                // A nested scope of each participant's manager runs in a
+                // savepoint of its branch; a failed one rolls back alone.
+                let nested: Result<(), Error> = orders
+                    .transaction(TxOptions::new(), || async {
+                        sqlx::query("INSERT INTO tp_orders VALUES (2)")
+                            .execute(&mut *orders.conn()?)
+                            .await?;
+                        Err(Error::InvalidOption("refused".to_owned()))
+                    })
+                    .await;
+                assert!(nested.is_err());
+                ledger
+                    .transaction(TxOptions::new(), || async {
+                        sqlx::query("INSERT INTO tp_ledger VALUES (3)")
+                            .execute(&mut *ledger.conn()?)
+                            .await?;
+                        Ok::<_, Error>(())
+                    })
+                    .await?;
+                Ok::<_, Error>("placed")
+            },
+        )
+        .await;
+    assert_eq!(committed.expect("commits"), "placed");
+    assert_eq!(pg_count(&orders, "SELECT COUNT(*) FROM tp_orders").await, 1);
+    assert_eq!(my_count(&ledger, "SELECT COUNT(*) FROM tp_ledger").await, 2);
+    assert_eq!(two_phase.stats().committed, 1);
+
+    let failed: Result<(), Error> = two_phase
+        .transaction(TwoPhaseOptions::new(), || async {
+            sqlx::query("INSERT INTO tp_orders VALUES (10)")
+                .execute(&mut *orders.conn()?)
+                .await?;
+            sqlx::query("INSERT INTO tp_ledger VALUES (10)")
+                .execute(&mut *ledger.conn()?)
+                .await?;
+            Err(Error::InvalidOption("the order was refused".to_owned()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(pg_count(&orders, "SELECT COUNT(*) FROM tp_orders").await, 1);
+    assert_eq!(my_count(&ledger, "SELECT COUNT(*) FROM tp_ledger").await, 2);
+    assert_eq!(two_phase.stats().rolled_back, 1);
+    assert_eq!(branches_left(&orders, &ledger, &coordinator).await, 0);
+    let text = two_phase.prometheus_text();
+    assert!(text.contains("outcome=\"committed\"} 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_across_two_postgres_databases_of_one_server() {
+    let (Some(orders), Some(archive)) = (orders().await, second_postgres().await) else {
+        return;
+    };
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_pg_a; CREATE TABLE tp_pg_a (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    pg_exec(
+        &archive,
+        "DROP TABLE IF EXISTS tp_pg_b; CREATE TABLE tp_pg_b (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    let two_phase = TwoPhase::builder(&unique("twopg"))
+        .participant(&orders)
+        .participant(&archive)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    let (orders, archive) = (&orders, &archive);
+    for (id, fail) in [(1, false), (2, true)] {
+        let result: Result<(), Error> = two_phase
+            .transaction(TwoPhaseOptions::new(), || async move {
+                sqlx::query("INSERT INTO tp_pg_a VALUES ($1)")
+                    .bind(id)
+                    .execute(&mut *orders.conn()?)
+                    .await?;
+                sqlx::query("INSERT INTO tp_pg_b VALUES ($1)")
+                    .bind(id)
+                    .execute(&mut *archive.conn()?)
+                    .await?;
+                if fail {
+                    return Err(Error::InvalidOption("refused".to_owned()));
+                }
+                Ok(())
+            })
+            .await;
+        assert_eq!(result.is_ok(), !fail);
+    }
+    assert_eq!(
+        pg_count(&orders, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_a").await,
+        1
+    );
+    assert_eq!(
+        pg_count(&archive, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_b").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn sqlite_cannot_be_a_participant() {
+    let Some(pool) = support::sqlite("two_phase_refused", 1).await else {
+        return;
+    };
+    let manager = TxManager::builder(pool).name("local").build();
+    let refused = TwoPhase::builder("refuses")
+        .participant(&manager)
+        .build()
+        .await;
+    match refused {
+        Err(Error::TwoPhaseUnsupported { system }) => assert_eq!(system, "sqlite"),
+        Err(other) => panic!("expected TwoPhaseUnsupported, got {other}"),
+        Ok(_) => panic!("a SQLite participant was accepted"),
+    }
+    let bad_name = TwoPhase::builder("no'quotes")
+        .participant(&manager)
+        .build()
+        .await;
+    assert!(matches!(bad_name, Err(Error::InvalidOption(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_retries_the_whole_call_and_a_timeout_rolls_back_every_branch() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_retry_a; CREATE TABLE tp_retry_a (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_retry_b; CREATE TABLE tp_retry_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
+    let coordinator = unique("retry");
+    let two_phase = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let options = TwoPhaseOptions::new().retry(RetryPolicy::new().retries(2));
+    two_phase
+        .transaction(options, || async {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            sqlx::query("INSERT INTO tp_retry_b VALUES (1)")
+                .execute(&mut *ledger.conn()?)
+                .await?;
+            if attempt == 1 {
+                // The server ends this branch's connection mid-transaction.
+                sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                    .execute(&mut *orders.conn()?)
+                    .await?;
+            }
+            sqlx::query("INSERT INTO tp_retry_a VALUES (1)")
+                .execute(&mut *orders.conn()?)
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .expect("the second attempt commits");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        pg_count(&orders, "SELECT COUNT(*) FROM tp_retry_a").await,
+        1
+    );
+    assert_eq!(
+        my_count(&ledger, "SELECT COUNT(*) FROM tp_retry_b").await,
+        1
+    );
+
+    let timed_out: Result<(), Error> = two_phase
+        .transaction(
+            TwoPhaseOptions::new().timeout(Duration::from_millis(300)),
+            || async {
+                sqlx::query("UPDATE tp_retry_a SET id = 2")
+                    .execute(&mut *orders.conn()?)
+                    .await?;
+                sqlx::query("UPDATE tp_retry_b SET id = 2")
+                    .execute(&mut *ledger.conn()?)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            },
+        )
+        .await;
+    assert!(
+        matches!(timed_out, Err(Error::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    assert_eq!(branches_left(&orders, &ledger, &coordinator).await, 0);
+    // The rows' locks are gone: another transaction updates them at once.
+    pg_exec(
+        &orders,
+        "SET lock_timeout = '2s'; UPDATE tp_retry_a SET id = 1",
+    )
+    .await;
+    my_exec(
+        &ledger,
+        "SET SESSION innodb_lock_wait_timeout = 2; UPDATE tp_retry_b SET id = 1",
+    )
+    .await;
+    assert_eq!(
+        pg_count(&orders, "SELECT SUM(id)::BIGINT FROM tp_retry_a").await,
+        1
+    );
+}
+
+/// Where the child stops, as `step:branch`, and the id of its rows.
+const CHILD_STEP: &str = "COVET_TWO_PHASE_CHILD_STEP";
+const CHILD_ID: &str = "COVET_TWO_PHASE_CHILD_ID";
+const CHILD_COORDINATOR: &str = "COVET_TWO_PHASE_CHILD_COORDINATOR";
+const PAUSED: &str = "covet-two-phase-child-paused";
+
+fn pause_at_requested_step(step: &'static str, branch: usize) {
+    let requested = std::env::var(CHILD_STEP).unwrap_or_default();
+    if requested == format!("{step}:{branch}") {
+        println!("{PAUSED}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // The parent kills this process with SIGKILL while it waits here.
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+/// The coordinator that the crash test kills: run in a child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_coordinator_killed_at_every_step_is_recovered_by_a_new_process"]
+async fn two_phase_crash_child() {
+    let (Ok(coordinator), Ok(id)) = (std::env::var(CHILD_COORDINATOR), std::env::var(CHILD_ID))
+    else {
+        return;
+    };
+    let id: i64 = id.parse().expect("a numeric id");
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    let two_phase = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .step_hook(pause_at_requested_step)
+        .build()
+        .await
+        .expect("builds");
+    two_phase
+        .transaction(TwoPhaseOptions::new(), || async {
+            sqlx::query("INSERT INTO tp_crash_a VALUES ($1, 0)")
+                .bind(id)
+                .execute(&mut *orders.conn()?)
+                .await?;
+            sqlx::query("INSERT INTO tp_crash_b VALUES (?, 0)")
+                .bind(id)
+                .execute(&mut *ledger.conn()?)
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .expect("commits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    pg_exec(&orders, "DROP TABLE IF EXISTS tp_crash_a; CREATE TABLE tp_crash_a (id BIGINT PRIMARY KEY, touched INT)").await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_crash_b; CREATE TABLE tp_crash_b (id BIGINT PRIMARY KEY, touched INT) ENGINE = InnoDB").await;
+    let coordinator = unique("crash");
+    // After the first PREPARE and after both, the decision is not recorded:
+    // recovery rolls both back. After the decision, and between the two
+    // COMMIT PREPAREDs, it is: recovery commits both.
+    let steps = [
+        ("prepared:0", false),
+        ("prepared:1", false),
+        ("decided:0", true),
+        ("committed:0", true),
+    ];
+    for (id, (step, committed)) in (1_i64..).zip(steps) {
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "two_phase_crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_STEP, step)
+            .env(CHILD_ID, id.to_string())
+            .env(CHILD_COORDINATOR, &coordinator)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts the child");
+        let stdout = child.stdout.take().expect("piped");
+        let paused = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains(PAUSED));
+        assert!(paused, "the child never reached {step}");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+
+        // Two recoveries at once, as from two new processes: the log's
+        // first record decides, and both finish the same way.
+        let recovering = || {
+            TwoPhase::builder(&coordinator)
+                .participant(&orders)
+                .participant(&ledger)
+                .log_table("tp_decisions")
+                .recovery_grace(Duration::ZERO)
+                .recover_every(None)
+                .build()
+        };
+        let (first, second) = tokio::join!(recovering(), recovering());
+        let (first, second) = (first.expect("recovers"), second.expect("recovers"));
+        // MariaDB frees a dead client's XA branch once it sees the
+        // disconnect: a pass after that finishes whatever was left.
+        for _ in 0..50 {
+            if branches_left(&orders, &ledger, &coordinator).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            first.recover().await.expect("recovers");
+        }
+        second.recover().await.expect("recovers");
+        assert_eq!(
+            branches_left(&orders, &ledger, &coordinator).await,
+            0,
+            "after {step}"
+        );
+        let expected = i64::from(committed);
+        let in_orders = pg_count(
+            &orders,
+            &format!("SELECT COUNT(*) FROM tp_crash_a WHERE id = {id}"),
+        )
+        .await;
+        let in_ledger = my_count(
+            &ledger,
+            &format!("SELECT COUNT(*) FROM tp_crash_b WHERE id = {id}"),
+        )
+        .await;
+        assert_eq!((in_orders, in_ledger), (expected, expected), "after {step}");
+        // No lock is left behind.
+        pg_exec(
+            &orders,
+            "SET lock_timeout = '2s'; UPDATE tp_crash_a SET touched = touched + 1",
+        )
+        .await;
+        my_exec(
+            &ledger,
+            "SET SESSION innodb_lock_wait_timeout = 2; UPDATE tp_crash_b SET touched = touched + 1",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_split_between_two_databases_keeps_its_total_under_concurrent_transfers() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    const ACCOUNTS: i64 = 4;
+    const OPENING: i64 = 1_000;
+    pg_exec(&orders, "DROP TABLE IF EXISTS tp_bank_a; CREATE TABLE tp_bank_a (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)").await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_bank_b; CREATE TABLE tp_bank_b (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE = InnoDB").await;
+    for id in 0..ACCOUNTS {
+        pg_exec(
+            &orders,
+            &format!("INSERT INTO tp_bank_a VALUES ({id}, {OPENING})"),
+        )
+        .await;
+        my_exec(
+            &ledger,
+            &format!("INSERT INTO tp_bank_b VALUES ({id}, {OPENING})"),
+        )
+        .await;
+    }
+    let two_phase = TwoPhase::builder(&unique("bank"))
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    let options = TwoPhaseOptions::new()
+        .isolation(Isolation::Serializable)
+        .timeout(Duration::from_secs(60))
+        .retry(
+            RetryPolicy::new()
+                .retries(50)
+                .max_backoff(Duration::from_millis(50)),
+        );
+    let tasks = (0..8).map(|task| {
+        let (two_phase, orders, ledger) = (two_phase.clone(), orders.clone(), ledger.clone());
+        tokio::spawn(async move {
+            for round in 0..10_i64 {
+                let (from, to, amount) = (
+                    (task + round) % ACCOUNTS,
+                    (task * 3 + round) % ACCOUNTS,
+                    1 + round,
+                );
+                let moved: Result<(), Error> = two_phase
+                    .transaction(options, || async {
+                        sqlx::query("UPDATE tp_bank_a SET balance = balance - $1 WHERE id = $2")
+                            .bind(amount)
+                            .bind(from)
+                            .execute(&mut *orders.conn()?)
+                            .await?;
+                        sqlx::query("UPDATE tp_bank_b SET balance = balance + ? WHERE id = ?")
+                            .bind(amount)
+                            .bind(to)
+                            .execute(&mut *ledger.conn()?)
+                            .await?;
+                        Ok(())
+                    })
+                    .await;
+                moved.expect("a transfer commits within its retries");
+            }
+        })
+    });
+    for task in tasks.collect::<Vec<_>>() {
+        task.await.expect("a transfer task");
+    }
+    let in_orders = pg_count(&orders, "SELECT SUM(balance)::BIGINT FROM tp_bank_a").await;
+    let in_ledger = my_count(
+        &ledger,
+        "SELECT CAST(SUM(balance) AS SIGNED) FROM tp_bank_b",
+    )
+    .await;
+    assert_eq!(in_orders + in_ledger, 2 * ACCOUNTS * OPENING);
+    let moved: i64 = (0..8).map(|_| (1..=10).sum::<i64>()).sum();
+    assert_eq!(in_ledger - ACCOUNTS * OPENING, moved);
+    assert_eq!(two_phase.stats().committed, 80);
+}
