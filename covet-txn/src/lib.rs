@@ -50,6 +50,8 @@
 //!   leave no data behind.
 //! - [`dialect`]: the SQL and error codes of each database, and how to add
 //!   one.
+//! - [`two_phase`]: one call's work on several databases, committed by
+//!   two-phase commit, with a durable decision and crash recovery.
 //! - `monitor` (feature `monitor`): history, alerts, health, Prometheus and
 //!   reports. The crates `covet-txn-dashboard` (a live web page) and
 //!   `covet-txn-tower` (a transaction per HTTP request) build on this one.
@@ -75,7 +77,7 @@
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `testing`, `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; what generated code calls; the monitor |
+//! | public API | `manager`, `testing`, [`two_phase`], `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -106,7 +108,6 @@ pub mod monitor;
 mod nested_acquire;
 mod observe;
 mod options;
-mod prepared;
 mod request;
 mod retry;
 mod savepoint;

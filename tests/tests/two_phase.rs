@@ -229,11 +229,11 @@ async fn commits_across_two_postgres_databases_of_one_server() {
         assert_eq!(result.is_ok(), !fail);
     }
     assert_eq!(
-        pg_count(&orders, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_a").await,
+        pg_count(orders, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_a").await,
         1
     );
     assert_eq!(
-        pg_count(&archive, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_b").await,
+        pg_count(archive, "SELECT COALESCE(SUM(id), 0)::BIGINT FROM tp_pg_b").await,
         1
     );
 }

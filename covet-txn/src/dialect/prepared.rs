@@ -7,7 +7,7 @@
 
 use sqlx::error::DatabaseError;
 
-use crate::dialect::{Begin, BeginRequest};
+use super::{Begin, BeginRequest};
 
 /// One participant's branch of a distributed transaction: the global id
 /// every participant shares, and the participant's name.

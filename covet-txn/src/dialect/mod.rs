@@ -46,6 +46,8 @@
 //! }
 //! ```
 
+mod prepared;
+
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -53,7 +55,8 @@ use sqlx::error::DatabaseError;
 
 use crate::failure::FailureKind;
 use crate::options::{Access, Isolation};
-pub use crate::prepared::{BranchId, Decision, PreparedTransactions};
+
+pub use self::prepared::{BranchId, Decision, PreparedTransactions};
 
 /// What a transaction begins with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +202,7 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
 
     /// The SQL of two-phase commit, for a database that can hold a prepared
     /// transaction; `None` (the default) for one that cannot, which then
-    /// cannot take part in a [`TwoPhase`](crate::two_phase::TwoPhase) call.
+    /// cannot take part in a two-phase commit.
     fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
         None
     }
