@@ -52,6 +52,16 @@ pub struct Engine<DB: Driver> {
     pub(crate) probes: ProbeCache,
 }
 
+/// Which connection a statement outside any transaction runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// One of the pool's: a call's own work.
+    Pool,
+    /// One opened for the statement and closed after it: recovery's work,
+    /// which must not wait for a pool that blocked transactions hold.
+    Dedicated,
+}
+
 /// What a call asks of an engine to open a session.
 pub(crate) struct OpenRequest {
     pub(crate) name: &'static str,
@@ -113,15 +123,25 @@ impl<DB: Backend> Engine<DB> {
             .map_err(|source| Error::database(Operation::Acquire, source))
     }
 
+    /// A connection of its own, outside the pool: recovery must reach the
+    /// database even while every pooled connection waits for the locks of
+    /// the prepared branches it is about to finish.
+    async fn dedicated(&self) -> Result<DB::Connection, Error> {
+        use sqlx::ConnectOptions;
+        self.pool
+            .connect_options()
+            .connect()
+            .await
+            .map_err(|source| Error::database(Operation::Acquire, source))
+    }
+
     async fn readiness(&self) -> Result<Option<String>, Error> {
-        let prepared = self.prepared()?;
-        let Some(sql) = prepared.readiness() else {
+        let Some(sql) = self.prepared()?.readiness() else {
             return Ok(None);
         };
-        let mut conn = self.connection().await?;
-        let rows = DB::text_rows(&mut conn, sql.to_owned(), Vec::new())
-            .await
-            .map_err(|source| Error::database(Operation::Prepare, source))?;
+        let rows = self
+            .text_rows(sql.to_owned(), Vec::new(), Via::Dedicated)
+            .await?;
         Ok(rows
             .into_iter()
             .next()
@@ -130,23 +150,39 @@ impl<DB: Backend> Engine<DB> {
 
     async fn list_branches(&self) -> Result<Vec<BranchId>, Error> {
         let prepared = self.prepared()?;
-        let mut conn = self.connection().await?;
-        DB::list_branches(&mut conn, prepared.list())
-            .await
-            .map_err(|source| Error::database(Operation::FinishPrepared, source))
+        let mut conn = self.dedicated().await?;
+        let listed = DB::list_branches(&mut conn, prepared.list()).await;
+        let _ = sqlx::Connection::close(conn).await;
+        listed.map_err(|source| Error::database(Operation::FinishPrepared, source))
     }
 
     async fn finish_branch(&self, branch: &BranchId, commit: bool) -> Result<bool, Error> {
         let prepared = self.prepared()?;
-        let mut conn = self.connection().await?;
-        finish_on::<DB>(&mut conn, prepared, branch, commit).await
+        let mut conn = self.dedicated().await?;
+        let finished = finish_on::<DB>(&mut conn, prepared, branch, commit).await;
+        let _ = sqlx::Connection::close(conn).await;
+        finished
     }
 
-    async fn text_rows(&self, sql: String, parameters: Vec<String>) -> Result<TextRows, Error> {
-        let mut conn = self.connection().await?;
-        DB::text_rows(&mut conn, sql, parameters)
-            .await
-            .map_err(|source| Error::database(Operation::DecisionLog, source))
+    async fn text_rows(
+        &self,
+        sql: String,
+        parameters: Vec<String>,
+        via: Via,
+    ) -> Result<TextRows, Error> {
+        let rows = match via {
+            Via::Pool => {
+                let mut conn = self.connection().await?;
+                DB::text_rows(&mut conn, sql, parameters).await
+            }
+            Via::Dedicated => {
+                let mut conn = self.dedicated().await?;
+                let rows = DB::text_rows(&mut conn, sql, parameters).await;
+                let _ = sqlx::Connection::close(conn).await;
+                rows
+            }
+        };
+        rows.map_err(|source| Error::database(Operation::DecisionLog, source))
     }
 
     fn prepared(&self) -> Result<&dyn PreparedTransactions, Error> {
@@ -249,12 +285,13 @@ impl EngineHandle {
         dispatch!(self, engine => engine.readiness().await)
     }
 
-    /// The prepared branches the database holds now.
+    /// The prepared branches the database holds now, read on a connection
+    /// of its own.
     pub(crate) async fn prepared_branches(&self) -> Result<Vec<BranchId>, Error> {
         dispatch!(self, engine => engine.list_branches().await)
     }
 
-    /// Commits or rolls back a prepared branch on a connection of the pool;
+    /// Commits or rolls back a prepared branch on a connection of its own;
     /// `Ok(false)`: the database did not let this connection finish it.
     pub(crate) async fn finish_branch(
         &self,
@@ -264,14 +301,15 @@ impl EngineHandle {
         dispatch!(self, engine => engine.finish_branch(branch, commit).await)
     }
 
-    /// Runs a query of text parameters and text columns on a connection of
-    /// the pool, outside any transaction.
+    /// Runs a query of text parameters and text columns outside any
+    /// transaction, on a connection `via` says.
     pub(crate) async fn text_rows(
         &self,
         sql: String,
         parameters: Vec<String>,
+        via: Via,
     ) -> Result<TextRows, Error> {
-        dispatch!(self, engine => engine.text_rows(sql, parameters).await)
+        dispatch!(self, engine => engine.text_rows(sql, parameters, via).await)
     }
 
     #[cfg(feature = "monitor")]

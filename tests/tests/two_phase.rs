@@ -106,11 +106,57 @@ fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
+/// Rolls back the branches an earlier run of these tests left prepared when
+/// it was killed (their process is gone): they would hold locks on the
+/// tables the tests drop and create again.
+async fn clear_stale_branches(postgres: &TxManager<Postgres>, mysql: &TxManager<MySql>) {
+    let stale = |global: &str| {
+        let coordinator = global.split(':').next().unwrap_or_default();
+        coordinator
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+    };
+    let pg: Vec<String> = sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts")
+        .fetch_all(postgres.pool())
+        .await
+        .expect("lists prepared transactions");
+    for gid in pg.iter().filter(|gid| stale(gid)) {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK PREPARED '{gid}'")))
+            .execute(postgres.pool())
+            .await;
+    }
+    let rows = sqlx::raw_sql("XA RECOVER")
+        .fetch_all(mysql.pool())
+        .await
+        .expect("XA RECOVER");
+    for row in rows {
+        let length: i64 = sqlx::Row::try_get_unchecked(&row, 1).unwrap_or_default();
+        let data: Vec<u8> = sqlx::Row::try_get_unchecked(&row, 3).unwrap_or_default();
+        let split = usize::try_from(length).unwrap_or_default().min(data.len());
+        let (global, branch) = data.split_at(split);
+        let (global, branch) = (
+            String::from_utf8_lossy(global),
+            String::from_utf8_lossy(branch),
+        );
+        if stale(&global) {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "XA ROLLBACK '{global}','{branch}'"
+            )))
+            .execute(mysql.pool())
+            .await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_and_rolls_back_across_postgres_and_mariadb_with_nested_scopes() {
     let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
         return;
     };
+    clear_stale_branches(&orders, &ledger).await;
     pg_exec(
         &orders,
         "DROP TABLE IF EXISTS tp_orders; CREATE TABLE tp_orders (id BIGINT PRIMARY KEY)",
@@ -265,6 +311,7 @@ async fn a_lost_connection_retries_the_whole_call_and_a_timeout_rolls_back_every
     let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
         return;
     };
+    clear_stale_branches(&orders, &ledger).await;
     pg_exec(
         &orders,
         "DROP TABLE IF EXISTS tp_retry_a; CREATE TABLE tp_retry_a (id BIGINT PRIMARY KEY)",
@@ -348,6 +395,44 @@ async fn a_lost_connection_retries_the_whole_call_and_a_timeout_rolls_back_every
     );
 }
 
+/// Where a child's stderr goes: read back when it fails.
+fn child_log(test: &str) -> (std::fs::File, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("covet-{test}-{}.log", std::process::id()));
+    let file = std::fs::File::create(&path).expect("creates the child's log");
+    (file, path)
+}
+
+fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Reads the child's output until `PAUSED`, for at most a minute, waits
+/// `after`, and kills the child (SIGKILL) either way. `false`: it never got
+/// there.
+fn kill_when_paused(child: &mut std::process::Child, after: Duration) -> bool {
+    // stdout is read here; stderr goes to `child_log()`.
+    let stdout = child.stdout.take().expect("piped");
+    let (paused, reached) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let found = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains(PAUSED));
+        let _ = paused.send(found);
+    });
+    let reached = reached
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or(false);
+    if reached {
+        std::thread::sleep(after);
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    reached
+}
+
 /// Where the child stops, as `step:branch`, and the id of its rows.
 const CHILD_STEP: &str = "COVET_TWO_PHASE_CHILD_STEP";
 const CHILD_ID: &str = "COVET_TWO_PHASE_CHILD_ID";
@@ -409,6 +494,7 @@ async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
     let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
         return;
     };
+    clear_stale_branches(&orders, &ledger).await;
     pg_exec(&orders, "DROP TABLE IF EXISTS tp_crash_a; CREATE TABLE tp_crash_a (id BIGINT PRIMARY KEY, touched INT)").await;
     my_exec(&ledger, "DROP TABLE IF EXISTS tp_crash_b; CREATE TABLE tp_crash_b (id BIGINT PRIMARY KEY, touched INT) ENGINE = InnoDB").await;
     let coordinator = unique("crash");
@@ -422,6 +508,7 @@ async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
         ("committed:0", true),
     ];
     for (id, (step, committed)) in (1_i64..).zip(steps) {
+        let (log, log_path) = child_log("two-phase-crash");
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
             .args([
                 "--ignored",
@@ -434,17 +521,14 @@ async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
             .env(CHILD_ID, id.to_string())
             .env(CHILD_COORDINATOR, &coordinator)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starts the child");
-        let stdout = child.stdout.take().expect("piped");
-        let paused = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains(PAUSED));
-        assert!(paused, "the child never reached {step}");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
+        assert!(
+            kill_when_paused(&mut child, Duration::ZERO),
+            "the child never reached {step}; its log:\n{}",
+            tail(&log_path)
+        );
 
         // Two recoveries at once, as from two new processes: the log's
         // first record decides, and both finish the same way.
@@ -578,4 +662,303 @@ async fn a_bank_split_between_two_databases_keeps_its_total_under_concurrent_tra
     let moved: i64 = (0..8).map(|_| (1..=10).sum::<i64>()).sum();
     assert_eq!(in_ledger - ACCOUNTS * OPENING, moved);
     assert_eq!(two_phase.stats().committed, 80);
+}
+
+/// The MariaDB connection of the running branch, and the step at which the
+/// next test call has it killed (`KILL`, as an administrator or a network
+/// failure would end it).
+static LEDGER_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static KILL_LEDGER_AT: std::sync::Mutex<Option<(&'static str, usize)>> =
+    std::sync::Mutex::new(None);
+
+fn kill_ledger_at_step(step: &'static str, branch: usize) {
+    let mut armed = KILL_LEDGER_AT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *armed != Some((step, branch)) {
+        return;
+    }
+    *armed = None;
+    let id = LEDGER_CONNECTION.load(std::sync::atomic::Ordering::SeqCst);
+    let url = support::mysql_options();
+    let killed = Command::new("mariadb")
+        .args([
+            "-h",
+            url.get_host(),
+            "-P",
+            &url.get_port().to_string(),
+            "-u",
+            "root",
+        ])
+        .args(["-e", &format!("KILL {id}")])
+        .status()
+        .expect("runs the mariadb client");
+    assert!(killed.success(), "KILL {id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_connection_killed_during_each_phase() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    clear_stale_branches(&orders, &ledger).await;
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_kill_a; CREATE TABLE tp_kill_a (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_kill_b; CREATE TABLE tp_kill_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
+    let coordinator = unique("kill");
+    let two_phase = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recovery_grace(Duration::ZERO)
+        .recover_every(None)
+        .step_hook(kill_ledger_at_step)
+        .build()
+        .await
+        .expect("builds");
+    let place = |id: i64, retries: u32| {
+        let (two_phase, orders, ledger) = (&two_phase, &orders, &ledger);
+        async move {
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let placed = two_phase
+                .transaction(
+                    TwoPhaseOptions::new().retry(RetryPolicy::new().retries(retries)),
+                    || async {
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        sqlx::query("INSERT INTO tp_kill_a VALUES ($1)")
+                            .bind(id)
+                            .execute(&mut *orders.conn()?)
+                            .await?;
+                        let mut ledger_conn = ledger.conn()?;
+                        let connection: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                            .fetch_one(&mut *ledger_conn)
+                            .await?;
+                        LEDGER_CONNECTION.store(connection, std::sync::atomic::Ordering::SeqCst);
+                        sqlx::query("INSERT INTO tp_kill_b VALUES (?)")
+                            .bind(id)
+                            .execute(&mut *ledger_conn)
+                            .await?;
+                        Ok::<_, Error>(())
+                    },
+                )
+                .await;
+            (placed, attempts.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    };
+    let rows = |id: i64| {
+        let (orders, ledger) = (&orders, &ledger);
+        async move {
+            (
+                pg_count(
+                    orders,
+                    &format!("SELECT COUNT(*) FROM tp_kill_a WHERE id = {id}"),
+                )
+                .await,
+                my_count(
+                    ledger,
+                    &format!("SELECT COUNT(*) FROM tp_kill_b WHERE id = {id}"),
+                )
+                .await,
+            )
+        }
+    };
+
+    // Phase one: the ledger's connection dies after the orders branch is
+    // prepared, before its own XA PREPARE. Every branch rolls back; with
+    // retry, the next attempt commits.
+    *KILL_LEDGER_AT.lock().expect("unpoisoned") = Some(("prepared", 0));
+    let (placed, attempts) = place(1, 0).await;
+    assert!(placed.is_err(), "without retry the call fails");
+    assert_eq!((attempts, rows(1).await), (1, (0, 0)));
+    *KILL_LEDGER_AT.lock().expect("unpoisoned") = Some(("prepared", 0));
+    let (placed, attempts) = place(2, 2).await;
+    placed.expect("the retry commits");
+    assert_eq!((attempts, rows(2).await), (2, (1, 1)));
+
+    // Phase two: the orders branch is committed, then the ledger's
+    // connection dies before its XA COMMIT. The decision is durable, so the
+    // call succeeds and recovery commits the ledger's branch once the server
+    // has seen the disconnect.
+    *KILL_LEDGER_AT.lock().expect("unpoisoned") = Some(("committed", 0));
+    let (placed, _) = place(3, 0).await;
+    placed.expect("the decision was durable");
+    assert_eq!(two_phase.stats().committed_pending_recovery, 1);
+    for _ in 0..50 {
+        if rows(3).await == (1, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        two_phase.recover().await.expect("recovers");
+    }
+    assert_eq!(rows(3).await, (1, 1));
+    assert!(two_phase.stats().recovered_committed >= 1);
+    assert_eq!(branches_left(&orders, &ledger, &coordinator).await, 0);
+}
+
+const BANK_ACCOUNTS: i64 = 4;
+const BANK_OPENING: i64 = 1_000;
+
+/// The bank the crash test kills: 8 tasks of transfers until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_bank_split_between_two_databases_survives_coordinator_crashes"]
+async fn two_phase_bank_child() {
+    let Ok(coordinator) = std::env::var(CHILD_COORDINATOR) else {
+        return;
+    };
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    // The killed child before this one left branches prepared, holding
+    // locks these transfers wait for: recovery finishes them once they are
+    // older than the grace, which no live call of this child reaches.
+    let two_phase = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recovery_grace(Duration::from_secs(2))
+        .recover_every(Some(Duration::from_millis(250)))
+        .build()
+        .await
+        .expect("builds");
+    let options = TwoPhaseOptions::new()
+        .isolation(Isolation::Serializable)
+        .retry(
+            RetryPolicy::new()
+                .retries(100)
+                .max_backoff(Duration::from_millis(20)),
+        );
+    let tasks = (0..8_i64).map(|task| {
+        let (two_phase, orders, ledger) = (two_phase.clone(), orders.clone(), ledger.clone());
+        tokio::spawn(async move {
+            for round in 0_i64.. {
+                let (from, to) = (
+                    (task + round) % BANK_ACCOUNTS,
+                    (task * 3 + round) % BANK_ACCOUNTS,
+                );
+                // Money moves both ways between the databases.
+                let to_ledger = (task + round) % 2 == 0;
+                let _ = two_phase
+                    .transaction(options, || async {
+                        let (out, into) = if to_ledger { (-1_i64, 1_i64) } else { (1, -1) };
+                        sqlx::query(
+                            "UPDATE tp_crash_bank_a SET balance = balance + $1 WHERE id = $2",
+                        )
+                        .bind(out)
+                        .bind(from)
+                        .execute(&mut *orders.conn()?)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE tp_crash_bank_b SET balance = balance + ? WHERE id = ?",
+                        )
+                        .bind(into)
+                        .bind(to)
+                        .execute(&mut *ledger.conn()?)
+                        .await?;
+                        // The journal is on the orders side: its sum must match what
+                        // the ledger side received, branch for branch.
+                        sqlx::query("INSERT INTO tp_crash_bank_journal (amount) VALUES ($1)")
+                            .bind(into)
+                            .execute(&mut *orders.conn()?)
+                            .await?;
+                        Ok::<_, Error>(())
+                    })
+                    .await;
+                if task == 0 && round == 0 {
+                    println!("{PAUSED}");
+                }
+            }
+        })
+    });
+    for task in tasks.collect::<Vec<_>>() {
+        let _ = task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_split_between_two_databases_survives_coordinator_crashes() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    clear_stale_branches(&orders, &ledger).await;
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_crash_bank_journal; \
+         CREATE TABLE tp_crash_bank_journal (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)",
+    )
+    .await;
+    pg_exec(&orders, "DROP TABLE IF EXISTS tp_crash_bank_a; CREATE TABLE tp_crash_bank_a (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)").await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_crash_bank_b; CREATE TABLE tp_crash_bank_b (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE = InnoDB").await;
+    for id in 0..BANK_ACCOUNTS {
+        pg_exec(
+            &orders,
+            &format!("INSERT INTO tp_crash_bank_a VALUES ({id}, {BANK_OPENING})"),
+        )
+        .await;
+        my_exec(
+            &ledger,
+            &format!("INSERT INTO tp_crash_bank_b VALUES ({id}, {BANK_OPENING})"),
+        )
+        .await;
+    }
+    let coordinator = unique("crashbank");
+    for crash in 0..3_u64 {
+        let (log, log_path) = child_log("two-phase-bank");
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "two_phase_bank_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_COORDINATOR, &coordinator)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starts the child");
+        // Killed somewhere in the middle of many calls, in any phase.
+        let after = Duration::from_millis(150 + 170 * crash);
+        assert!(
+            kill_when_paused(&mut child, after),
+            "the bank child never committed a transfer; its log:\n{}",
+            tail(&log_path)
+        );
+    }
+    let recovering = TwoPhase::builder(&coordinator)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recovery_grace(Duration::ZERO)
+        .recover_every(None)
+        .build()
+        .await
+        .expect("recovers");
+    for _ in 0..50 {
+        if branches_left(&orders, &ledger, &coordinator).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        recovering.recover().await.expect("recovers");
+    }
+    assert_eq!(branches_left(&orders, &ledger, &coordinator).await, 0);
+    let in_orders = pg_count(&orders, "SELECT SUM(balance)::BIGINT FROM tp_crash_bank_a").await;
+    let in_ledger = my_count(
+        &ledger,
+        "SELECT CAST(SUM(balance) AS SIGNED) FROM tp_crash_bank_b",
+    )
+    .await;
+    assert_eq!(in_orders + in_ledger, 2 * BANK_ACCOUNTS * BANK_OPENING);
+    let (transfers, to_ledger) = (
+        pg_count(&orders, "SELECT COUNT(*) FROM tp_crash_bank_journal").await,
+        pg_count(
+            &orders,
+            "SELECT COALESCE(SUM(amount), 0)::BIGINT FROM tp_crash_bank_journal",
+        )
+        .await,
+    );
+    assert!(transfers > 0, "some transfers committed");
+    assert_eq!(in_ledger - BANK_ACCOUNTS * BANK_OPENING, to_ledger);
 }

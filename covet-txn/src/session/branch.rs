@@ -6,20 +6,44 @@
 use std::borrow::Cow;
 use std::sync::PoisonError;
 
+use super::recovery::Held;
 use super::{CommitError, Session};
-use crate::backend::Driver;
+use crate::backend::{Driver, TextRows};
 use crate::dialect::{BranchId, PreparedTransactions};
 use crate::error::{Error, Operation};
 use crate::failure::CommitOutcome;
 use crate::state::TxState;
 
 impl<DB: Driver> Session<DB> {
+    /// Rolls back the transaction on its held connection and restores the
+    /// session: with ROLLBACK, or with a branch's own statement where the
+    /// plain one cannot end it (a MySQL XA branch). `Ok(false)`: rolled
+    /// back, but the session could not be restored.
+    pub(super) async fn roll_back_held(
+        &self,
+        held: &mut Held<'_, DB>,
+    ) -> Result<bool, sqlx::Error> {
+        let own = self.branch.as_ref().and_then(|branch| {
+            self.dialect
+                .prepared_transactions()
+                .and_then(|prepared| prepared.rollback_unprepared(branch))
+        });
+        let Some(sql) = own else {
+            return held.end(false).await;
+        };
+        DB::execute(held.conn(), Cow::Owned(sql)).await?;
+        let restore = held.restore;
+        Ok(DB::restore(held.conn(), restore).await)
+    }
+
     /// Phase one of a two-phase commit: prepares the branch, so that its
     /// work survives anything short of the coordinator's decision, and gives
-    /// the connection back, or keeps it for phase two where only it can
-    /// finish the branch. Refused, like COMMIT, when the transaction may
+    /// the connection back, or keeps it for phase two: where only it can
+    /// finish the branch, or with `keep_connection` (the coordinator writes
+    /// its decision on it, rather than wait for a pool its own branches'
+    /// locks may keep busy). Refused, like COMMIT, when the transaction may
     /// not commit; a failed PREPARE leaves nothing prepared.
-    pub(crate) async fn prepare(&self) -> Result<(), CommitError> {
+    pub(crate) async fn prepare(&self, keep_connection: bool) -> Result<(), CommitError> {
         let (Some(branch), Some(prepared)) = (&self.branch, self.dialect.prepared_transactions())
         else {
             return Err(CommitError::Failed(Error::TwoPhaseUnsupported {
@@ -30,12 +54,8 @@ impl<DB: Driver> Session<DB> {
         if let Err(verdict) = self.core.machine.begin_commit() {
             self.core.machine.end(TxState::Failed);
             self.core.finish(CommitOutcome::Aborted);
-            if let Some(sql) = prepared.rollback_unprepared(branch) {
-                if DB::execute(held.conn(), Cow::Owned(sql)).await.is_ok() {
-                    held.release();
-                }
-            } else {
-                held.roll_back_and_release().await;
+            if matches!(self.roll_back_held(&mut held).await, Ok(true)) {
+                held.release();
             }
             return Err(CommitError::Refused(verdict));
         }
@@ -46,7 +66,7 @@ impl<DB: Driver> Session<DB> {
                 // Not restored, the connection drops armed: it is recovered
                 // or closed, and the branch waits for phase two or recovery.
                 if DB::restore(held.conn(), restore).await {
-                    if prepared.finish_anywhere() {
+                    if prepared.finish_anywhere() && !keep_connection {
                         held.release();
                     } else {
                         let conn = held.disarm();
@@ -69,6 +89,34 @@ impl<DB: Driver> Session<DB> {
                 )))
             }
         }
+    }
+
+    /// Runs a text query on the connection kept after PREPARE, outside any
+    /// transaction; `None` if none is kept.
+    pub(crate) async fn text_rows_on_kept(
+        &self,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> Option<Result<TextRows, sqlx::Error>> {
+        let kept = self
+            .prepared_conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut conn = kept?;
+        let rows = DB::text_rows(&mut conn, sql, parameters).await;
+        // A query that failed other than with the database's answer may
+        // leave the connection in any state: it closes rather than finish
+        // the branch, which recovery then does.
+        if matches!(rows, Err(ref error) if !matches!(error, sqlx::Error::Database(_))) {
+            conn.close_on_drop();
+        } else {
+            *self
+                .prepared_conn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+        Some(rows)
     }
 
     /// Phase two: commits or rolls back the prepared branch, on the

@@ -60,8 +60,16 @@ impl SessionHandle {
         dispatch!(self, session => session.commit().await)
     }
 
-    pub(crate) async fn prepare(&self) -> Result<(), CommitError> {
-        dispatch!(self, session => session.prepare().await)
+    pub(crate) async fn prepare(&self, keep_connection: bool) -> Result<(), CommitError> {
+        dispatch!(self, session => session.prepare(keep_connection).await)
+    }
+
+    pub(crate) async fn text_rows_on_kept(
+        &self,
+        sql: String,
+        parameters: Vec<String>,
+    ) -> Option<Result<crate::backend::TextRows, sqlx::Error>> {
+        dispatch!(self, session => session.text_rows_on_kept(sql, parameters).await)
     }
 
     pub(crate) async fn finish_prepared(&self, commit: bool) -> Result<bool, Error> {

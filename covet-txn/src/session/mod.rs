@@ -14,7 +14,6 @@ mod probes;
 mod recovery;
 mod slot;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -391,21 +390,7 @@ impl<DB: Driver> Session<DB> {
         let mut held = self.take_for_end()?;
         self.core.machine.begin_rollback();
         self.core.finish(CommitOutcome::Aborted);
-        let branch_rollback = self.branch.as_ref().and_then(|branch| {
-            self.dialect
-                .prepared_transactions()
-                .and_then(|prepared| prepared.rollback_unprepared(branch))
-        });
-        let ended = match branch_rollback {
-            Some(sql) => match DB::execute(held.conn(), Cow::Owned(sql)).await {
-                Ok(()) => {
-                    let restore = held.restore;
-                    Ok(DB::restore(held.conn(), restore).await)
-                }
-                Err(error) => Err(error),
-            },
-            None => held.end(false).await,
-        };
+        let ended = self.roll_back_held(&mut held).await;
         match ended {
             Ok(restored) => {
                 self.core.machine.end(TxState::RolledBack);

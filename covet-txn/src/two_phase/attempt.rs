@@ -10,7 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
+use super::finish::{decide_and_commit, roll_back_all};
 use super::stats::TwoPhaseOutcome;
 use super::{Coordinator, TwoPhaseOptions, ids};
 use crate::backend::find_database_error;
@@ -21,7 +23,7 @@ use crate::engine::OpenRequest;
 use crate::error::Error;
 use crate::event::{Phase, RollbackCause, TxEvent, TxOutcome};
 use crate::failure::{ErrorSource, Failure, FailureKind};
-use crate::hooks::run::{self, PhaseRun};
+use crate::hooks::run::PhaseRun;
 use crate::observe::Observer;
 use crate::options::Propagation;
 use crate::request::TxOptions;
@@ -37,22 +39,51 @@ enum Stopped<E> {
 }
 
 /// The frames of one attempt's branches, outermost first. Dropped before
-/// they end (the caller's future was dropped), every branch is abandoned:
-/// an active one's connection is recovered and rolled back, a prepared one's
-/// is closed, leaving the branch to recovery.
-struct Branches {
-    frames: Vec<Arc<Frame>>,
-    observers: Vec<Observer>,
-    armed: bool,
+/// they end (the caller's future was dropped, or the decision is in
+/// doubt), every open branch is abandoned (its connection recovered and
+/// rolled back), and the prepared ones are settled at once by a task of
+/// their own: it records an abort unless a decision stands already, and
+/// finishes them as the decision that stands says. Without a runtime to
+/// run it, they wait for recovery.
+pub(super) struct Branches {
+    pub(super) coordinator: Arc<Coordinator>,
+    pub(super) global: String,
+    pub(super) frames: Vec<Arc<Frame>>,
+    pub(super) observers: Vec<Observer>,
+    pub(super) armed: bool,
 }
 
 impl Drop for Branches {
     fn drop(&mut self) {
-        if self.armed {
-            for frame in &self.frames {
+        if !self.armed {
+            return;
+        }
+        let mut prepared = Vec::new();
+        for frame in &self.frames {
+            if frame.session.core().machine.state() == TxState::Prepared {
+                prepared.push(frame.session.clone());
+            } else {
                 frame.session.abort("the two-phase call was dropped");
             }
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if prepared.is_empty() {
+            return;
+        }
+        let (coordinator, global) = (
+            Arc::clone(&self.coordinator),
+            std::mem::take(&mut self.global),
+        );
+        runtime.spawn(async move {
+            let Ok(decision) = coordinator.log.decide(&global, Decision::Abort).await else {
+                return;
+            };
+            for session in prepared {
+                let _ = session.finish_prepared(decision == Decision::Commit).await;
+            }
+        });
     }
 }
 
@@ -124,6 +155,8 @@ where
 {
     let global = ids::new_global(&coordinator.name);
     let mut branches = Branches {
+        coordinator: Arc::clone(coordinator),
+        global: global.clone(),
         frames: Vec::with_capacity(coordinator.participants.len()),
         observers: Vec::with_capacity(coordinator.participants.len()),
         armed: true,
@@ -136,7 +169,13 @@ where
         &global,
         &mut branches,
         body,
-    );
+    )
+    .instrument(tracing::info_span!(
+        "two_phase.phase_one",
+        covet.coordinator = %coordinator.name,
+        covet.global_id = %global,
+        covet.attempt = attempt,
+    ));
     let ended = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline.into(), phase_one)
             .await
@@ -326,7 +365,8 @@ where
         }
     }
     for (index, frame) in branches.frames.iter().enumerate() {
-        let prepared = frame.session.prepare().await;
+        let on_log_database = frame.engine.id() == coordinator.log.engine_id();
+        let prepared = frame.session.prepare(on_log_database).await;
         let error = match prepared {
             Ok(()) => {
                 coordinator.step("prepared", index);
@@ -343,118 +383,4 @@ where
         return Err(Stopped::Failed(E::from(error), cause, kind));
     }
     Ok(Some(value))
-}
-
-/// Rolls back every branch still open or prepared, with the rollback hooks
-/// around each.
-async fn roll_back_all(branches: &mut Branches, cause: RollbackCause) {
-    for (frame, observer) in branches.frames.iter().zip(&branches.observers) {
-        let session = &frame.session;
-        let before = PhaseRun {
-            hooks: &session.core().hooks,
-            manager: Some(frame.engine.hooks()),
-            observer: Some(observer),
-            event: TxEvent::new(&frame.info(), TxOutcome::RolledBack, Some(cause.clone())),
-        };
-        let _ = context::enter(Arc::clone(frame), before.run(Phase::BeforeRollback, false)).await;
-        let failed = match session.core().machine.state() {
-            TxState::Prepared => session.finish_prepared(false).await.err(),
-            TxState::Active => session.rollback().await.err(),
-            _ => None,
-        };
-        let mut event = TxEvent::new(&frame.info(), TxOutcome::RolledBack, Some(cause.clone()));
-        event.rollback_error = failed.map(Arc::new);
-        run::after_end(
-            Phase::AfterRollback,
-            session.hook_holder(),
-            Arc::clone(frame.engine.hooks()),
-            Some(observer.clone()),
-            event,
-        )
-        .await;
-    }
-    branches.armed = false;
-}
-
-/// Records the decision to commit and, once it is durable, commits every
-/// branch in a task of its own, then runs the on_commit hooks.
-async fn decide_and_commit(
-    coordinator: &Arc<Coordinator>,
-    global: &str,
-    mut branches: Branches,
-) -> Result<(), Error> {
-    match coordinator.log.decide(global, Decision::Commit).await {
-        Ok(Decision::Commit) => {}
-        Ok(Decision::Abort) => {
-            let reason = "recovery rolled the two-phase transaction back before its decision to \
-                          commit was recorded: give the coordinator a recovery_grace longer than \
-                          its calls take";
-            roll_back_all(&mut branches, RollbackCause::Aborted(reason)).await;
-            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
-            return Err(Error::TransactionAborted(reason));
-        }
-        Err(error) if coordinator.log.classify(&error) == Some(FailureKind::ConnectionLost) => {
-            // The record may or may not have been written: the branches stay
-            // prepared (their connections close as the branches drop) and
-            // recovery finishes them as the log says.
-            coordinator.counters.count(TwoPhaseOutcome::InDoubt);
-            return Err(Error::TwoPhaseInDoubt {
-                global_id: global.to_owned(),
-                reason: error.to_string(),
-            });
-        }
-        Err(error) => {
-            let cause = RollbackCause::CommitFailed(error.to_string());
-            roll_back_all(&mut branches, cause).await;
-            coordinator.counters.count(TwoPhaseOutcome::RolledBack);
-            return Err(error);
-        }
-    }
-    coordinator.step("decided", 0);
-    branches.armed = false;
-    let sessions: Vec<_> = branches
-        .frames
-        .iter()
-        .map(|frame| frame.session.clone())
-        .collect();
-    let (finished, all_committed) = tokio::sync::oneshot::channel();
-    let phase_two = Arc::clone(coordinator);
-    let global_id = global.to_owned();
-    tokio::spawn(async move {
-        let mut committed = true;
-        for (index, session) in sessions.iter().enumerate() {
-            match session.finish_prepared(true).await {
-                Ok(true) => phase_two.step("committed", index),
-                Ok(false) | Err(_) => committed = false,
-            }
-        }
-        let _ = finished.send(committed);
-        if committed && let Err(error) = phase_two.log.forget(&global_id).await {
-            tracing::debug!(%error, global_id, "a decision stays in the log until recovery forgets it");
-        }
-    });
-    if all_committed.await.unwrap_or(false) {
-        coordinator.counters.count(TwoPhaseOutcome::Committed);
-    } else {
-        coordinator
-            .counters
-            .count(TwoPhaseOutcome::CommittedPendingRecovery);
-        tracing::warn!(
-            coordinator = %coordinator.name,
-            global_id = global,
-            "a branch of a committed two-phase transaction could not be committed now; \
-             recovery commits it"
-        );
-    }
-    for (frame, observer) in branches.frames.iter().zip(&branches.observers) {
-        run::after_end(
-            Phase::AfterCommit,
-            frame.session.hook_holder(),
-            Arc::clone(frame.engine.hooks()),
-            Some(observer.clone()),
-            TxEvent::new(&frame.info(), TxOutcome::Committed, None),
-        )
-        .await;
-    }
-    Ok(())
 }

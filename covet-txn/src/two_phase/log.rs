@@ -4,8 +4,9 @@
 //! recovery presuming abort can never both have their way.
 
 use crate::dialect::Decision;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, Via};
 use crate::error::{Error, Operation};
+use crate::session::SessionHandle;
 
 use super::ids;
 
@@ -33,7 +34,7 @@ impl DecisionLog {
     /// Creates the table if it does not exist.
     pub(crate) async fn create(&self) -> Result<(), Error> {
         let sql = self.engine.prepared()?.create_log(&self.table);
-        match self.engine.text_rows(sql, Vec::new()).await {
+        match self.engine.text_rows(sql, Vec::new(), Via::Dedicated).await {
             // PostgreSQL's `IF NOT EXISTS` races with a concurrent CREATE:
             // the loser's error means the table is there.
             Err(error) if !is_unique_violation(&error) => Err(error),
@@ -41,9 +42,27 @@ impl DecisionLog {
         }
     }
 
+    /// The manager whose database keeps the log.
+    pub(crate) fn engine_id(&self) -> u64 {
+        self.engine.id()
+    }
+
     /// Records `decision` for `global` unless it has one already, and
     /// returns the decision that stands.
+    /// Recovery's and a dropped call's way: on a connection of its own.
     pub(crate) async fn decide(&self, global: &str, decision: Decision) -> Result<Decision, Error> {
+        self.decide_on(global, decision, None, Via::Dedicated).await
+    }
+
+    /// Like `decide`, on the connection `branch` kept after its PREPARE
+    /// when it has one (a branch on the log's database), else `via`.
+    pub(crate) async fn decide_on(
+        &self,
+        global: &str,
+        decision: Decision,
+        branch: Option<&SessionHandle>,
+        via: Via,
+    ) -> Result<Decision, Error> {
         let sql = self.engine.prepared()?.record(&self.table);
         let parameters = vec![
             global.to_owned(),
@@ -51,7 +70,19 @@ impl DecisionLog {
             decision.as_str().to_owned(),
             ids::unix_millis_now().to_string(),
         ];
-        match self.engine.text_rows(sql, parameters).await {
+        let kept = match branch {
+            Some(branch) => {
+                branch
+                    .text_rows_on_kept(sql.clone(), parameters.clone())
+                    .await
+            }
+            None => None,
+        };
+        let recorded = match kept {
+            Some(rows) => rows.map_err(|source| Error::database(Operation::DecisionLog, source)),
+            None => self.engine.text_rows(sql, parameters, via).await,
+        };
+        match recorded {
             Ok(_) => Ok(decision),
             Err(error) if is_unique_violation(&error) => {
                 self.read(global).await?.ok_or(Error::InvalidOption(format!(
@@ -66,7 +97,10 @@ impl DecisionLog {
     /// The decision recorded for `global`, if any.
     pub(crate) async fn read(&self, global: &str) -> Result<Option<Decision>, Error> {
         let sql = self.engine.prepared()?.read(&self.table);
-        let rows = self.engine.text_rows(sql, vec![global.to_owned()]).await?;
+        let rows = self
+            .engine
+            .text_rows(sql, vec![global.to_owned()], Via::Dedicated)
+            .await?;
         Ok(rows
             .into_iter()
             .next()
@@ -80,7 +114,7 @@ impl DecisionLog {
         let sql = self.engine.prepared()?.decisions(&self.table);
         let rows = self
             .engine
-            .text_rows(sql, vec![self.coordinator.clone()])
+            .text_rows(sql, vec![self.coordinator.clone()], Via::Dedicated)
             .await?;
         Ok(rows
             .into_iter()
@@ -94,10 +128,10 @@ impl DecisionLog {
     }
 
     /// Forgets the decision of `global`, once every branch is finished.
-    pub(crate) async fn forget(&self, global: &str) -> Result<(), Error> {
+    pub(crate) async fn forget(&self, global: &str, via: Via) -> Result<(), Error> {
         let sql = self.engine.prepared()?.forget(&self.table);
         self.engine
-            .text_rows(sql, vec![global.to_owned()])
+            .text_rows(sql, vec![global.to_owned()], via)
             .await
             .map(drop)
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::{Coordinator, ids};
 use crate::dialect::{BranchId, Decision};
+use crate::engine::Via;
 use crate::error::Error;
 
 /// What one recovery pass did.
@@ -78,7 +79,7 @@ pub(crate) async fn recover(coordinator: &Coordinator) -> Result<RecoveryReport,
         }
     }
     for global in decided.keys().filter(|global| !listed.contains(*global)) {
-        coordinator.log.forget(global).await?;
+        coordinator.log.forget(global, Via::Dedicated).await?;
         report.forgotten += 1;
     }
     coordinator
