@@ -78,6 +78,7 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         None => quote!(#private::default_manager()),
     };
     let options = options(&private, &config, &function.sig);
+    let two_phase_options = two_phase_options(&private, &config, &function.sig);
     let inspect = quote!(#private::inspect!(#private));
 
     let ItemFn {
@@ -101,24 +102,39 @@ pub(crate) fn expand(config: Config, function: ItemFn) -> TokenStream {
         _ => (TokenStream::new(), Span::call_site()),
     };
 
-    let call = match &config.retry {
-        None => {
+    let call = match (&config.two_phase, &config.retry) {
+        (Some(coordinator), None) => {
+            let attempts = quote_spanned!(coordinator.span()=> #private::TwoPhaseAttempts::new(&(#coordinator), #two_phase_options));
+            let once = respan(quote!(.once), span);
+            let hint = respan(hint.clone(), span);
+            let inspect = respan(inspect.clone(), span);
+            quote_spanned!(span=> #attempts #once(#inspect, async move { #hint #block }).await)
+        }
+        (Some(coordinator), Some(retry)) => {
+            move_mutability_into_attempts(&mut sig, retry);
+            let reuse = rebind_arguments(&private, retry);
+            let attempts = quote_spanned!(coordinator.span()=> #private::TwoPhaseAttempts::new(&(#coordinator), #two_phase_options));
+            let hint = respan(hint.clone(), span);
+            let inspect = respan(inspect.clone(), span);
+            let attempt = quote_spanned!(span=> __covet_attempts.attempt(#inspect, async { #hint #(#reuse)* #block }).await);
+            quote! {
+                let mut __covet_attempts = #attempts;
+                loop {
+                    if let #private::Option::Some(__covet_result) = #attempt {
+                        return __covet_result;
+                    }
+                }
+            }
+        }
+        (None, None) => {
             let run = respan(quote!(#private::run), span);
             let hint = respan(hint.clone(), span);
             let inspect = respan(inspect.clone(), span);
             quote_spanned!(span=> #run(#manager, #options, #inspect, async move { #hint #block }).await)
         }
-        Some(retry) => {
+        (None, Some(retry)) => {
             move_mutability_into_attempts(&mut sig, retry);
-            let reuse = retry.arguments.iter().map(|argument| {
-                let (mutability, ident) = (&argument.mutability, &argument.ident);
-                let value = match argument.reuse {
-                    Reuse::Clone => quote_spanned!(ident.span()=> #private::reuse(&#ident)),
-                    Reuse::Reborrow => quote_spanned!(ident.span()=> &mut *#ident),
-                    Reuse::Copy => ident.to_token_stream(),
-                };
-                quote_spanned!(ident.span()=> let #mutability #ident = #value;)
-            });
+            let reuse = rebind_arguments(&private, retry);
             let attempts = respan(quote!(#private::Attempts::new), span);
             let arguments = spanned_group(quote!(#manager, #options), span, Delimiter::Parenthesis);
             let hint = respan(hint.clone(), span);
@@ -157,13 +173,7 @@ fn options(private: &TokenStream, config: &Config, signature: &Signature) -> Tok
     if config.durable {
         options.extend(quote!(.durable(true)));
     }
-    let name = match &config.name {
-        Some(text) => text.into_token_stream(),
-        None => {
-            let function = signature.ident.to_string();
-            quote!(#private::concat!(#private::module_path!(), "::", #function))
-        }
-    };
+    let name = call_name(private, config, signature);
     options.extend(quote!(.name(#name)));
     if let Some(timeout) = config.timeout {
         let timeout = duration(private, timeout);
@@ -196,6 +206,70 @@ fn options(private: &TokenStream, config: &Config, signature: &Signature) -> Tok
         options.extend(quote!(.commit_on(#predicate)));
     }
     options
+}
+
+/// Each attempt's fresh bindings of the function's arguments.
+fn rebind_arguments(private: &TokenStream, retry: &Retry) -> Vec<TokenStream> {
+    retry
+        .arguments
+        .iter()
+        .map(|argument| {
+            let (mutability, ident) = (&argument.mutability, &argument.ident);
+            let value = match argument.reuse {
+                Reuse::Clone => quote_spanned!(ident.span()=> #private::reuse(&#ident)),
+                Reuse::Reborrow => quote_spanned!(ident.span()=> &mut *#ident),
+                Reuse::Copy => ident.to_token_stream(),
+            };
+            quote_spanned!(ident.span()=> let #mutability #ident = #value;)
+        })
+        .collect()
+}
+
+/// The options of a two-phase call: its name, isolation, timeout and
+/// retry policy (bare `retry` is the policy's defaults).
+fn two_phase_options(private: &TokenStream, config: &Config, signature: &Signature) -> TokenStream {
+    let name = call_name(private, config, signature);
+    let mut options = quote!(#private::TwoPhaseOptions::new().name(#name));
+    if let Some(level) = &config.isolation {
+        options.extend(quote!(.isolation(#private::Isolation::#level)));
+    }
+    if let Some(timeout) = config.timeout {
+        let timeout = duration(private, timeout);
+        options.extend(quote!(.timeout(#timeout)));
+    }
+    if let Some(retry) = &config.retry {
+        let mut policy = quote!(#private::RetryPolicy::new());
+        if let Some(count) = retry.retries {
+            policy.extend(quote!(.retries(#count)));
+        }
+        if let Some(backoff) = retry.backoff {
+            let backoff = duration(private, backoff);
+            policy.extend(quote!(.backoff(#backoff)));
+        }
+        if let Some(cap) = retry.max_backoff {
+            let cap = duration(private, cap);
+            policy.extend(quote!(.max_backoff(#cap)));
+        }
+        if let Some(factor) = retry.multiplier {
+            policy.extend(quote!(.multiplier(#factor)));
+        }
+        if let Some(predicate) = &retry.predicate {
+            policy.extend(quote_spanned!(predicate.span()=> .retry_if(#predicate)));
+        }
+        options.extend(quote!(.retry(#policy)));
+    }
+    options
+}
+
+/// The name the call is counted and traced under.
+fn call_name(private: &TokenStream, config: &Config, signature: &Signature) -> TokenStream {
+    match &config.name {
+        Some(text) => text.into_token_stream(),
+        None => {
+            let function = signature.ident.to_string();
+            quote!(#private::concat!(#private::module_path!(), "::", #function))
+        }
+    }
 }
 
 /// The options a retrying function adds.

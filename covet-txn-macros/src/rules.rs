@@ -74,6 +74,12 @@ pub(crate) const TRANSACTIONAL_KEYS: &[Key] = &[
         example: "manager = DB",
     },
     Key {
+        name: "two_phase",
+        kind: Kind::Expression,
+        takes: "one expression that evaluates to a `covet_txn::two_phase::TwoPhase` (or a `&`, `Arc` or `OnceLock` of one)",
+        example: "two_phase = SHOP",
+    },
+    Key {
         name: "name",
         kind: Kind::Text,
         takes: STRING,
@@ -200,6 +206,8 @@ pub(crate) struct Config {
     /// The path the generated code reaches the runtime through.
     pub(crate) krate: Path,
     pub(crate) manager: Option<Expr>,
+    /// The two-phase coordinator whose participants the call runs on.
+    pub(crate) two_phase: Option<Expr>,
     /// The runtime's `Isolation` variant.
     pub(crate) isolation: Option<Ident>,
     pub(crate) read_only: Option<bool>,
@@ -247,6 +255,7 @@ pub(crate) fn transactional(mut args: Args, function: &ItemFn, errors: &mut Erro
         );
     }
     check_propagation(&args, errors);
+    check_two_phase(&args, errors);
 
     let krate = crate_path(&mut args);
     let flag = |given: Option<Given>| match given.map(|given| given.value) {
@@ -289,6 +298,7 @@ pub(crate) fn transactional(mut args: Args, function: &ItemFn, errors: &mut Erro
     Config {
         krate,
         manager: expression(args.take("manager")),
+        two_phase: expression(args.take("two_phase")),
         isolation: variant(args.take("isolation")),
         read_only: flag(args.take("read_only")),
         propagation: variant(args.take("propagation")),
@@ -346,5 +356,54 @@ fn check_propagation(args: &Args, errors: &mut Errors) {
             durable.key,
             format!("`durable` calls must begin the transaction they commit for good, which `propagation = \"{spelled}\"` never does; remove one of them"),
         );
+    }
+}
+
+/// A two-phase call runs on its coordinator's participants, each in a
+/// branch it begins: what picks one manager, joins a running transaction or
+/// hooks a single transaction has no meaning there.
+fn check_two_phase(args: &Args, errors: &mut Errors) {
+    if args.given("two_phase").is_none() {
+        return;
+    }
+    for (key, why) in [
+        ("manager", "the coordinator's participants are its managers"),
+        (
+            "propagation",
+            "it always begins a branch on every participant",
+        ),
+        ("durable", "it always begins a branch on every participant"),
+        (
+            "read_only",
+            "its branches are prepared, which read-only XA branches are not",
+        ),
+        (
+            "resolve_ambiguous_commit",
+            "its decision log resolves every outcome",
+        ),
+        ("commit_on", "an error rolls every branch back"),
+        (
+            "before_commit",
+            "hooks are registered in the body (covet_txn::before_commit)",
+        ),
+        (
+            "on_commit",
+            "hooks are registered in the body (covet_txn::on_commit)",
+        ),
+        (
+            "before_rollback",
+            "hooks are registered in the body (covet_txn::before_rollback)",
+        ),
+        (
+            "on_rollback",
+            "hooks are registered in the body (covet_txn::on_rollback)",
+        ),
+    ] {
+        if let Some(given) = args.given(key) {
+            errors.at(
+                given.key,
+                format!("`{key}` does not go with `two_phase`: {why}; remove it"),
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@ pub use crate::error::Error;
 pub use crate::event::{DeclaredHook, HookFuture, HookOutput, Phase, TxEvent};
 pub use crate::options::{Isolation, Propagation};
 pub use crate::request::{CallOptions, TxOptions};
+pub use crate::retry::RetryPolicy;
+pub use crate::two_phase::{TwoPhase, TwoPhaseOptions};
 pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
@@ -94,6 +96,90 @@ impl<E: ErrorType> Attempts<E> {
         Fut: Future<Output = Result<T, E>> + 'a,
     {
         self.0.attempt(inspect, body)
+    }
+}
+
+/// The attempts of one call of a `#[transactional(two_phase = ..)]`
+/// function: the generated loop builds a fresh body for each. `None`: the
+/// coordinator named is not built yet.
+pub struct TwoPhaseAttempts(Option<crate::two_phase::Attempts>);
+
+/// Why a two-phase call found no coordinator.
+const NO_COORDINATOR: &str = "the coordinator named by `two_phase = ..` is not built yet: \
+     build it with TwoPhase::builder(..).build() and set it before the first call";
+
+impl TwoPhaseAttempts {
+    /// Starts a call on the coordinator `two_phase = <expr>` names.
+    pub fn new<C: CoordinatorArg + ?Sized>(coordinator: &C, options: TwoPhaseOptions) -> Self {
+        TwoPhaseAttempts(
+            coordinator
+                .covet_coordinator()
+                .map(|coordinator| coordinator.attempts(options)),
+        )
+    }
+
+    /// Runs one attempt; `None` means: build the body again and retry.
+    pub async fn attempt<T, E: ErrorType, Fut>(
+        &mut self,
+        inspect: Inspect<E>,
+        body: Fut,
+    ) -> Option<Result<T, E>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match &mut self.0 {
+            Some(attempts) => attempts.attempt(inspect, body).await,
+            None => Some(Err(Error::InvalidOption(NO_COORDINATOR.to_owned()).into())),
+        }
+    }
+
+    /// Runs the call's only attempt (no `retry`): the body may consume the
+    /// function's arguments.
+    pub async fn once<T, E: ErrorType, Fut>(self, inspect: Inspect<E>, body: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.0 {
+            Some(mut attempts) => attempts.only(inspect, body).await,
+            None => Err(Error::InvalidOption(NO_COORDINATOR.to_owned()).into()),
+        }
+    }
+}
+
+/// What `two_phase = <expr>` accepts: a [`TwoPhase`], or one behind `&`, an
+/// `Arc` or a `OnceLock` (a coordinator is built at run time, so a `static`
+/// holds it in a `OnceLock`).
+#[diagnostic::on_unimplemented(
+    message = "`two_phase = ..` takes a `covet_txn::two_phase::TwoPhase`, not `{Self}`",
+    label = "not a two-phase coordinator",
+    note = "build one with `TwoPhase::builder(\"name\").participant(&a).participant(&b).build().await?` and keep it in a `static OnceLock<TwoPhase>`"
+)]
+pub trait CoordinatorArg {
+    /// The coordinator, if it is built.
+    fn covet_coordinator(&self) -> Option<&TwoPhase>;
+}
+
+impl CoordinatorArg for TwoPhase {
+    fn covet_coordinator(&self) -> Option<&TwoPhase> {
+        Some(self)
+    }
+}
+
+impl<C: CoordinatorArg + ?Sized> CoordinatorArg for &C {
+    fn covet_coordinator(&self) -> Option<&TwoPhase> {
+        (**self).covet_coordinator()
+    }
+}
+
+impl<C: CoordinatorArg + ?Sized> CoordinatorArg for Arc<C> {
+    fn covet_coordinator(&self) -> Option<&TwoPhase> {
+        (**self).covet_coordinator()
+    }
+}
+
+impl CoordinatorArg for std::sync::OnceLock<TwoPhase> {
+    fn covet_coordinator(&self) -> Option<&TwoPhase> {
+        self.get()
     }
 }
 

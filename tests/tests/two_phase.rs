@@ -962,3 +962,99 @@ async fn a_bank_split_between_two_databases_survives_coordinator_crashes() {
     assert!(transfers > 0, "some transfers committed");
     assert_eq!(in_ledger - BANK_ACCOUNTS * BANK_OPENING, to_ledger);
 }
+
+/// The coordinator and participants of the attribute test: built at run
+/// time, so held in `OnceLock`s.
+static SHOP: std::sync::OnceLock<TwoPhase> = std::sync::OnceLock::new();
+static SHOP_ORDERS: std::sync::OnceLock<TxManager<Postgres>> = std::sync::OnceLock::new();
+static SHOP_LEDGER: std::sync::OnceLock<TxManager<MySql>> = std::sync::OnceLock::new();
+static SHOP_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn shop_orders() -> Result<&'static TxManager<Postgres>, Error> {
+    SHOP_ORDERS
+        .get()
+        .ok_or_else(|| Error::InvalidOption("no orders manager".to_owned()))
+}
+
+fn shop_ledger() -> Result<&'static TxManager<MySql>, Error> {
+    SHOP_LEDGER
+        .get()
+        .ok_or_else(|| Error::InvalidOption("no ledger manager".to_owned()))
+}
+
+#[covet_txn::transactional(two_phase = SHOP, isolation = "serializable", retry = 2, timeout = "10s")]
+async fn place_order(id: i64, amount: i64, cut_first_attempt: bool) -> Result<i64, Error> {
+    let attempt = SHOP_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    sqlx::query("INSERT INTO tp_attr_orders VALUES ($1, $2)")
+        .bind(id)
+        .bind(amount)
+        .execute(&mut *shop_orders()?.conn()?)
+        .await?;
+    if cut_first_attempt && attempt == 1 {
+        sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut *shop_orders()?.conn()?)
+            .await?;
+    }
+    sqlx::query("INSERT INTO tp_attr_ledger VALUES (?, ?)")
+        .bind(id)
+        .bind(amount)
+        .execute(&mut *shop_ledger()?.conn()?)
+        .await?;
+    if amount > 1_000 {
+        return Err(Error::InvalidOption("over the limit".to_owned()));
+    }
+    Ok(id)
+}
+
+#[covet_txn::transactional(two_phase = SHOP)]
+async fn record_once(id: i64) -> Result<(), Error> {
+    sqlx::query("INSERT INTO tp_attr_orders VALUES ($1, 0)")
+        .bind(id)
+        .execute(&mut *shop_orders()?.conn()?)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attribute_runs_a_function_as_a_two_phase_call() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    clear_stale_branches(&orders, &ledger).await;
+    pg_exec(&orders, "DROP TABLE IF EXISTS tp_attr_orders; CREATE TABLE tp_attr_orders (id BIGINT PRIMARY KEY, amount BIGINT)").await;
+    my_exec(&ledger, "DROP TABLE IF EXISTS tp_attr_ledger; CREATE TABLE tp_attr_ledger (id BIGINT PRIMARY KEY, amount BIGINT) ENGINE = InnoDB").await;
+    let (_, _) = (
+        SHOP_ORDERS.set(orders.clone()),
+        SHOP_LEDGER.set(ledger.clone()),
+    );
+
+    let unset = record_once(1).await;
+    assert!(
+        matches!(&unset, Err(Error::InvalidOption(message)) if message.contains("not built yet")),
+        "{unset:?}"
+    );
+    let coordinator = TwoPhase::builder(&unique("attr"))
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    assert!(SHOP.set(coordinator).is_ok());
+
+    assert_eq!(place_order(1, 10, false).await.expect("commits"), 1);
+    SHOP_ATTEMPTS.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        place_order(2, 20, true).await.expect("the retry commits"),
+        2
+    );
+    assert_eq!(SHOP_ATTEMPTS.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(place_order(3, 5_000, false).await.is_err());
+    record_once(4).await.expect("commits");
+    let orders_rows = pg_count(&orders, "SELECT COUNT(*) FROM tp_attr_orders").await;
+    let ledger_rows = my_count(&ledger, "SELECT COUNT(*) FROM tp_attr_ledger").await;
+    assert_eq!((orders_rows, ledger_rows), (3, 2));
+    let stats = SHOP.get().expect("set").stats();
+    assert_eq!((stats.committed, stats.rolled_back), (3, 2));
+}

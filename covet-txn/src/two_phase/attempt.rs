@@ -16,13 +16,14 @@ use super::finish::{decide_and_commit, roll_back_all};
 use super::stats::TwoPhaseOutcome;
 use super::{Coordinator, TwoPhaseOptions, ids};
 use crate::backend::find_database_error;
+use crate::call::Inspect;
 use crate::call::settle::refusal;
 use crate::context::{self, Frame, FrameKind};
 use crate::dialect::{BranchId, Decision};
 use crate::engine::OpenRequest;
 use crate::error::Error;
 use crate::event::{Phase, RollbackCause, TxEvent, TxOutcome};
-use crate::failure::{ErrorSource, Failure, FailureKind};
+use crate::failure::{Failure, FailureKind};
 use crate::hooks::run::PhaseRun;
 use crate::observe::Observer;
 use crate::options::Propagation;
@@ -87,53 +88,106 @@ impl Drop for Branches {
     }
 }
 
-pub(crate) async fn run<T, E, M, F, Fut>(
-    coordinator: &Arc<Coordinator>,
+/// The attempts of one two-phase call: the closure API's loop and the
+/// code `#[transactional(two_phase = ..)]` generates build a fresh body for
+/// each.
+pub(crate) struct Attempts {
+    coordinator: Arc<Coordinator>,
     options: TwoPhaseOptions,
-    mut body: F,
-) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + ErrorSource<M>,
-{
-    let started = Instant::now();
-    let deadline = options
-        .timeout
-        .and_then(|timeout| started.checked_add(timeout));
-    let mut attempt = 1;
-    loop {
-        let (error, kind) =
-            match run_attempt(coordinator, &options, deadline, attempt, body()).await {
-                Attempted::Done(result) => return result,
-                Attempted::Retryable(error, kind) => (error, kind),
-            };
+    deadline: Option<Instant>,
+    attempt: u32,
+}
+
+impl Attempts {
+    pub(crate) fn new(coordinator: Arc<Coordinator>, options: TwoPhaseOptions) -> Self {
+        let deadline = options
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        Attempts {
+            coordinator,
+            options,
+            deadline,
+            attempt: 1,
+        }
+    }
+
+    /// Runs the only attempt of a call without retries.
+    pub(crate) async fn only<T, E, Fut>(&mut self, inspect: Inspect<E>, body: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let attempt = self.attempt;
+        let outcome = run_attempt(
+            &self.coordinator,
+            &self.options,
+            self.deadline,
+            attempt,
+            inspect,
+            body,
+        )
+        .await;
+        match outcome {
+            Attempted::Done(result) => result,
+            Attempted::Retryable(error, _) => Err(error),
+        }
+    }
+
+    /// Runs one attempt; `None`: it failed in a way a new attempt can fix,
+    /// the backoff has passed, and the caller builds the body again.
+    pub(crate) async fn attempt<T, E, Fut>(
+        &mut self,
+        inspect: Inspect<E>,
+        body: Fut,
+    ) -> Option<Result<T, E>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let attempt = self.attempt;
+        let outcome = run_attempt(
+            &self.coordinator,
+            &self.options,
+            self.deadline,
+            attempt,
+            inspect,
+            body,
+        )
+        .await;
+        let (error, kind) = match outcome {
+            Attempted::Done(result) => return Some(result),
+            Attempted::Retryable(error, kind) => (error, kind),
+        };
         // Decided in a block: a borrow of the error held across the wait
         // would make the call's future `Send` only for `Sync` error types.
         let retry = {
-            let source = error.error_source();
-            let failure = Failure {
+            let failure = inspect(&error).map(|source| Failure {
                 error: source,
                 kind,
                 database: find_database_error(source),
                 attempt,
-            };
-            attempt <= options.retry.max_retries() && options.retry.should_retry(&failure)
+            });
+            attempt <= self.options.retry.max_retries()
+                && failure.is_some_and(|failure| self.options.retry.should_retry(&failure))
         };
         if !retry {
-            return Err(error);
+            return Some(Err(error));
         }
-        let wait = options.retry.delay(attempt);
-        if deadline.is_some_and(|deadline| Instant::now() + wait >= deadline) {
-            return Err(Error::Timeout {
-                timeout: options.timeout.unwrap_or_default(),
+        let wait = self.options.retry.delay(attempt);
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() + wait >= deadline)
+        {
+            return Some(Err(Error::Timeout {
+                timeout: self.options.timeout.unwrap_or_default(),
                 attempts: attempt,
             }
-            .into());
+            .into()));
         }
         tracing::debug!(attempt, ?wait, "two-phase call retrying");
         tokio::time::sleep(wait).await;
-        attempt += 1;
+        self.attempt += 1;
+        None
     }
 }
 
@@ -142,16 +196,17 @@ enum Attempted<T, E> {
     Retryable(E, Option<FailureKind>),
 }
 
-async fn run_attempt<T, E, M, Fut>(
+async fn run_attempt<T, E, Fut>(
     coordinator: &Arc<Coordinator>,
     options: &TwoPhaseOptions,
     deadline: Option<Instant>,
     attempt: u32,
+    inspect: Inspect<E>,
     body: Fut,
 ) -> Attempted<T, E>
 where
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + ErrorSource<M>,
+    E: From<Error>,
 {
     let global = ids::new_global(&coordinator.name);
     let mut branches = Branches {
@@ -168,6 +223,7 @@ where
         attempt,
         &global,
         &mut branches,
+        inspect,
         body,
     )
     .instrument(tracing::info_span!(
@@ -226,18 +282,19 @@ where
 
 /// Opens every branch, runs the body over them, runs the before_commit
 /// hooks and prepares every branch. `Ok(None)`: a scope asked to roll back.
-async fn phase_one<T, E, M, Fut>(
+async fn phase_one<T, E, Fut>(
     coordinator: &Coordinator,
     options: &TwoPhaseOptions,
     deadline: Option<Instant>,
     attempt: u32,
     global: &str,
     branches: &mut Branches,
+    inspect: Inspect<E>,
     body: Fut,
 ) -> Result<Option<T>, Stopped<E>>
 where
     Fut: Future<Output = Result<T, E>>,
-    E: From<Error> + ErrorSource<M>,
+    E: From<Error>,
 {
     let failed = |error: Error| {
         let kind = error.own_failure_kind();
@@ -322,13 +379,18 @@ where
     let value = match returned {
         Err(panic) => return Err(Stopped::Panicked(panic)),
         Ok(Err(error)) => {
-            let source = error.error_source();
-            let kind = branches
-                .frames
-                .iter()
-                .find_map(|frame| frame.engine.classify(source));
+            let source = inspect(&error);
+            let kind = source.and_then(|source| {
+                branches
+                    .frames
+                    .iter()
+                    .find_map(|frame| frame.engine.classify(source))
+            });
             let cause = RollbackCause::Error {
-                message: source.to_string(),
+                message: source.map_or_else(
+                    || "the function returned an error".to_owned(),
+                    ToString::to_string,
+                ),
                 kind,
             };
             return Err(Stopped::Failed(error, cause, kind));

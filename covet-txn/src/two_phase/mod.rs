@@ -35,13 +35,14 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+pub(crate) use self::attempt::Attempts;
 use self::log::DecisionLog;
 pub use self::recovery::RecoveryReport;
 use self::stats::Counters;
 pub use self::stats::{TwoPhaseOutcome, TwoPhaseStats};
 use crate::engine::{Backend, EngineHandle};
 use crate::error::Error;
-use crate::failure::ErrorSource;
+use crate::failure::{ErrorSource, inspect_source};
 use crate::manager::TxManager;
 use crate::options::Isolation;
 use crate::retry::RetryPolicy;
@@ -204,14 +205,19 @@ impl TwoPhase {
     pub async fn transaction<T, E, M, F, Fut>(
         &self,
         options: TwoPhaseOptions,
-        body: F,
+        mut body: F,
     ) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: From<Error> + ErrorSource<M>,
     {
-        attempt::run(&self.coordinator, options, body).await
+        let mut attempts = attempt::Attempts::new(Arc::clone(&self.coordinator), options);
+        loop {
+            if let Some(result) = attempts.attempt(inspect_source::<E, M>, body()).await {
+                return result;
+            }
+        }
     }
 
     /// Finds this coordinator's prepared branches on every participant and
@@ -221,6 +227,11 @@ impl TwoPhase {
     /// processes at once; the builder runs it at start-up and periodically.
     pub async fn recover(&self) -> Result<RecoveryReport, Error> {
         recovery::recover(&self.coordinator).await
+    }
+
+    /// The attempts of one call, for `#[transactional(two_phase = ..)]`.
+    pub(crate) fn attempts(&self, options: TwoPhaseOptions) -> Attempts {
+        Attempts::new(Arc::clone(&self.coordinator), options)
     }
 
     /// What the coordinator has counted.
