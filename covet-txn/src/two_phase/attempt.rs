@@ -216,22 +216,14 @@ where
         observers: Vec::with_capacity(coordinator.participants.len()),
         armed: true,
     };
-    let phase_one = phase_one(
-        coordinator,
-        options,
-        deadline,
-        attempt,
-        &global,
-        &mut branches,
-        inspect,
-        body,
-    )
-    .instrument(tracing::info_span!(
-        "two_phase.phase_one",
-        covet.coordinator = %coordinator.name,
-        covet.global_id = %global,
-        covet.attempt = attempt,
-    ));
+    let phase_one = phase_one(options, deadline, attempt, &mut branches, inspect, body).instrument(
+        tracing::info_span!(
+            "two_phase.phase_one",
+            covet.coordinator = %coordinator.name,
+            covet.global_id = %global,
+            covet.attempt = attempt,
+        ),
+    );
     let ended = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline.into(), phase_one)
             .await
@@ -283,11 +275,9 @@ where
 /// Opens every branch, runs the body over them, runs the before_commit
 /// hooks and prepares every branch. `Ok(None)`: a scope asked to roll back.
 async fn phase_one<T, E, Fut>(
-    coordinator: &Coordinator,
     options: &TwoPhaseOptions,
     deadline: Option<Instant>,
     attempt: u32,
-    global: &str,
     branches: &mut Branches,
     inspect: Inspect<E>,
     body: Fut,
@@ -296,6 +286,8 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
+    let coordinator = Arc::clone(&branches.coordinator);
+    let global = branches.global.clone();
     let failed = |error: Error| {
         let kind = error.own_failure_kind();
         let cause = RollbackCause::Error {
