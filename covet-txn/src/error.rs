@@ -299,6 +299,12 @@ pub enum Error {
          outermost function"
     )]
     Doomed(FailureKind),
+
+    /// An outbox message's payload could not be serialised; nothing was
+    /// written.
+    #[cfg(feature = "outbox")]
+    #[error("the outbox message could not be serialised: {0}")]
+    Payload(#[source] serde_json::Error),
 }
 
 impl Error {

@@ -50,6 +50,8 @@
 //!   leave no data behind.
 //! - [`dialect`]: the SQL and error codes of each database, and how to add
 //!   one.
+//! - `outbox` (feature `outbox`): messages written in the transaction and
+//!   delivered after it commits, at least once, even across a crash.
 //! - `monitor` (feature `monitor`): history, alerts, health, Prometheus and
 //!   reports. The crates `covet-txn-dashboard` (a live web page) and
 //!   `covet-txn-tower` (a transaction per HTTP request) build on this one.
@@ -75,7 +77,7 @@
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `testing`, `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; what generated code calls; the monitor |
+//! | public API | `manager`, `testing`, `__private`, [`monitor`], `outbox` | [`TxManager`] and the closure API; test transactions; what generated code calls; the monitor; the transactional outbox |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -106,6 +108,8 @@ pub mod monitor;
 mod nested_acquire;
 mod observe;
 mod options;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod request;
 mod retry;
 mod savepoint;
