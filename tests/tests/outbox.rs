@@ -1,0 +1,372 @@
+//! The transactional outbox: a message exists if and only if its
+//! transaction commits, and the relay delivers it at least once, in key
+//! order, with retries, dead letters and re-drives, woken by the commit.
+//! Crashes and several relay processes are in `outbox_crash.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use covet_txn::outbox::{Message, Outbox};
+use covet_txn::{Error, RetryPolicy, TxOptions};
+use covet_txn_tests::each_backend;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Note {
+    text: String,
+}
+
+fn note(text: &str) -> Note {
+    Note {
+        text: text.to_owned(),
+    }
+}
+
+/// Enqueues a note in the running transaction.
+async fn send(
+    outbox: &Outbox,
+    topic: &str,
+    key: Option<&str>,
+    text: impl AsRef<str>,
+) -> Result<(), Error> {
+    let payload = note(text.as_ref());
+    match key {
+        Some(key) => outbox.enqueue_keyed(topic, key, &payload).await,
+        None => outbox.enqueue(topic, &payload).await,
+    }
+}
+
+/// What a test's handler received, in order.
+#[derive(Clone, Default)]
+struct Received {
+    messages: Arc<Mutex<Vec<Message>>>,
+    arrived: Arc<Notify>,
+}
+
+impl Received {
+    fn record(&self, message: Message) {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(message);
+        self.arrived.notify_waiters();
+    }
+
+    fn all(&self) -> Vec<Message> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .map(|message| match message.payload::<Note>() {
+                Ok(note) => note.text,
+                Err(error) => panic!("payload {}: {error}", message.payload_text()),
+            })
+            .collect()
+    }
+
+    /// Waits until `count` messages arrived, failing after `limit`.
+    async fn wait_for(&self, count: usize, limit: Duration) {
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let arrived = self.arrived.notified();
+                if self.all().len() >= count {
+                    return;
+                }
+                arrived.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "{count} messages expected within {limit:?}, got {:?}",
+            self.texts()
+        );
+    }
+
+    /// A handler that records every message.
+    fn handler(
+        &self,
+    ) -> impl Fn(Message) -> std::future::Ready<Result<(), Error>> + Send + Sync + 'static {
+        let received = self.clone();
+        move |message| {
+            received.record(message);
+            std::future::ready(Ok(()))
+        }
+    }
+}
+
+each_backend! {
+    use super::{note, send, Note, Received};
+
+    /// A fresh outbox table of this test's own.
+    /// Named per backend too: an outbox's counters are per table name in
+    /// the process, and the three backends' tests run in one process.
+    async fn fresh_outbox(pool: &::sqlx::Pool<Db>, test: &str) -> Outbox {
+        let table = format!("{test}_{BACKEND}");
+        let drop = format!("DROP TABLE IF EXISTS {table}");
+        ::sqlx::raw_sql(::sqlx::AssertSqlSafe(drop)).execute(pool).await.expect("drops the table");
+        let outbox = Outbox::new(&table).expect("a valid table name");
+        outbox.migrate(pool).await.expect("creates the table");
+        outbox
+    }
+
+    async fn pending(pool: &::sqlx::Pool<Db>, outbox: &Outbox) -> i64 {
+        pool_scalar(pool, format!("SELECT COUNT(*) FROM {}", outbox.table())).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_committed_messages_are_delivered() {
+        let Some(manager) = manager("outbox_commit", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_commit").await;
+        let received = Received::default();
+        let relay = outbox
+            .relay(&manager)
+            .handler("notes", received.handler())
+            .start()
+            .await
+            .expect("starts");
+
+        let committed: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || send(&outbox, "notes", None, "committed"))
+            .await;
+        committed.expect("commits");
+        let rolled_back: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || async {
+                outbox.enqueue("notes", &note("rolled back")).await?;
+                Err(Error::InvalidOption("roll back".to_owned()))
+            })
+            .await;
+        assert!(rolled_back.is_err());
+        let outer: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || async {
+                let inner: Result<(), Error> = manager
+                    .transaction(TxOptions::new(), || async {
+                        outbox.enqueue("notes", &note("in a rolled-back savepoint")).await?;
+                        Err(Error::InvalidOption("roll back the savepoint".to_owned()))
+                    })
+                    .await;
+                assert!(inner.is_err());
+                outbox.enqueue("notes", &note("after the savepoint")).await
+            })
+            .await;
+        outer.expect("the outer transaction commits");
+
+        received.wait_for(2, Duration::from_secs(10)).await;
+        // Give a wrongly kept message time to arrive too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(received.texts(), ["committed", "after the savepoint"]);
+        assert_eq!(pending(manager.pool(), &outbox).await, 0, "delivered messages are deleted");
+        let first = &received.all()[0];
+        assert_eq!((first.topic.as_str(), first.attempt, first.ordering_key.as_deref()), ("notes", 1, None));
+        let counts = outbox.metrics().topics["notes"];
+        assert_eq!((counts.enqueued, counts.delivered, counts.failed), (2, 2, 0));
+
+        let outside = outbox.enqueue("notes", &note("outside")).await;
+        assert!(matches!(outside, Err(Error::NoTransaction)), "{outside:?}");
+        relay.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_in_the_process_wakes_the_relay_at_once() {
+        let Some(manager) = manager("outbox_wake", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_wake").await;
+        let received = Received::default();
+        let relay = outbox
+            .relay(&manager)
+            .handler("notes", received.handler())
+            .poll_interval(Duration::from_secs(3600))
+            .listen(false)
+            .start()
+            .await
+            .expect("starts");
+        // Let the relay's first claim find nothing and go to sleep.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for text in ["one", "two"] {
+            let committed: Result<(), Error> = manager
+                .transaction(TxOptions::new(), || send(&outbox, "notes", None, text))
+                .await;
+            committed.expect("commits");
+            received.wait_for(if text == "one" { 1 } else { 2 }, Duration::from_secs(2)).await;
+        }
+        relay.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_of_one_key_arrive_one_at_a_time_in_commit_order() {
+        let Some(manager) = manager("outbox_keys", 8).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_keys").await;
+        let keys = ["alpha", "beta", "gamma", "delta"];
+        for round in 0..15 {
+            for key in keys {
+                let committed: Result<(), Error> = manager
+                    .transaction(TxOptions::new(), || {
+                        send(&outbox, "orders", Some(key), format!("{key} {round}"))
+                    })
+                    .await;
+                committed.expect("commits");
+            }
+        }
+        let received = Received::default();
+        let running: Arc<std::sync::Mutex<(HashMap<String, u32>, u32, u32)>> = Arc::default();
+        let (record, state) = (received.clone(), Arc::clone(&running));
+        let relay = outbox
+            .relay(&manager)
+            .concurrency(8)
+            .handler("orders", move |message: Message| {
+                let (record, state) = (record.clone(), Arc::clone(&state));
+                async move {
+                    let key = message.ordering_key.clone().expect("a keyed message");
+                    {
+                        let mut guard = state.lock().expect("not poisoned");
+                        let (per_key, now, peak) = &mut *guard;
+                        let count = per_key.entry(key.clone()).or_default();
+                        *count += 1;
+                        assert_eq!(*count, 1, "two messages of key {key} in flight at once");
+                        *now += 1;
+                        *peak = (*peak).max(*now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
+                    {
+                        let mut guard = state.lock().expect("not poisoned");
+                        let (per_key, now, _) = &mut *guard;
+                        *per_key.entry(key).or_default() -= 1;
+                        *now -= 1;
+                    }
+                    record.record(message);
+                    Ok::<_, Error>(())
+                }
+            })
+            .start()
+            .await
+            .expect("starts");
+        received.wait_for(60, Duration::from_secs(30)).await;
+        relay.shutdown().await;
+        for key in keys {
+            let order: Vec<String> = received
+                .texts()
+                .into_iter()
+                .filter(|text| text.starts_with(key))
+                .collect();
+            let expected: Vec<String> = (0..15).map(|round| format!("{key} {round}")).collect();
+            assert_eq!(order, expected, "key {key} out of order");
+        }
+        let peak = running.lock().expect("not poisoned").2;
+        assert!(peak > 1, "different keys never ran in parallel (peak {peak})");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_message_is_retried_then_dead_lettered_and_redriven() {
+        let Some(manager) = manager("outbox_dead", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_dead").await;
+        let received = Received::default();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (record, fail) = (received.clone(), Arc::clone(&failing));
+        let relay = outbox
+            .relay(&manager)
+            .retry_policy(RetryPolicy::new().retries(2).backoff(Duration::from_millis(20)))
+            .handler("mail", move |message: Message| {
+                let (record, fail) = (record.clone(), Arc::clone(&fail));
+                async move {
+                    let failed = fail.load(std::sync::atomic::Ordering::SeqCst);
+                    record.record(message);
+                    if failed { Err(format!("mail server down")) } else { Ok(()) }
+                }
+            })
+            .start()
+            .await
+            .expect("starts");
+        let committed: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || send(&outbox, "mail", None, "welcome"))
+            .await;
+        committed.expect("commits");
+        received.wait_for(3, Duration::from_secs(10)).await;
+        let attempts: Vec<u32> = received.all().iter().map(|message| message.attempt).collect();
+        assert_eq!(attempts, [1, 2, 3]);
+
+        let mut dead = Vec::new();
+        for _ in 0..100 {
+            dead = outbox.dead_letters(manager.pool()).await.expect("lists dead letters");
+            if !dead.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dead.len(), 1, "one dead letter");
+        let letter = &dead[0];
+        assert_eq!((letter.topic.as_str(), letter.attempt), ("mail", 3));
+        assert_eq!(letter.last_error.as_deref(), Some("mail server down"));
+        assert_eq!(letter.payload::<Note>().expect("a note"), note("welcome"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(received.all().len(), 3, "a dead letter is not delivered again by itself");
+        let counts = outbox.metrics().topics["mail"];
+        assert_eq!((counts.failed, counts.dead_lettered, counts.delivered), (3, 1, 0));
+        let text = outbox.metrics().prometheus_text();
+        assert!(
+            text.contains(&format!("covet_txn_outbox_dead_lettered_total{{table=\"outbox_dead_{BACKEND}\",topic=\"mail\"}} 1")),
+            "{text}"
+        );
+
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(outbox.redrive(manager.pool(), letter.id).await.expect("re-drives"));
+        assert!(!outbox.redrive(manager.pool(), letter.id).await.expect("re-drives"), "no longer dead");
+        received.wait_for(4, Duration::from_secs(10)).await;
+        let last = &received.all()[3];
+        assert_eq!((last.id, last.attempt), (letter.id, 1));
+        relay.shutdown().await;
+        assert!(outbox.dead_letters(manager.pool()).await.expect("lists").is_empty());
+        assert_eq!(pending(manager.pool(), &outbox).await, 0);
+    }
+}
+
+mod postgres_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listen_notify_wakes_a_relay_that_is_not_woken_in_process() {
+        let Some(pool) = covet_txn_tests::postgres(4).await else {
+            return;
+        };
+        sqlx::raw_sql("DROP TABLE IF EXISTS outbox_listen")
+            .execute(&pool)
+            .await
+            .expect("drops");
+        let outbox = Outbox::new("outbox_listen").expect("valid");
+        outbox.migrate(&pool).await.expect("migrates");
+        let manager = covet_txn::TxManager::new(pool);
+        let received = Received::default();
+        let relay = outbox
+            .relay(&manager)
+            .handler("notes", received.handler())
+            .poll_interval(Duration::from_secs(3600))
+            .in_process_wake(false)
+            .start()
+            .await
+            .expect("starts");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let committed: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || send(&outbox, "notes", None, "notified"))
+            .await;
+        committed.expect("commits");
+        received.wait_for(1, Duration::from_secs(3)).await;
+        relay.shutdown().await;
+    }
+
+    #[test]
+    fn table_names_are_identifiers() {
+        for bad in ["", "1outbox", "out box", "outbox;drop", &"x".repeat(49)] {
+            assert!(Outbox::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(Outbox::new("outbox_ok_1").expect("valid").table(), "outbox_ok_1");
+        let schema = Outbox::new("outbox_schema")
+            .expect("valid")
+            .schema_sql::<sqlx::Postgres>();
+        assert!(schema.starts_with("CREATE TABLE IF NOT EXISTS outbox_schema (id BIGSERIAL PRIMARY KEY"), "{schema}");
+    }
+}
