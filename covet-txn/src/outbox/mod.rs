@@ -32,7 +32,10 @@ mod metrics;
 mod relay;
 mod shared;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -117,49 +120,58 @@ impl Outbox {
     }
 
     /// Writes a message for `topic` in the running transaction; see
-    /// [`enqueue`].
-    pub async fn enqueue<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<(), Error> {
-        self.insert(topic, None, payload).await
+    /// [`enqueue`]. The payload is serialised at once: the future borrows
+    /// nothing.
+    pub fn enqueue<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+    ) -> Enqueue {
+        self.insert(topic, None, serde_json::to_string(payload))
     }
 
     /// Writes a message for `topic` with an ordering key: messages of one
     /// key are delivered one at a time, in the order their transactions
-    /// committed.
-    pub async fn enqueue_keyed<T: Serialize + ?Sized>(
+    /// committed (on MariaDB, in the order of their INSERTs: see the
+    /// crate's README).
+    pub fn enqueue_keyed<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         key: &str,
         payload: &T,
-    ) -> Result<(), Error> {
-        self.insert(topic, Some(key), payload).await
+    ) -> Enqueue {
+        self.insert(topic, Some(key.to_owned()), serde_json::to_string(payload))
     }
 
-    async fn insert<T: Serialize + ?Sized>(
+    fn insert(
         &self,
         topic: &str,
-        key: Option<&str>,
-        payload: &T,
-    ) -> Result<(), Error> {
-        let payload = serde_json::to_string(payload).map_err(Error::Payload)?;
-        let frame = context::head()
-            .and_then(|head| {
-                head.chain()
-                    .find(|frame| frame.session.core().transactional)
-                    .map(|frame| frame.engine.clone())
-            })
-            .ok_or(Error::NoTransaction)?;
-        frame
-            .visit(Insert {
-                shared: &self.shared,
-                topic,
-                key,
-                payload,
-            })
-            .await?;
+        key: Option<String>,
+        payload: Result<String, serde_json::Error>,
+    ) -> Enqueue {
         let shared = Arc::clone(&self.shared);
         let topic = topic.to_owned();
-        crate::hooks::on_commit(move || async move { shared.enqueue_committed(&topic) }).await;
-        Ok(())
+        Enqueue(Box::pin(async move {
+            let payload = payload.map_err(Error::Payload)?;
+            let engine = context::head()
+                .and_then(|head| {
+                    head.chain()
+                        .find(|frame| frame.session.core().transactional)
+                        .map(|frame| frame.engine.clone())
+                })
+                .ok_or(Error::NoTransaction)?;
+            engine
+                .visit(Insert {
+                    shared: &shared,
+                    topic: &topic,
+                    key: key.as_deref(),
+                    payload,
+                })
+                .await?;
+            crate::hooks::on_commit(move || async move { shared.enqueue_committed(&topic) })
+                .await;
+            Ok(())
+        }))
     }
 
     /// The statements that create the table and its indexes on backend
@@ -247,8 +259,25 @@ impl Outbox {
 ///     covet_txn::outbox::enqueue("order-placed", &OrderPlaced { id }).await
 /// }
 /// ```
-pub async fn enqueue<T: Serialize + ?Sized>(topic: &str, payload: &T) -> Result<(), Error> {
-    Outbox::default().enqueue(topic, payload).await
+pub fn enqueue<T: Serialize + ?Sized>(
+    topic: &str,
+    payload: &T,
+) -> Enqueue {
+    Outbox::default().enqueue(topic, payload)
+}
+
+/// The future of an enqueue: await it inside the transaction. It borrows
+/// nothing (the payload is serialised when the enqueue is called), so a
+/// closure can return it.
+#[must_use = "the message is written when the future is awaited"]
+pub struct Enqueue(BoxFuture<'static, Result<(), Error>>);
+
+impl Future for Enqueue {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
 }
 
 /// A message as a handler receives it, or as a dead letter.

@@ -257,6 +257,13 @@ impl<DB: Backend> RelayState<DB> {
                 self.upkeep().await;
                 upkeep_due = Instant::now() + settings.poll_interval;
             }
+            // Settle every finished delivery first, so that one claim
+            // fills all the free slots.
+            while let Some(finished) = in_flight.try_join_next() {
+                if let Ok(Some(due)) = finished {
+                    retry_due = Some(retry_due.map_or(due, |earlier| earlier.min(due)));
+                }
+            }
             let free = settings.concurrency.saturating_sub(in_flight.len());
             let wanted = free.min(settings.batch_size);
             let mut more = false;
