@@ -358,6 +358,77 @@ mod postgres_only {
         relay.shutdown().await;
     }
 
+    /// Concurrent transactions enqueue under one key, then bump a counter
+    /// row, whose lock orders them as they commit, and log their message's
+    /// id with the count: ids must follow the counter (the order of the
+    /// commits), and delivery the ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_key_follows_commit_order_under_concurrent_producers() {
+        let Some(pool) = covet_txn_tests::postgres(10).await else {
+            return;
+        };
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS outbox_commit_order; \
+             DROP TABLE IF EXISTS outbox_commit_order_counter; \
+             DROP TABLE IF EXISTS outbox_commit_order_log; \
+             CREATE TABLE outbox_commit_order_counter (n BIGINT NOT NULL); \
+             CREATE TABLE outbox_commit_order_log (id BIGINT NOT NULL, n BIGINT NOT NULL); \
+             INSERT INTO outbox_commit_order_counter VALUES (0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("creates the counter");
+        let outbox = Outbox::new("outbox_commit_order").expect("valid");
+        outbox.migrate(&pool).await.expect("migrates");
+        let manager = covet_txn::TxManager::new(pool);
+        let producers = (0..8).map(|_| {
+            let (manager, outbox) = (manager.clone(), outbox.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    let committed: Result<(), Error> = manager
+                        .transaction(TxOptions::new(), || async {
+                            outbox.enqueue_keyed("ordered", "one-key", &note("pending")).await?;
+                            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
+                            sqlx::query(
+                                "WITH bumped AS (UPDATE outbox_commit_order_counter SET n = n + 1 RETURNING n) \
+                                 INSERT INTO outbox_commit_order_log (id, n) \
+                                 SELECT currval(pg_get_serial_sequence('outbox_commit_order', 'id')), n FROM bumped",
+                            )
+                                .execute(&mut *covet_txn::postgres::conn()?)
+                                .await?;
+                            Ok(())
+                        })
+                        .await;
+                    committed.expect("commits");
+                }
+            })
+        });
+        for producer in producers.collect::<Vec<_>>() {
+            producer.await.expect("a producer finished");
+        }
+        let crossed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox_commit_order_log AS a \
+             JOIN outbox_commit_order_log AS b ON a.id < b.id AND a.n > b.n",
+        )
+        .fetch_one(manager.pool())
+        .await
+        .expect("compares");
+        assert_eq!(crossed, 0, "a message of one key took its id before one that committed earlier");
+        let received = Received::default();
+        let relay = outbox
+            .relay(&manager)
+            .handler("ordered", received.handler())
+            .start()
+            .await
+            .expect("starts");
+        received.wait_for(80, Duration::from_secs(20)).await;
+        relay.shutdown().await;
+        let ids: Vec<i64> = received.all().iter().map(|message| message.id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids, sorted, "one key delivered out of id order");
+    }
+
     #[test]
     fn table_names_are_identifiers() {
         for bad in ["", "1outbox", "out box", "outbox;drop", &"x".repeat(49)] {
