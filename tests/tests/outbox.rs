@@ -441,3 +441,66 @@ mod postgres_only {
         assert!(schema.starts_with("CREATE TABLE IF NOT EXISTS outbox_schema (id BIGSERIAL PRIMARY KEY"), "{schema}");
     }
 }
+
+/// The outbox's alert rules and its exposition, checked by Prometheus' own
+/// tool (Debian's `prometheus` package); skipped without it unless
+/// `COVET_REQUIRE_PROMETHEUS=1`.
+#[test]
+fn the_outbox_rules_and_exposition_pass_promtool() {
+    let required = std::env::var("COVET_REQUIRE_PROMETHEUS").is_ok_and(|value| value == "1");
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/prometheus/covet-txn-outbox.rules.yml"
+    );
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules", rules])
+        .output();
+    let Ok(checked) = checked else {
+        assert!(!required, "promtool is missing and COVET_REQUIRE_PROMETHEUS=1");
+        eprintln!("notice: skipping: promtool is not installed");
+        return;
+    };
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
+    let mut metrics = covet_txn::outbox::OutboxMetrics {
+        table: "outbox_promtool".to_owned(),
+        lag: Some(Duration::from_millis(1500)),
+        ..Default::default()
+    };
+    metrics.topics.insert(
+        "order \"placed\"".to_owned(),
+        covet_txn::outbox::TopicCounts {
+            enqueued: 3,
+            delivered: 2,
+            failed: 1,
+            dead_lettered: 0,
+        },
+    );
+    let text = metrics.prometheus_text();
+    assert!(
+        text.contains("covet_txn_outbox_lag_seconds{table=\"outbox_promtool\"} 1.5"),
+        "{text}"
+    );
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    if let Some(mut stdin) = lint.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(text.as_bytes()).expect("writes the exposition");
+    }
+    let linted = lint.wait_with_output().expect("promtool answers");
+    assert!(
+        linted.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+}

@@ -91,6 +91,11 @@ impl Statements {
         numbered
     }
 
+    /// The first deliverable messages, each the first undelivered one of
+    /// its key. The key check is an OR arm, not a join: it runs only for
+    /// keyed rows, through the `(ordering_key, state, id)` index, whatever
+    /// plan a prepared statement settles on (as an anti join, a generic
+    /// plan scanned every pending row once per candidate).
     fn claimable(&self, topics: usize) -> String {
         let table = &self.table;
         let topic_list = vec!["?"; topics].join(", ");
@@ -100,9 +105,9 @@ impl Statements {
              WHERE state = 0 AND next_attempt_at_ms <= ? \
              AND (lease_until_ms IS NULL OR lease_until_ms < ?) \
              AND topic IN ({topic_list}) \
-             AND NOT EXISTS (SELECT 1 FROM {table} AS earlier \
+             AND (pending.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS earlier \
                  WHERE earlier.ordering_key = pending.ordering_key \
-                 AND earlier.state = 0 AND earlier.id < pending.id) \
+                 AND earlier.state = 0 AND earlier.id < pending.id)) \
              ORDER BY id LIMIT ?{}",
             self.lock_clause
         ))
