@@ -199,6 +199,7 @@ impl EngineHandle {
 
     /// Runs `visitor` on the handle's typed engine: code written once,
     /// generic over the backend, reached from an erased handle.
+    #[cfg(feature = "outbox")]
     pub(crate) fn visit<V: EngineVisitor>(&self, visitor: V) -> V::Output {
         dispatch!(self, engine => visitor.visit(engine))
     }
@@ -220,6 +221,7 @@ impl EngineHandle {
 }
 
 /// Work generic over the backend, to run on an [`EngineHandle`]'s engine.
+#[cfg(feature = "outbox")]
 pub(crate) trait EngineVisitor {
     type Output;
 

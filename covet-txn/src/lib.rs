@@ -87,7 +87,13 @@
 // document on their own), and the code that runs transactions is dead.
 #![cfg_attr(
     not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+    allow(
+        dead_code,
+        unused_imports,
+        unused_macros,
+        unused_variables,
+        unreachable_code
+    )
 )]
 
 extern crate self as covet_txn;

@@ -73,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let outbox = Outbox::default();
     outbox.migrate(manager.pool()).await?; // CREATE TABLE IF NOT EXISTS covet_outbox ...
-    println!("the outbox table on SQLite:\n{}", outbox.schema_sql::<sqlx::Sqlite>());
+    println!(
+        "the outbox table on SQLite:\n{}",
+        outbox.schema_sql::<sqlx::Sqlite>()
+    );
 
     let invoicing_up = Arc::new(AtomicBool::new(false));
     let up = Arc::clone(&invoicing_up);
@@ -99,7 +102,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         })
-        .retry_policy(RetryPolicy::new().retries(2).backoff(Duration::from_millis(50)))
+        .retry_policy(
+            RetryPolicy::new()
+                .retries(2)
+                .backoff(Duration::from_millis(50)),
+        )
         .start()
         .await?;
 

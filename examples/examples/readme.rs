@@ -131,7 +131,10 @@ async fn send_confirmation(
     id: i64,
     placed: OrderPlaced,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    println!("message {id}: order {} placed by {}", placed.order, placed.customer);
+    println!(
+        "message {id}: order {} placed by {}",
+        placed.order, placed.customer
+    );
     Ok(())
 }
 
@@ -307,7 +310,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             send_confirmation(message.id, placed).await // message.id names it if it comes twice
         })
         .concurrency(16)
-        .retry_policy(RetryPolicy::new().retries(9).backoff(Duration::from_millis(100)))
+        .retry_policy(
+            RetryPolicy::new()
+                .retries(9)
+                .backoff(Duration::from_millis(100)),
+        )
         .start()
         .await?;
     let order = place_order(7, 250).await?;

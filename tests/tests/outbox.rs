@@ -38,6 +38,33 @@ async fn send(
     }
 }
 
+/// Handlers running at once, per key and in all.
+#[derive(Default)]
+struct InFlight {
+    per_key: HashMap<String, u32>,
+    now: u32,
+    peak: u32,
+    /// Times a handler began while another of its key ran.
+    overlaps: u32,
+}
+
+impl InFlight {
+    fn begin(&mut self, key: &str) {
+        let running = self.per_key.entry(key.to_owned()).or_default();
+        if *running > 0 {
+            self.overlaps += 1;
+        }
+        *running += 1;
+        self.now += 1;
+        self.peak = self.peak.max(self.now);
+    }
+
+    fn end(&mut self, key: &str) {
+        *self.per_key.entry(key.to_owned()).or_default() -= 1;
+        self.now -= 1;
+    }
+}
+
 /// What a test's handler received, in order.
 #[derive(Clone, Default)]
 struct Received {
@@ -103,7 +130,7 @@ impl Received {
 }
 
 each_backend! {
-    use super::{note, send, Note, Received};
+    use super::{note, send, InFlight, Note, Received};
 
     /// A fresh outbox table of this test's own.
     /// Named per backend too: an outbox's counters are per table name in
@@ -214,7 +241,7 @@ each_backend! {
             }
         }
         let received = Received::default();
-        let running: Arc<std::sync::Mutex<(HashMap<String, u32>, u32, u32)>> = Arc::default();
+        let running: Arc<Mutex<InFlight>> = Arc::default();
         let (record, state) = (received.clone(), Arc::clone(&running));
         let relay = outbox
             .relay(&manager)
@@ -223,22 +250,9 @@ each_backend! {
                 let (record, state) = (record.clone(), Arc::clone(&state));
                 async move {
                     let key = message.ordering_key.clone().expect("a keyed message");
-                    {
-                        let mut guard = state.lock().expect("not poisoned");
-                        let (per_key, now, peak) = &mut *guard;
-                        let count = per_key.entry(key.clone()).or_default();
-                        *count += 1;
-                        assert_eq!(*count, 1, "two messages of key {key} in flight at once");
-                        *now += 1;
-                        *peak = (*peak).max(*now);
-                    }
+                    state.lock().expect("not poisoned").begin(&key);
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
-                    {
-                        let mut guard = state.lock().expect("not poisoned");
-                        let (per_key, now, _) = &mut *guard;
-                        *per_key.entry(key).or_default() -= 1;
-                        *now -= 1;
-                    }
+                    state.lock().expect("not poisoned").end(&key);
                     record.record(message);
                     Ok::<_, Error>(())
                 }
@@ -257,8 +271,9 @@ each_backend! {
             let expected: Vec<String> = (0..15).map(|round| format!("{key} {round}")).collect();
             assert_eq!(order, expected, "key {key} out of order");
         }
-        let peak = running.lock().expect("not poisoned").2;
-        assert!(peak > 1, "different keys never ran in parallel (peak {peak})");
+        let running = running.lock().expect("not poisoned");
+        assert_eq!(running.overlaps, 0, "two messages of one key were in flight at once");
+        assert!(running.peak > 1, "different keys never ran in parallel (peak {})", running.peak);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +291,7 @@ each_backend! {
                 async move {
                     let failed = fail.load(std::sync::atomic::Ordering::SeqCst);
                     record.record(message);
-                    if failed { Err(format!("mail server down")) } else { Ok(()) }
+                    if failed { Err("mail server down".to_owned()) } else { Ok(()) }
                 }
             })
             .start()
@@ -351,7 +366,9 @@ mod postgres_only {
             .expect("starts");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let committed: Result<(), Error> = manager
-            .transaction(TxOptions::new(), || send(&outbox, "notes", None, "notified"))
+            .transaction(TxOptions::new(), || {
+                send(&outbox, "notes", None, "notified")
+            })
             .await;
         committed.expect("commits");
         received.wait_for(1, Duration::from_secs(3)).await;
@@ -413,7 +430,10 @@ mod postgres_only {
         .fetch_one(manager.pool())
         .await
         .expect("compares");
-        assert_eq!(crossed, 0, "a message of one key took its id before one that committed earlier");
+        assert_eq!(
+            crossed, 0,
+            "a message of one key took its id before one that committed earlier"
+        );
         let received = Received::default();
         let relay = outbox
             .relay(&manager)
@@ -434,11 +454,18 @@ mod postgres_only {
         for bad in ["", "1outbox", "out box", "outbox;drop", &"x".repeat(49)] {
             assert!(Outbox::new(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(Outbox::new("outbox_ok_1").expect("valid").table(), "outbox_ok_1");
+        assert_eq!(
+            Outbox::new("outbox_ok_1").expect("valid").table(),
+            "outbox_ok_1"
+        );
         let schema = Outbox::new("outbox_schema")
             .expect("valid")
             .schema_sql::<sqlx::Postgres>();
-        assert!(schema.starts_with("CREATE TABLE IF NOT EXISTS outbox_schema (id BIGSERIAL PRIMARY KEY"), "{schema}");
+        assert!(
+            schema
+                .starts_with("CREATE TABLE IF NOT EXISTS outbox_schema (id BIGSERIAL PRIMARY KEY"),
+            "{schema}"
+        );
     }
 }
 
@@ -456,7 +483,10 @@ fn the_outbox_rules_and_exposition_pass_promtool() {
         .args(["check", "rules", rules])
         .output();
     let Ok(checked) = checked else {
-        assert!(!required, "promtool is missing and COVET_REQUIRE_PROMETHEUS=1");
+        assert!(
+            !required,
+            "promtool is missing and COVET_REQUIRE_PROMETHEUS=1"
+        );
         eprintln!("notice: skipping: promtool is not installed");
         return;
     };
@@ -494,7 +524,9 @@ fn the_outbox_rules_and_exposition_pass_promtool() {
         .expect("promtool runs");
     if let Some(mut stdin) = lint.stdin.take() {
         use std::io::Write;
-        stdin.write_all(text.as_bytes()).expect("writes the exposition");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("writes the exposition");
     }
     let linted = lint.wait_with_output().expect("promtool answers");
     assert!(

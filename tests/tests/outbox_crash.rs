@@ -53,7 +53,10 @@ impl Process {
 
     /// SIGKILL: no destructor, no pending write, no clean shutdown.
     async fn kill(mut self) {
-        self.child.kill().await.unwrap_or_else(|error| panic!("cannot kill: {error}"));
+        self.child
+            .kill()
+            .await
+            .unwrap_or_else(|error| panic!("cannot kill: {error}"));
     }
 }
 

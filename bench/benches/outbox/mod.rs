@@ -106,7 +106,11 @@ async fn throughput(manager: &TxManager<Postgres>, outbox: &Outbox) -> f64 {
 }
 
 /// Commit-to-handler latencies, one message at a time.
-async fn latency(manager: &TxManager<Postgres>, outbox: &Outbox, in_process: bool) -> Vec<Duration> {
+async fn latency(
+    manager: &TxManager<Postgres>,
+    outbox: &Outbox,
+    in_process: bool,
+) -> Vec<Duration> {
     let (arrived, mut arrivals) = mpsc::unbounded_channel::<Instant>();
     let relay = outbox
         .relay(manager)
@@ -114,7 +118,11 @@ async fn latency(manager: &TxManager<Postgres>, outbox: &Outbox, in_process: boo
         .listen(!in_process)
         .poll_interval(Duration::from_secs(30))
         .handler("bench", move |_message: Message| {
-            std::future::ready(arrived.send(Instant::now()).map_err(|_| "the bench stopped"))
+            std::future::ready(
+                arrived
+                    .send(Instant::now())
+                    .map_err(|_| "the bench stopped"),
+            )
         })
         .start()
         .await

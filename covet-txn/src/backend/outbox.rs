@@ -125,7 +125,10 @@ impl Statements {
 
     fn settle(&self, settle: Settle) -> String {
         self.sql(match settle {
-            Settle::Delete => format!("DELETE FROM {} WHERE id = ? AND lease_owner = ?", self.table),
+            Settle::Delete => format!(
+                "DELETE FROM {} WHERE id = ? AND lease_owner = ?",
+                self.table
+            ),
             Settle::Archive(_) => format!(
                 "UPDATE {} SET state = 1, delivered_at_ms = ?, lease_owner = NULL, \
                  lease_until_ms = NULL WHERE id = ? AND lease_owner = ?",
@@ -165,7 +168,10 @@ impl Statements {
     }
 
     fn oldest_pending(&self) -> String {
-        format!("SELECT MIN(created_at_ms) FROM {} WHERE state = 0", self.table)
+        format!(
+            "SELECT MIN(created_at_ms) FROM {} WHERE state = 0",
+            self.table
+        )
     }
 
     fn purge_archived(&self) -> String {
@@ -394,7 +400,9 @@ macro_rules! shared_outbox_impl {
                         return Ok(0);
                     }
                     Maintenance::Redrive(id, now) => (statements.redrive(id.is_none()), now, id),
-                    Maintenance::PurgeArchived(before) => (statements.purge_archived(), before, None),
+                    Maintenance::PurgeArchived(before) => {
+                        (statements.purge_archived(), before, None)
+                    }
                 };
                 let mut query = sqlx::query(AssertSqlSafe(sql)).bind(first);
                 if let Some(second) = second {
@@ -448,6 +456,7 @@ macro_rules! insert_row {
     };
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 fn plain_insert_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (topic, ordering_key, payload, created_at_ms, next_attempt_at_ms) \

@@ -45,11 +45,15 @@ impl OutboxMetrics {
     /// `topic`) and `covet_txn_outbox_lag_seconds` (label `table`).
     pub fn prometheus_text(&self) -> String {
         let mut text = String::new();
-        let families: [(&str, &str, fn(&TopicCounts) -> u64); 4] = [
-            ("enqueued", "messages whose transaction committed", |c| c.enqueued),
+        let families: [CounterFamily; 4] = [
+            ("enqueued", "messages whose transaction committed", |c| {
+                c.enqueued
+            }),
             ("delivered", "messages a handler accepted", |c| c.delivered),
             ("failed", "handler failures", |c| c.failed),
-            ("dead_lettered", "messages that ran out of attempts", |c| c.dead_lettered),
+            ("dead_lettered", "messages that ran out of attempts", |c| {
+                c.dead_lettered
+            }),
         ];
         let table = escape(&self.table);
         for (name, help, value) in families {
@@ -79,6 +83,9 @@ impl OutboxMetrics {
         text
     }
 }
+
+/// A counter's name, its help text, and how to read it from a topic's counts.
+type CounterFamily = (&'static str, &'static str, fn(&TopicCounts) -> u64);
 
 /// A label value as Prometheus' text format writes it.
 fn escape(value: &str) -> String {

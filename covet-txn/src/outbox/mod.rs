@@ -122,11 +122,7 @@ impl Outbox {
     /// Writes a message for `topic` in the running transaction; see
     /// [`enqueue`]. The payload is serialised at once: the future borrows
     /// nothing.
-    pub fn enqueue<T: Serialize + ?Sized>(
-        &self,
-        topic: &str,
-        payload: &T,
-    ) -> Enqueue {
+    pub fn enqueue<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Enqueue {
         self.insert(topic, None, serde_json::to_string(payload))
     }
 
@@ -168,8 +164,7 @@ impl Outbox {
                     payload,
                 })
                 .await?;
-            crate::hooks::on_commit(move || async move { shared.enqueue_committed(&topic) })
-                .await;
+            crate::hooks::on_commit(move || async move { shared.enqueue_committed(&topic) }).await;
             Ok(())
         }))
     }
@@ -206,7 +201,10 @@ impl Outbox {
 
     /// The dead letters: messages that ran out of attempts, oldest first,
     /// each with the last handler error.
-    pub async fn dead_letters<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<Vec<Message>, Error> {
+    pub async fn dead_letters<DB: Backend>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<Vec<Message>, Error> {
         let statements = self.shared.statements::<DB>();
         let rows = DB::outbox_dead_letters(pool, &statements).await?;
         Ok(rows.into_iter().map(Message::from).collect())
@@ -214,21 +212,34 @@ impl Outbox {
 
     /// Sends dead letter `id` again, with a fresh count of attempts; `false`
     /// if no dead letter has that id.
-    pub async fn redrive<DB: Backend>(&self, pool: &sqlx::Pool<DB>, id: i64) -> Result<bool, Error> {
-        let changed = self.maintain(pool, Maintenance::Redrive(Some(id), now_ms())).await?;
+    pub async fn redrive<DB: Backend>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        id: i64,
+    ) -> Result<bool, Error> {
+        let changed = self
+            .maintain(pool, Maintenance::Redrive(Some(id), now_ms()))
+            .await?;
         Ok(changed > 0)
     }
 
     /// Sends every dead letter again; returns how many.
     pub async fn redrive_all<DB: Backend>(&self, pool: &sqlx::Pool<DB>) -> Result<u64, Error> {
-        self.maintain(pool, Maintenance::Redrive(None, now_ms())).await
+        self.maintain(pool, Maintenance::Redrive(None, now_ms()))
+            .await
     }
 
-    async fn maintain<DB: Backend>(&self, pool: &sqlx::Pool<DB>, work: Maintenance) -> Result<u64, Error> {
+    async fn maintain<DB: Backend>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        work: Maintenance,
+    ) -> Result<u64, Error> {
         let statements = self.shared.statements::<DB>();
         let changed = DB::outbox_execute(pool, &statements, work).await?;
         // A re-driven message is deliverable now: wake this process' relays.
-        self.shared.committed.send_modify(|generation| *generation += 1);
+        self.shared
+            .committed
+            .send_modify(|generation| *generation += 1);
         Ok(changed)
     }
 
@@ -259,10 +270,7 @@ impl Outbox {
 ///     covet_txn::outbox::enqueue("order-placed", &OrderPlaced { id }).await
 /// }
 /// ```
-pub fn enqueue<T: Serialize + ?Sized>(
-    topic: &str,
-    payload: &T,
-) -> Enqueue {
+pub fn enqueue<T: Serialize + ?Sized>(topic: &str, payload: &T) -> Enqueue {
     Outbox::default().enqueue(topic, payload)
 }
 
@@ -318,7 +326,8 @@ impl From<ClaimedRow> for Message {
             topic: row.topic,
             ordering_key: row.ordering_key,
             attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
-            created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0)),
+            created_at: UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0)),
             last_error: row.last_error,
             payload: row.payload,
         }
@@ -327,7 +336,9 @@ impl From<ClaimedRow> for Message {
 
 /// Milliseconds since the Unix epoch, the outbox's clock.
 pub(crate) fn now_ms() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 

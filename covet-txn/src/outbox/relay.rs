@@ -171,14 +171,19 @@ impl<DB: Backend> RelayBuilder<DB> {
         }
         let notified = Arc::new(Notify::new());
         let listener = if self.listen {
-            DB::outbox_listen(self.manager.pool(), &self.shared.table, Arc::clone(&notified))
-                .await?
+            DB::outbox_listen(
+                self.manager.pool(),
+                &self.shared.table,
+                Arc::clone(&notified),
+            )
+            .await?
         } else {
             None
         };
-        let owner = self.owner.clone().unwrap_or_else(|| {
-            format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
-        });
+        let owner = self
+            .owner
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:016x}", std::process::id(), fastrand::u64(..)));
         let (stop, stopped) = watch::channel(false);
         let topics = self.handlers.keys().cloned().collect();
         let state = Arc::new(RelayState {
@@ -366,8 +371,7 @@ impl<DB: Backend> RelayState<DB> {
         );
         let failed = (id, self.owner.as_str(), error);
         let pool = settings.manager.pool();
-        if let Err(error) = DB::outbox_release(pool, &self.statements, failed, due_ms, dead).await
-        {
+        if let Err(error) = DB::outbox_release(pool, &self.statements, failed, due_ms, dead).await {
             tracing::warn!(
                 target: "covet_txn::outbox",
                 id, %error,

@@ -79,7 +79,10 @@ async fn main() {
             "produce" => {
                 let committed: Result<(), Error> = manager
                     .transaction(TxOptions::new(), || async {
-                        let payload = Churn { seq: 1, rolled_back: false };
+                        let payload = Churn {
+                            seq: 1,
+                            rolled_back: false,
+                        };
                         outbox.enqueue("crash", &payload).await
                     })
                     .await;
@@ -112,12 +115,15 @@ async fn main() {
                     .handler("crash", move |message: Message| {
                         let (pool, delivered) = (pool.clone(), delivered.clone());
                         async move {
-                            let churn: Churn = message.payload().map_err(|error| error.to_string())?;
+                            let churn: Churn =
+                                message.payload().map_err(|error| error.to_string())?;
                             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..3))).await;
                             let record = format!(
                                 "INSERT INTO {delivered} (message_id, seq, rolled_back, owner) \
                                  VALUES ({}, {}, {}, {owner})",
-                                message.id, churn.seq, i64::from(churn.rolled_back)
+                                message.id,
+                                churn.seq,
+                                i64::from(churn.rolled_back)
                             );
                             sqlx::raw_sql(AssertSqlSafe(record))
                                 .execute(&pool)
