@@ -201,26 +201,92 @@ each_backend! {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_commit_in_the_process_wakes_the_relay_at_once() {
-        let Some(manager) = manager("outbox_wake", 4).await else { return };
-        let outbox = fresh_outbox(manager.pool(), "outbox_wake").await;
+    async fn kept_messages_stay_delivered_for_their_retention_then_go() {
+        let Some(manager) = manager("outbox_keep", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_keep").await;
         let received = Received::default();
         let relay = outbox
             .relay(&manager)
             .handler("notes", received.handler())
-            .poll_interval(Duration::from_secs(3600))
-            .listen(false)
+            .retention(covet_txn::outbox::Retention::Keep(Duration::from_secs(2)))
+            .poll_interval(Duration::from_millis(100))
             .start()
             .await
             .expect("starts");
-        // Let the relay's first claim find nothing and go to sleep.
+        commit_note(&manager, &outbox, "kept").await;
+        received.wait_for(1, Duration::from_secs(5)).await;
+        let kept = format!("SELECT COUNT(*) FROM {} WHERE state = 1", outbox.table());
+        let mut archived = 0;
+        for _ in 0..20 {
+            archived = pool_scalar(manager.pool(), kept.clone()).await;
+            if archived == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(archived, 1, "the delivered message is kept, marked delivered");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pending(manager.pool(), &outbox).await > 0 {
+            assert!(std::time::Instant::now() < deadline, "never deleted after its retention");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(received.all().len(), 1, "an archived message is not delivered again");
+        relay.shutdown().await;
+    }
+
+    /// A relay that only a wake-up reaches in time: it polls once an hour,
+    /// and has already looked once and found nothing.
+    async fn sleeping_relay(
+        manager: &covet_txn::TxManager<Db>,
+        outbox: &Outbox,
+        in_process: bool,
+    ) -> (covet_txn::outbox::Relay, Received) {
+        let received = Received::default();
+        let relay = outbox
+            .relay(manager)
+            .handler("notes", received.handler())
+            .poll_interval(Duration::from_secs(3600))
+            .in_process_wake(in_process)
+            .listen(!in_process)
+            .start()
+            .await
+            .expect("starts");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        for text in ["one", "two"] {
-            let committed: Result<(), Error> = manager
-                .transaction(TxOptions::new(), || send(&outbox, "notes", None, text))
-                .await;
-            committed.expect("commits");
-            received.wait_for(if text == "one" { 1 } else { 2 }, Duration::from_secs(2)).await;
+        (relay, received)
+    }
+
+    async fn commit_note(manager: &covet_txn::TxManager<Db>, outbox: &Outbox, text: &str) {
+        let committed: Result<(), Error> = manager
+            .transaction(TxOptions::new(), || send(outbox, "notes", None, text))
+            .await;
+        committed.expect("commits");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_in_the_process_wakes_the_relay_at_once() {
+        let Some(manager) = manager("outbox_wake", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_wake").await;
+        let (relay, received) = sleeping_relay(&manager, &outbox, true).await;
+        for (count, text) in [(1, "one"), (2, "two")] {
+            commit_note(&manager, &outbox, text).await;
+            received.wait_for(count, Duration::from_secs(2)).await;
+        }
+        relay.shutdown().await;
+    }
+
+    /// Another process' commit: PostgreSQL notifies, elsewhere the relay
+    /// waits for its poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_in_process_wake_up_only_postgresql_notifies() {
+        let Some(manager) = manager("outbox_listen", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_listen").await;
+        let (relay, received) = sleeping_relay(&manager, &outbox, false).await;
+        commit_note(&manager, &outbox, "notified").await;
+        if BACKEND == "postgresql" {
+            received.wait_for(1, Duration::from_secs(3)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(received.all().is_empty(), "a relay was woken without a notification");
         }
         relay.shutdown().await;
     }
@@ -342,38 +408,6 @@ each_backend! {
 
 mod postgres_only {
     use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn listen_notify_wakes_a_relay_that_is_not_woken_in_process() {
-        let Some(pool) = covet_txn_tests::postgres(4).await else {
-            return;
-        };
-        sqlx::raw_sql("DROP TABLE IF EXISTS outbox_listen")
-            .execute(&pool)
-            .await
-            .expect("drops");
-        let outbox = Outbox::new("outbox_listen").expect("valid");
-        outbox.migrate(&pool).await.expect("migrates");
-        let manager = covet_txn::TxManager::new(pool);
-        let received = Received::default();
-        let relay = outbox
-            .relay(&manager)
-            .handler("notes", received.handler())
-            .poll_interval(Duration::from_secs(3600))
-            .in_process_wake(false)
-            .start()
-            .await
-            .expect("starts");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let committed: Result<(), Error> = manager
-            .transaction(TxOptions::new(), || {
-                send(&outbox, "notes", None, "notified")
-            })
-            .await;
-        committed.expect("commits");
-        received.wait_for(1, Duration::from_secs(3)).await;
-        relay.shutdown().await;
-    }
 
     /// Concurrent transactions enqueue under one key, then bump a counter
     /// row, whose lock orders them as they commit, and log their message's

@@ -38,13 +38,18 @@ pub struct ClaimRequest<'a> {
     pub(crate) limit: i64,
 }
 
-/// How a delivered message is put away.
-#[derive(Debug, Clone, Copy)]
-pub enum Settle {
-    /// Deleted at once.
+/// What becomes of a claimed message once its handler returned.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// Delivered, and deleted at once.
     Delete,
-    /// Kept as delivered, at this time, for a retention cleanup to delete.
+    /// Delivered, and kept as delivered at this time, for a retention
+    /// cleanup to delete.
     Archive(i64),
+    /// Failed: to be delivered again at this time.
+    Retry(i64, String),
+    /// Failed for the last time: a dead letter, from this time.
+    Dead(i64, String),
 }
 
 /// The statements of one outbox table on one backend, written once per
@@ -123,30 +128,23 @@ impl Statements {
         ))
     }
 
-    fn settle(&self, settle: Settle) -> String {
-        self.sql(match settle {
-            Settle::Delete => format!(
-                "DELETE FROM {} WHERE id = ? AND lease_owner = ?",
-                self.table
-            ),
-            Settle::Archive(_) => format!(
-                "UPDATE {} SET state = 1, delivered_at_ms = ?, lease_owner = NULL, \
-                 lease_until_ms = NULL WHERE id = ? AND lease_owner = ?",
-                self.table
-            ),
-        })
-    }
-
-    fn release(&self, dead: bool) -> String {
-        let change = if dead {
-            "state = 2, next_attempt_at_ms = ?"
-        } else {
-            "next_attempt_at_ms = ?"
+    /// The statement of a finish, guarded by the lease owner: a relay whose
+    /// lease expired and was taken over changes nothing.
+    fn finish(&self, finish: &Finish) -> String {
+        let table = &self.table;
+        let change = match finish {
+            Finish::Delete => {
+                return self.sql(format!(
+                    "DELETE FROM {table} WHERE id = ? AND lease_owner = ?"
+                ));
+            }
+            Finish::Archive(_) => "state = 1, delivered_at_ms = ?",
+            Finish::Retry(..) => "next_attempt_at_ms = ?, last_error = ?",
+            Finish::Dead(..) => "state = 2, next_attempt_at_ms = ?, last_error = ?",
         };
         self.sql(format!(
-            "UPDATE {} SET {change}, last_error = ?, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE id = ? AND lease_owner = ?",
-            self.table
+            "UPDATE {table} SET {change}, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE id = ? AND lease_owner = ?"
         ))
     }
 
@@ -228,25 +226,13 @@ pub trait OutboxDriver: sqlx::Database + Sized {
         request: ClaimRequest<'_>,
     ) -> impl Future<Output = Result<Vec<ClaimedRow>, sqlx::Error>> + Send;
 
-    /// Puts away a delivered message this owner holds the lease of.
+    /// Settles a message this owner holds the lease of.
     #[doc(hidden)]
-    fn outbox_settle(
+    fn outbox_finish(
         pool: &sqlx::Pool<Self>,
         statements: &Statements,
-        id: i64,
-        owner: &str,
-        settle: Settle,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-
-    /// Gives a failed message back: to be tried again at `next_attempt_ms`,
-    /// or as a dead letter.
-    #[doc(hidden)]
-    fn outbox_release(
-        pool: &sqlx::Pool<Self>,
-        statements: &Statements,
-        failed: (i64, &str, String),
-        next_attempt_ms: i64,
-        dead: bool,
+        leased: (i64, &str),
+        finish: Finish,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Runs statements that bind at most one integer and return nothing:
@@ -353,33 +339,21 @@ macro_rules! shared_outbox_impl {
             }
         }
 
-        fn outbox_settle(
+        fn outbox_finish(
             pool: &sqlx::Pool<Self>,
             statements: &Statements,
-            id: i64,
-            owner: &str,
-            settle: Settle,
+            (id, owner): (i64, &str),
+            finish: Finish,
         ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-            let mut query = sqlx::query(AssertSqlSafe(statements.settle(settle)));
-            if let Settle::Archive(at) = settle {
-                query = query.bind(at);
+            let mut query = sqlx::query(AssertSqlSafe(statements.finish(&finish)));
+            match finish {
+                Finish::Delete => {}
+                Finish::Archive(at) => query = query.bind(at),
+                Finish::Retry(at, error) | Finish::Dead(at, error) => {
+                    query = query.bind(at).bind(error)
+                }
             }
             let query = query.bind(id).bind(owner.to_owned());
-            async move { query.execute(pool).await.map(drop) }
-        }
-
-        fn outbox_release(
-            pool: &sqlx::Pool<Self>,
-            statements: &Statements,
-            (id, owner, error): (i64, &str, String),
-            next_attempt_ms: i64,
-            dead: bool,
-        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-            let query = sqlx::query(AssertSqlSafe(statements.release(dead)))
-                .bind(next_attempt_ms)
-                .bind(error)
-                .bind(id)
-                .bind(owner.to_owned());
             async move { query.execute(pool).await.map(drop) }
         }
 

@@ -1,5 +1,5 @@
 //! A transactional outbox (feature `outbox`): side effects that survive a
-//! crash, the durable sibling of [`on_commit`](crate::on_commit).
+//! crash, the durable sibling of [`on_commit`](crate::on_commit()).
 //!
 //! [`enqueue`] writes a message to an outbox table through the running
 //! transaction's connection, one statement, so that the message exists if

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::shared::Shared;
 use super::{DEFAULT_RETRY, Message, now_ms};
-use crate::backend::outbox::{ClaimRequest, ClaimedRow, Maintenance, Settle, Statements};
+use crate::backend::outbox::{ClaimRequest, ClaimedRow, Finish, Maintenance, Statements};
 use crate::engine::Backend;
 use crate::error::Error;
 use crate::manager::TxManager;
@@ -335,50 +335,51 @@ impl<DB: Backend> RelayState<DB> {
         let handler = settings.handlers.get(&topic)?;
         let delivery = settings.manager.scope(handler(message));
         let error = match AssertUnwindSafe(delivery).catch_unwind().await {
-            Ok(Ok(())) => {
-                counters.count(&topic, |counts| counts.delivered += 1);
-                let settle = match settings.retention {
-                    Retention::Delete => Settle::Delete,
-                    Retention::Keep(_) => Settle::Archive(now_ms()),
-                };
-                let pool = settings.manager.pool();
-                if let Err(error) =
-                    DB::outbox_settle(pool, &self.statements, id, &self.owner, settle).await
-                {
-                    tracing::warn!(
-                        target: "covet_txn::outbox",
-                        id, %error,
-                        "a delivered outbox message could not be marked delivered; \
-                         it will be delivered again when its lease expires"
-                    );
-                }
-                return None;
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "the handler panicked".to_owned(),
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("the handler panicked".to_owned()),
         };
-        counters.count(&topic, |counts| counts.failed += 1);
-        let dead = attempt > settings.retry.max_retries();
-        let delay = settings.retry.delay(attempt);
-        let due_ms = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-        if dead {
-            counters.count(&topic, |counts| counts.dead_lettered += 1);
-        }
-        tracing::warn!(
-            target: "covet_txn::outbox",
-            id, topic, attempt, dead, %error,
-            "an outbox handler failed"
-        );
-        let failed = (id, self.owner.as_str(), error);
+        let (finish, due) = match error {
+            None => {
+                counters.count(&topic, |counts| counts.delivered += 1);
+                let finish = match settings.retention {
+                    Retention::Delete => Finish::Delete,
+                    Retention::Keep(_) => Finish::Archive(now_ms()),
+                };
+                (finish, None)
+            }
+            Some(error) => {
+                let dead = attempt > settings.retry.max_retries();
+                let delay = settings.retry.delay(attempt);
+                let millis = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                let due_ms = now_ms().saturating_add(millis);
+                counters.count(&topic, |counts| {
+                    counts.failed += 1;
+                    counts.dead_lettered += u64::from(dead);
+                });
+                tracing::warn!(
+                    target: "covet_txn::outbox",
+                    id, topic, attempt, dead, %error,
+                    "an outbox handler failed"
+                );
+                if dead {
+                    (Finish::Dead(due_ms, error), None)
+                } else {
+                    (Finish::Retry(due_ms, error), Some(Instant::now() + delay))
+                }
+            }
+        };
         let pool = settings.manager.pool();
-        if let Err(error) = DB::outbox_release(pool, &self.statements, failed, due_ms, dead).await {
+        let owned = (id, self.owner.as_str());
+        if let Err(error) = DB::outbox_finish(pool, &self.statements, owned, finish).await {
             tracing::warn!(
                 target: "covet_txn::outbox",
                 id, %error,
-                "a failed outbox message could not be rescheduled; its lease will expire"
+                "an outbox message's outcome could not be recorded; it will be delivered \
+                 again when its lease expires"
             );
         }
-        (!dead).then(|| Instant::now() + delay)
+        due
     }
 
     /// Measures the lag and deletes archived messages past their retention.
