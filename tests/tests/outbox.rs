@@ -144,6 +144,18 @@ each_backend! {
         outbox
     }
 
+    /// The dead letters, once there are any (within 5 s).
+    async fn dead_letters(pool: &::sqlx::Pool<Db>, outbox: &Outbox) -> Vec<Message> {
+        for _ in 0..250 {
+            let dead = outbox.dead_letters(pool).await.expect("lists dead letters");
+            if !dead.is_empty() {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Vec::new()
+    }
+
     async fn pending(pool: &::sqlx::Pool<Db>, outbox: &Outbox) -> i64 {
         pool_scalar(pool, format!("SELECT COUNT(*) FROM {}", outbox.table())).await
     }
@@ -231,6 +243,29 @@ each_backend! {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(received.all().len(), 1, "an archived message is not delivered again");
+        relay.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_is_a_failed_delivery() {
+        let Some(manager) = manager("outbox_panic", 4).await else { return };
+        let outbox = fresh_outbox(manager.pool(), "outbox_panic").await;
+        let relay = outbox
+            .relay(&manager)
+            .retry_policy(RetryPolicy::new().retries(0))
+            .handler("notes", |message: Message| async move {
+                panic!("the handler of message {} panics", message.id);
+                #[allow(unreachable_code)]
+                Ok::<_, Error>(())
+            })
+            .start()
+            .await
+            .expect("starts");
+        commit_note(&manager, &outbox, "boom").await;
+        let dead = dead_letters(manager.pool(), &outbox).await;
+        assert_eq!(dead.len(), 1, "the message is a dead letter after its one delivery");
+        assert_eq!(dead[0].last_error.as_deref(), Some("the handler panicked"));
+        assert_eq!(outbox.metrics().topics["notes"].dead_lettered, 1);
         relay.shutdown().await;
     }
 
@@ -371,14 +406,7 @@ each_backend! {
         let attempts: Vec<u32> = received.all().iter().map(|message| message.attempt).collect();
         assert_eq!(attempts, [1, 2, 3]);
 
-        let mut dead = Vec::new();
-        for _ in 0..100 {
-            dead = outbox.dead_letters(manager.pool()).await.expect("lists dead letters");
-            if !dead.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let dead = dead_letters(manager.pool(), &outbox).await;
         assert_eq!(dead.len(), 1, "one dead letter");
         let letter = &dead[0];
         assert_eq!((letter.topic.as_str(), letter.attempt), ("mail", 3));

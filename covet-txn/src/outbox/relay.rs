@@ -147,7 +147,8 @@ impl<DB: Backend> RelayBuilder<DB> {
     }
 
     /// Whether to LISTEN for other processes' commits on PostgreSQL
-    /// (default on; no effect elsewhere).
+    /// (default on; no effect elsewhere). The listener holds one of the
+    /// pool's connections for as long as the relay runs.
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
@@ -333,7 +334,9 @@ impl<DB: Backend> RelayState<DB> {
         let message = Message::from(row);
         let (id, attempt, topic) = (message.id, message.attempt, message.topic.clone());
         let handler = settings.handlers.get(&topic)?;
-        let delivery = settings.manager.scope(handler(message));
+        // Called inside the future, so that a handler that panics before
+        // returning its future fails the delivery like one that panics in it.
+        let delivery = settings.manager.scope(async { handler(message).await });
         let error = match AssertUnwindSafe(delivery).catch_unwind().await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.to_string()),
