@@ -7,10 +7,11 @@
 //!   waits to be killed before any relay runs;
 //! - `hang`: runs a relay (1 s lease) whose handler prints `handling <id>`
 //!   and never returns;
-//! - `relay`: runs a relay that records each delivery in `<table>_delivered`;
-//! - `churn`: the same relay, plus transactions that enqueue as fast as they
-//!   can, a fifth of them rolled back, each recording its message in
-//!   `<table>_produced` when it commits.
+//! - `relay`: runs a relay (30 s lease) that records each delivery in
+//!   `<table>_delivered`;
+//! - `churn`: the same relay with a 1 s lease, plus transactions that
+//!   enqueue as fast as they can, a fifth of them rolled back, each
+//!   recording its message in `<table>_produced` when it commits.
 //!
 //! It prints `ready` once its relay runs.
 
@@ -107,9 +108,18 @@ async fn main() {
             "relay" | "churn" => {
                 let pool = manager.pool().clone();
                 let (delivered, owner) = (format!("{table}_delivered"), std::process::id());
+                // Churn: a short lease, so that the test's relay takes over
+                // the killed ones' claims soon. Relay: the default, so that
+                // two live relays never take each other's messages, however
+                // long SQLite keeps a write waiting.
+                let lease = if mode == "churn" {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_secs(30)
+                };
                 let _relay = outbox
                     .relay(&manager)
-                    .lease(Duration::from_secs(1))
+                    .lease(lease)
                     .poll_interval(Duration::from_millis(100))
                     .concurrency(4)
                     .handler("crash", move |message: Message| {
