@@ -14,9 +14,11 @@ use covet_txn_bench::proxy::{Protocol, QueryCounter};
 use covet_txn_bench::retry;
 use sqlx::{Connection, Executor, Pool};
 
+mod outbox;
+
 /// Whether `name` is listed in the comma-separated variable (everything is,
 /// when it is unset): `COVET_BENCH_SCENARIOS` takes `latency`, `contended`,
-/// `memory`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
+/// `memory`, `outbox`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
 fn wanted(variable: &str, name: &str) -> bool {
     std::env::var(variable).map_or(true, |list| list.split(',').any(|part| part.trim() == name))
 }
@@ -726,6 +728,13 @@ async fn run_all() {
         if backend("sqlite") {
             sqlite::contended(sqlite_file(8).await, "SQLite (file)").await;
         }
+    }
+
+    if scenario("outbox")
+        && backend("postgres")
+        && let Some(pool) = postgres_pool(8).await
+    {
+        outbox::run(pool).await;
     }
 
     if scenario("memory") {

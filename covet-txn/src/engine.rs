@@ -326,6 +326,13 @@ impl EngineHandle {
         })
     }
 
+    /// Runs `visitor` on the handle's typed engine: code written once,
+    /// generic over the backend, reached from an erased handle.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn visit<V: EngineVisitor>(&self, visitor: V) -> V::Output {
+        dispatch!(self, engine => visitor.visit(engine))
+    }
+
     /// Everything the manager has counted, and the transactions running now.
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         let metrics = self.metrics();
@@ -340,6 +347,14 @@ impl EngineHandle {
             pool: dispatch!(self, engine => engine.pool_status()),
         }
     }
+}
+
+/// Work generic over the backend, to run on an [`EngineHandle`]'s engine.
+#[cfg(feature = "outbox")]
+pub(crate) trait EngineVisitor {
+    type Output;
+
+    fn visit<DB: Backend>(self, engine: &Arc<Engine<DB>>) -> Self::Output;
 }
 
 /// An engine held without keeping it alive.

@@ -345,6 +345,11 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// An outbox message's payload could not be serialised; nothing was
+    /// written.
+    #[cfg(feature = "outbox")]
+    #[error("the outbox message could not be serialised: {0}")]
+    Payload(#[source] serde_json::Error),
 }
 
 impl Error {

@@ -52,6 +52,8 @@
 //!   one.
 //! - [`two_phase`]: one call's work on several databases, committed by
 //!   two-phase commit, with a durable decision and crash recovery.
+//! - `outbox` (feature `outbox`): messages written in the transaction and
+//!   delivered after it commits, at least once, even across a crash.
 //! - `monitor` (feature `monitor`): history, alerts, health, Prometheus and
 //!   reports. The crates `covet-txn-dashboard` (a live web page) and
 //!   `covet-txn-tower` (a transaction per HTTP request) build on this one.
@@ -77,7 +79,7 @@
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `testing`, [`two_phase`], `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor |
+//! | public API | `manager`, `testing`, [`two_phase`], `__private`, [`monitor`], `outbox` | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor; the transactional outbox |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -87,7 +89,13 @@
 // document on their own), and the code that runs transactions is dead.
 #![cfg_attr(
     not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+    allow(
+        dead_code,
+        unused_imports,
+        unused_macros,
+        unused_variables,
+        unreachable_code
+    )
 )]
 
 extern crate self as covet_txn;
@@ -108,6 +116,8 @@ pub mod monitor;
 mod nested_acquire;
 mod observe;
 mod options;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod request;
 mod retry;
 mod savepoint;

@@ -109,6 +109,35 @@ async fn total_after_interest(percent: i64) -> Result<i64, AppError> {
     Ok(total)
 }
 
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct OrderPlaced {
+    order: i64,
+    customer: i64,
+}
+
+#[transactional]
+async fn place_order(customer: i64, total: i64) -> Result<i64, AppError> {
+    let order: i64 =
+        sqlx::query_scalar("INSERT INTO orders (customer, total) VALUES ($1, $2) RETURNING id")
+            .bind(customer)
+            .bind(total)
+            .fetch_one(&mut *covet_txn::postgres::conn()?)
+            .await?;
+    covet_txn::outbox::enqueue("order-placed", &OrderPlaced { order, customer }).await?; // same transaction
+    Ok(order)
+}
+
+async fn send_confirmation(
+    id: i64,
+    placed: OrderPlaced,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    println!(
+        "message {id}: order {} placed by {}",
+        placed.order, placed.customer
+    );
+    Ok(())
+}
+
 /// The tables the README's snippets use, created afresh.
 async fn create_tables(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
@@ -263,6 +292,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let restored = monitor.restored().await?; // history, alerts, alert windows
     println!("{} samples restored", restored.samples);
     monitor.flush().await?; // before a planned exit: what waits is written now
+
+    use covet_txn::RetryPolicy;
+    use covet_txn::outbox::{Message, Outbox};
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS orders;
+         CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, customer BIGINT, total BIGINT);",
+    )
+    .execute(manager.pool())
+    .await?;
+    let outbox = Outbox::default(); // the table covet_outbox; Outbox::new("name") for another
+    outbox.migrate(manager.pool()).await?; // CREATE TABLE IF NOT EXISTS, per backend
+    let relay = outbox
+        .relay(&manager)
+        .handler("order-placed", |message: Message| async move {
+            let placed: OrderPlaced = message.payload()?;
+            send_confirmation(message.id, placed).await // message.id names it if it comes twice
+        })
+        .concurrency(16)
+        .retry_policy(
+            RetryPolicy::new()
+                .retries(9)
+                .backoff(Duration::from_millis(100)),
+        )
+        .start()
+        .await?;
+    let order = place_order(7, 250).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.shutdown().await;
+    println!("order {order} placed; its confirmation went through the outbox");
 
     use axum::Router;
     use axum::routing::get;

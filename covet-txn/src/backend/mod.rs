@@ -21,6 +21,8 @@ use crate::failure::{self, CommitOutcome, FailureKind};
 
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
+#[cfg(feature = "outbox")]
+pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
@@ -40,8 +42,19 @@ pub struct InFlightCommit {
     pub(crate) token: Option<String>,
 }
 
+/// What a driver must also do when the outbox is compiled in: its SQL.
+#[cfg(feature = "outbox")]
+pub use self::outbox::OutboxDriver as OutboxSupport;
+
+/// Nothing more without the outbox.
+#[cfg(not(feature = "outbox"))]
+pub trait OutboxSupport {}
+
+#[cfg(not(feature = "outbox"))]
+impl<DB: sqlx::Database> OutboxSupport for DB {}
+
 /// A driver: one of sqlx's databases, as the runtime talks to it.
-pub trait Driver: sqlx::Database + Sized {
+pub trait Driver: sqlx::Database + Sized + OutboxSupport {
     /// The dialect a manager uses unless its builder names another.
     fn default_dialect() -> Arc<dyn Dialect<Self>>;
 
