@@ -12,6 +12,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use super::branches::Branches;
 use super::finish::{decide_and_commit, roll_back_all};
 use super::stats::TwoPhaseOutcome;
 use super::{Coordinator, TwoPhaseOptions, ids};
@@ -19,7 +20,7 @@ use crate::backend::find_database_error;
 use crate::call::Inspect;
 use crate::call::settle::refusal;
 use crate::context::{self, Frame, FrameKind};
-use crate::dialect::{BranchId, Decision};
+use crate::dialect::BranchId;
 use crate::engine::OpenRequest;
 use crate::error::Error;
 use crate::event::{Phase, RollbackCause, TxEvent, TxOutcome};
@@ -29,7 +30,6 @@ use crate::observe::Observer;
 use crate::options::Propagation;
 use crate::request::TxOptions;
 use crate::session::CommitError;
-use crate::state::TxState;
 
 /// How phase one ended, short of every branch prepared.
 enum Stopped<E> {
@@ -37,55 +37,6 @@ enum Stopped<E> {
     Failed(E, RollbackCause, Option<FailureKind>),
     Panicked(Box<dyn Any + Send>),
     TimedOut,
-}
-
-/// The frames of one attempt's branches, outermost first. Dropped before
-/// they end (the caller's future was dropped, or the decision is in
-/// doubt), every open branch is abandoned (its connection recovered and
-/// rolled back), and the prepared ones are settled at once by a task of
-/// their own: it records an abort unless a decision stands already, and
-/// finishes them as the decision that stands says. Without a runtime to
-/// run it, they wait for recovery.
-pub(super) struct Branches {
-    pub(super) coordinator: Arc<Coordinator>,
-    pub(super) global: String,
-    pub(super) frames: Vec<Arc<Frame>>,
-    pub(super) observers: Vec<Observer>,
-    pub(super) armed: bool,
-}
-
-impl Drop for Branches {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut prepared = Vec::new();
-        for frame in &self.frames {
-            if frame.session.core().machine.state() == TxState::Prepared {
-                prepared.push(frame.session.clone());
-            } else {
-                frame.session.abort("the two-phase call was dropped");
-            }
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if prepared.is_empty() {
-            return;
-        }
-        let (coordinator, global) = (
-            Arc::clone(&self.coordinator),
-            std::mem::take(&mut self.global),
-        );
-        runtime.spawn(async move {
-            let Ok(decision) = coordinator.log.decide(&global, Decision::Abort).await else {
-                return;
-            };
-            for session in prepared {
-                let _ = session.finish_prepared(decision == Decision::Commit).await;
-            }
-        });
-    }
 }
 
 /// The attempts of one two-phase call: the closure API's loop and the

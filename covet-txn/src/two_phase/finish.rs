@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::Coordinator;
-use super::attempt::Branches;
+use super::branches::Branches;
 use super::stats::TwoPhaseOutcome;
 use crate::context;
 use crate::dialect::Decision;

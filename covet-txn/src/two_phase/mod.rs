@@ -24,6 +24,7 @@
 //! ([`PreparedTransactions`](crate::dialect::PreparedTransactions)).
 
 mod attempt;
+mod branches;
 mod finish;
 mod ids;
 mod log;
