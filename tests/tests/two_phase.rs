@@ -1058,3 +1058,71 @@ async fn the_attribute_runs_a_function_as_a_two_phase_call() {
     let stats = SHOP.get().expect("set").stats();
     assert_eq!((stats.committed, stats.rolled_back), (3, 2));
 }
+
+/// The alert rules in ops/ parse, and the coordinator's exposition is valid
+/// Prometheus text with the series those rules read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_phase_rules_and_exposition_pass_promtool() {
+    let required = std::env::var("COVET_REQUIRE_PROMETHEUS").is_ok_and(|value| value == "1");
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/prometheus/covet-txn-two-phase.rules.yml"
+    );
+    let Ok(checked) = Command::new("promtool")
+        .args(["check", "rules", rules])
+        .output()
+    else {
+        assert!(
+            !required,
+            "promtool is missing and COVET_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!("notice: skipping: promtool is not installed");
+        return;
+    };
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    let two_phase = TwoPhase::builder(&unique("promtool"))
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    let text = two_phase.prometheus_text();
+    for series in [
+        "covet_txn_two_phase_total{",
+        "covet_txn_two_phase_in_doubt_oldest_seconds{",
+        "covet_txn_two_phase_in_doubt{",
+        "covet_txn_two_phase_recovered_total{",
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    if let Some(mut stdin) = lint.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(text.as_bytes())
+            .expect("writes the exposition");
+    }
+    let linted = lint.wait_with_output().expect("promtool answers");
+    assert!(
+        linted.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+}
