@@ -50,6 +50,8 @@
 //!   leave no data behind.
 //! - [`dialect`]: the SQL and error codes of each database, and how to add
 //!   one.
+//! - [`TxManagerBuilder::replica`], [`TxManagerBuilder::primary_hosts`]:
+//!   read-only transactions on replicas, and following a failover.
 //! - [`two_phase`]: one call's work on several databases, committed by
 //!   two-phase commit, with a durable decision and crash recovery.
 //! - `monitor` (feature `monitor`): history, alerts, health, Prometheus and
@@ -73,6 +75,7 @@
 //! | requests and dialects | `request`, [`dialect`], `observe` | what a call asks for; per-database SQL, settings and error codes; counting and tracing |
 //! | drivers and hook storage | `backend/`, `hooks::list`, `hooks::run` | running a dialect's SQL on each wire protocol; where hooks wait and how a phase runs |
 //! | session | `session/` | one transaction on one connection: open, savepoints, end, recovery of a cut-off connection |
+//! | topology | `replicas/` | the server a transaction runs on: replicas, their lag, read-your-writes; the writable host after a failover |
 //! | engine | `engine` | a manager as the runtime sees it: pool, dialect, policy, metrics |
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
@@ -108,6 +111,7 @@ pub mod monitor;
 mod nested_acquire;
 mod observe;
 mod options;
+mod replicas;
 mod request;
 mod retry;
 mod savepoint;
@@ -130,6 +134,7 @@ pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_ret
 pub use observe::counters::{DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts};
 pub use observe::metrics::{ActiveTransaction, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus};
 pub use options::{Isolation, Propagation, UnknownName};
+pub use replicas::{ReplicaReport, ReplicaStatus, SessionToken};
 pub use request::{CallOptions, TxOptions};
 pub use retry::{RetryPolicy, RetryPredicate};
 pub use savepoint::{Savepoint, named_savepoint, savepoint};

@@ -14,8 +14,8 @@ use super::Call;
 use super::enter::{Entry, Own, Way};
 use crate::backend;
 use crate::engine::EngineHandle;
-use crate::error::{self, Error};
-use crate::failure::{Failure, LastFailure};
+use crate::error::{self, Error, Operation};
+use crate::failure::{Failure, FailureKind, LastFailure};
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
 
@@ -130,6 +130,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
+    let epoch = call.engine().primary_epoch();
     let error = match call.run(own, body, attempt).await {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,
@@ -138,7 +139,15 @@ where
         return Some(Err(error));
     }
     let wait = match decide(call, policy, error, attempt) {
-        Decision::Retry(wait) => wait,
+        Decision::Retry { wait, connection_lost } => {
+            // The next attempt goes to whichever host accepts writes now.
+            if let Some(epoch) = epoch.filter(|_| connection_lost)
+                && let Err(error) = call.engine().rediscover(&epoch).await
+            {
+                return Some(Err(error.into()));
+            }
+            wait
+        }
         Decision::GiveUp(error) => {
             if !call.commits_on(&error) {
                 call.observer().call_failed();
@@ -152,8 +161,12 @@ where
 
 /// What to do after a failed attempt.
 enum Decision<E> {
-    /// Run again after this wait.
-    Retry(Duration),
+    /// Run again after this wait; the connection was lost, perhaps to a
+    /// failover.
+    Retry {
+        wait: Duration,
+        connection_lost: bool,
+    },
     /// Return this error.
     GiveUp(E),
 }
@@ -206,5 +219,21 @@ fn decide<E: From<Error>>(
         failure.kind().map_or("predicate", |kind| kind.name()),
         wait,
     );
-    Decision::Retry(wait)
+    Decision::Retry {
+        wait,
+        connection_lost: failure.kind() == Some(FailureKind::ConnectionLost) || acquire_failed(source),
+    }
+}
+
+/// No connection could be had: the host may be gone.
+fn acquire_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    crate::failure::chain(error).any(|error| {
+        matches!(
+            error.downcast_ref::<Error>(),
+            Some(Error::Database {
+                operation: Operation::Acquire,
+                ..
+            })
+        )
+    })
 }
