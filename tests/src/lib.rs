@@ -314,14 +314,14 @@ macro_rules! __backend_helpers {
             Ok(value)
         }
 
+        /// Over the simple protocol, which PgBouncer's transaction pooling
+        /// allows outside a transaction (see [`column`]).
         #[allow(dead_code)]
         pub async fn pool_scalar(pool: &::sqlx::Pool<Db>, sql: impl Into<String>) -> i64 {
             let sql = sql.into();
-            match ::sqlx::query_scalar::<_, i64>(::sqlx::AssertSqlSafe(sql.clone()))
-                .fetch_one(pool)
-                .await
-            {
-                Ok(value) => value,
+            match $crate::column::<_, _, i64>(pool, sql.clone()).await.as_deref() {
+                Ok([value]) => *value,
+                Ok(other) => panic!("`{sql}` returned {other:?}, not one row"),
                 Err(error) => panic!("`{sql}` failed: {error}"),
             }
         }
@@ -451,4 +451,24 @@ impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
         AppError::Db(error)
     }
+}
+
+/// The first column of every row `sql` returns, read over the simple
+/// protocol. Outside a transaction behind PgBouncer's transaction pooling a
+/// prepared statement does not outlive its Sync (sqlx prepares, syncs, then
+/// binds), so the suite's checks outside transactions read this way.
+pub async fn column<'e, DB, E, T>(executor: E, sql: String) -> Result<Vec<T>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'e, Database = DB>,
+    T: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
 }
