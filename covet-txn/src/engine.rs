@@ -22,7 +22,7 @@ use crate::nested_acquire::NestedAcquires;
 use crate::observe::Observer;
 use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis};
 use crate::options::Isolation;
-use crate::replicas::{Failover, ReplicaSet};
+use crate::replicas::{Failover, ReplicaReport, ReplicaSet};
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::session::{
@@ -139,6 +139,15 @@ impl<DB: Backend> Engine<DB> {
             branch: request.branch.clone(),
             epoch,
         }
+    }
+
+    fn replica_report(&self) -> ReplicaReport {
+        let mut report = match &self.replicas {
+            Some(replicas) => replicas.report(),
+            None => ReplicaReport::default(),
+        };
+        report.primary_changes = self.failover.as_ref().map_or(0, Failover::changes);
+        report
     }
 
     fn primary_epoch(&self) -> Option<PrimaryEpoch> {
@@ -282,6 +291,11 @@ impl EngineHandle {
 
     pub(crate) async fn open(&self, request: OpenRequest) -> Result<SessionHandle, Error> {
         dispatch!(self, engine => engine.open(request).await)
+    }
+
+    /// Where read-only transactions went, and the replicas' state.
+    pub(crate) fn replica_report(&self) -> ReplicaReport {
+        dispatch!(self, engine => engine.replica_report())
     }
 
     /// The primary's epoch now, when the manager follows a failover.

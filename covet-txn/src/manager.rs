@@ -177,12 +177,7 @@ impl<DB: Backend> TxManager<DB> {
     /// Where read-only transactions went and how far behind each replica
     /// was at the last probe. Empty for a manager without replicas.
     pub fn replicas(&self) -> ReplicaReport {
-        let mut report = match &self.engine.replicas {
-            Some(replicas) => replicas.report(),
-            None => ReplicaReport::default(),
-        };
-        report.primary_changes = self.engine.failover.as_ref().map_or(0, Failover::changes);
-        report
+        self.handle().replica_report()
     }
 
     /// Probes the replicas now rather than at the next background round:

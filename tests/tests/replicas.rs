@@ -67,6 +67,15 @@ async fn read_only_transactions_run_on_the_replica_and_the_others_on_the_primary
     assert_eq!(report.replicas[0].reads, 1, "{report:?}");
     assert!(report.replicas[0].serving, "{report:?}");
     assert!(report.replicas[0].lag.is_some_and(|lag| lag <= MAX_LAG), "{report:?}");
+    let exposed = manager.prometheus_text().expect("the Prometheus text");
+    for line in [
+        "replica_reads_total{manager=\"postgresql\",replica=\"replica-0\"} 1",
+        "replica_serving{manager=\"postgresql\",replica=\"replica-0\"} 1",
+        "reads_on_primary_total{manager=\"postgresql\",reason=\"replicas_unavailable\"} 0",
+        "replica_lag_seconds{manager=\"postgresql\",replica=\"replica-0\"} ",
+    ] {
+        assert!(exposed.contains(line), "no `{line}` in\n{exposed}");
+    }
 }
 
 #[tokio::test]

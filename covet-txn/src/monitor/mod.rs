@@ -13,6 +13,7 @@ mod alerts;
 mod config;
 mod export;
 mod health;
+mod replica_metrics;
 mod rules;
 mod sampling;
 mod store;
