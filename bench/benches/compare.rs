@@ -14,9 +14,12 @@ use covet_txn_bench::proxy::{Protocol, QueryCounter};
 use covet_txn_bench::retry;
 use sqlx::{Connection, Executor, Pool};
 
+#[path = "compare/replicas.rs"]
+mod replicas;
+
 /// Whether `name` is listed in the comma-separated variable (everything is,
 /// when it is unset): `COVET_BENCH_SCENARIOS` takes `latency`, `contended`,
-/// `memory`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
+/// `memory`, `replicas`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
 fn wanted(variable: &str, name: &str) -> bool {
     std::env::var(variable).map_or(true, |list| list.split(',').any(|part| part.trim() == name))
 }
@@ -751,6 +754,13 @@ async fn run_all() {
                 sqlite::memory_per_transaction(sqlite_memory().await).await,
             );
         }
+    }
+
+    if scenario("replicas")
+        && backend("postgres")
+        && let Some(pool) = postgres_pool(replicas::READERS as u32).await
+    {
+        replicas::run(pool).await;
     }
 }
 
