@@ -33,16 +33,26 @@ impl Samples {
         }
     }
 
-    /// How long before `now` the primary was last at or behind `replayed`;
-    /// with no such sample, the age of the oldest (a lower bound).
+    /// How long before `now` the primary was at `replayed`: between the
+    /// last sample at or behind it and the next one, by linear
+    /// interpolation (a probe's granularity would otherwise floor the lag
+    /// of a busy primary at a round or two); with no sample that old, the
+    /// age of the oldest (a lower bound).
     fn lag(&self, now: Instant, replayed: u64) -> Option<Duration> {
         let samples = self.lock();
-        let caught_up = samples
-            .iter()
-            .rev()
-            .find(|(_, position)| *position <= replayed)
-            .or(samples.front())?;
-        Some(now.saturating_duration_since(caught_up.0))
+        let behind = samples.iter().rposition(|(_, position)| *position <= replayed);
+        let Some(index) = behind else {
+            return samples.front().map(|(at, _)| now.saturating_duration_since(*at));
+        };
+        let (at, position) = samples[index];
+        let passed = match samples.get(index + 1) {
+            Some(&(next_at, next_position)) if next_position > position => {
+                let share = (replayed - position) as f64 / (next_position - position) as f64;
+                at + (next_at - at).mul_f64(share)
+            }
+            _ => at,
+        };
+        Some(now.saturating_duration_since(passed))
     }
 
     fn latest(&self) -> Option<u64> {
@@ -164,7 +174,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lag_is_the_age_of_the_newest_position_replayed() {
+    fn lag_is_how_long_ago_the_primary_was_where_the_replica_is() {
         let samples = Samples::default();
         let t0 = Instant::now();
         samples.push(t0, 100, Duration::from_secs(60));
@@ -172,7 +182,8 @@ mod tests {
         samples.push(t0 + Duration::from_millis(200), 300, Duration::from_secs(60));
         let now = t0 + Duration::from_millis(200);
         assert_eq!(samples.lag(now, 300), Some(Duration::ZERO));
-        assert_eq!(samples.lag(now, 250), Some(Duration::from_millis(100)));
+        assert_eq!(samples.lag(now, 200), Some(Duration::from_millis(100)));
+        assert_eq!(samples.lag(now, 250), Some(Duration::from_millis(50)));
         assert_eq!(samples.lag(now, 50), Some(Duration::from_millis(200)));
     }
 }
