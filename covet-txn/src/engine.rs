@@ -87,7 +87,12 @@ impl<DB: Backend> Engine<DB> {
         {
             match Session::open(self.opening(&request, Source::Pool, pool.clone(), None)).await {
                 Ok(session) => return Ok(DB::erase(session)),
-                Err(error @ Error::Database { operation: Operation::Acquire, .. }) => {
+                Err(
+                    error @ Error::Database {
+                        operation: Operation::Acquire,
+                        ..
+                    },
+                ) => {
                     replicas.failed(index, &error);
                 }
                 Err(error) => return Err(error),

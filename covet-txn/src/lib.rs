@@ -80,7 +80,7 @@
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `testing`, [`two_phase`], `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor |
+//! | public API | `manager`, `topology`, `testing`, [`two_phase`], `__private`, [`monitor`] | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -90,7 +90,14 @@
 // document on their own), and the code that runs transactions is dead.
 #![cfg_attr(
     not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports, unused_variables, unreachable_code)
+    allow(
+        dead_code,
+        unused_imports,
+        unused_variables,
+        unused_mut,
+        unused_assignments,
+        unreachable_code
+    )
 )]
 
 extern crate self as covet_txn;
@@ -118,6 +125,7 @@ mod savepoint;
 mod session;
 mod state;
 mod testing;
+mod topology;
 pub mod two_phase;
 
 #[doc(hidden)]

@@ -20,10 +20,11 @@ use sqlx::postgres::PgPoolOptions;
 
 #[transactional]
 async fn place_order(item: &str) -> Result<i64, covet_txn::Error> {
-    let id = sqlx::query_scalar("INSERT INTO replica_example_orders (item) VALUES ($1) RETURNING id")
-        .bind(item)
-        .fetch_one(&mut *covet_txn::postgres::conn()?)
-        .await?;
+    let id =
+        sqlx::query_scalar("INSERT INTO replica_example_orders (item) VALUES ($1) RETURNING id")
+            .bind(item)
+            .fetch_one(&mut *covet_txn::postgres::conn()?)
+            .await?;
     Ok(id)
 }
 
@@ -41,7 +42,11 @@ async fn find_order(id: i64) -> Result<(Option<String>, bool), covet_txn::Error>
 }
 
 fn server(on_replica: bool) -> &'static str {
-    if on_replica { "the replica" } else { "the primary" }
+    if on_replica {
+        "the replica"
+    } else {
+        "the primary"
+    }
 }
 
 #[tokio::main]
@@ -77,7 +82,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (id, token) = tokio::spawn(writer.clone().scope(async move {
         let id = place_order("teapot").await?;
         let (item, on_replica) = find_order(id).await?;
-        println!("the writing task reads {item:?} from {}", server(on_replica));
+        println!(
+            "the writing task reads {item:?} from {}",
+            server(on_replica)
+        );
         let token = writer.session_token().await?;
         Ok::<_, covet_txn::Error>((id, token))
     }))
@@ -92,7 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             reader.read_after(token);
         }
         let (item, on_replica) = find_order(id).await?;
-        println!("the next request reads {item:?} from {}", server(on_replica));
+        println!(
+            "the next request reads {item:?} from {}",
+            server(on_replica)
+        );
         Ok::<_, covet_txn::Error>(())
     }))
     .await??;

@@ -21,7 +21,8 @@ pub const PAIR_URLS: [&str; 2] = [
     "postgres://postgres@127.0.0.1:5435/test",
 ];
 /// PgBouncer's transaction-pooled database, with sqlx's statement cache off.
-pub const PGBOUNCER_URL: &str = "postgres://postgres@127.0.0.1:6432/test?statement-cache-capacity=0";
+pub const PGBOUNCER_URL: &str =
+    "postgres://postgres@127.0.0.1:6432/test?statement-cache-capacity=0";
 
 /// Connect options for `url`.
 pub fn options(url: &str) -> PgConnectOptions {
@@ -37,7 +38,11 @@ pub async fn pool(url: &str, max_connections: u32) -> Option<PgPool> {
 }
 
 /// A pool with these options, or `None` after a notice.
-pub async fn pool_with(options: PgConnectOptions, url: &str, max_connections: u32) -> Option<PgPool> {
+pub async fn pool_with(
+    options: PgConnectOptions,
+    url: &str,
+    max_connections: u32,
+) -> Option<PgPool> {
     let connected = pool_options(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)

@@ -244,13 +244,15 @@ mod slow_commit {
             cut.is_err(),
             "the call was cancelled during its COMMIT: {cut:?}"
         );
-        let seen_next: Vec<i64> = covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
-            .await
-            .expect("the next borrower reads");
+        let seen_next: Vec<i64> =
+            covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
+                .await
+                .expect("the next borrower reads");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let seen_later: Vec<i64> = covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
-            .await
-            .expect("reads");
+        let seen_later: Vec<i64> =
+            covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
+                .await
+                .expect("reads");
         assert_eq!(
             seen_next, seen_later,
             "the cut-off COMMIT became visible after the next borrower began"

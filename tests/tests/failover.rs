@@ -203,7 +203,11 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
         let in_log = logged.contains(&call.id);
         match &call.ended {
             Ended::Committed => {
-                assert!(in_log, "call {} returned Ok but is not on the new primary", call.id);
+                assert!(
+                    in_log,
+                    "call {} returned Ok but is not on the new primary",
+                    call.id
+                );
                 committed += 1;
                 after_failover += usize::from(call.started > stopped);
             }
@@ -218,13 +222,22 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
             expected[(call.to - 1) as usize] += call.amount;
         }
     }
-    assert_eq!(logged.len(), calls.iter().filter(|call| logged.contains(&call.id)).count());
+    assert_eq!(
+        logged.len(),
+        calls
+            .iter()
+            .filter(|call| logged.contains(&call.id))
+            .count()
+    );
     let balances: Vec<i64> =
         sqlx::query_scalar("SELECT balance FROM replica_failover_accounts ORDER BY id")
             .fetch_all(&new_primary)
             .await
             .expect("the balances");
-    assert_eq!(balances, expected, "the balances do not match the logged transfers");
+    assert_eq!(
+        balances, expected,
+        "the balances do not match the logged transfers"
+    );
     eprintln!(
         "failover: {} calls, {committed} committed ({after_failover} begun after the old primary \
          stopped), {ambiguous} ambiguous, {failed} failed; {} primary changes",

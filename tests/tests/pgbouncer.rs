@@ -46,7 +46,9 @@ async fn add(manager: &TxManager<Postgres>, options: TxOptions, value: i64) -> R
 
 fn sqlstate(error: &Error) -> Option<String> {
     match error {
-        Error::Query(sqlx::Error::Database(database)) => database.code().map(|code| code.into_owned()),
+        Error::Query(sqlx::Error::Database(database)) => {
+            database.code().map(|code| code.into_owned())
+        }
         _ => None,
     }
 }
@@ -56,7 +58,10 @@ async fn in_transaction_pooling_sqlx_statement_cache_breaks_the_next_transaction
     let Some(manager) = manager(SINGLE_CACHED).await else {
         return;
     };
-    assert_eq!(add(&manager, TxOptions::new(), 1).await.expect("the first"), 2);
+    assert_eq!(
+        add(&manager, TxOptions::new(), 1).await.expect("the first"),
+        2
+    );
     let error = add(&manager, TxOptions::new(), 2)
         .await
         .expect_err("the cached statement was dropped with the server's release");
@@ -75,7 +80,10 @@ async fn in_transaction_pooling_transactions_work_without_the_statement_cache() 
     for value in 0..50 {
         let manager = if value % 2 == 0 { &first } else { &second };
         let read_only = TxOptions::new().read_only(value % 3 == 0);
-        assert_eq!(add(manager, read_only, value).await.expect("a transaction"), value + 1);
+        assert_eq!(
+            add(manager, read_only, value).await.expect("a transaction"),
+            value + 1
+        );
     }
 }
 
@@ -105,12 +113,16 @@ async fn in_transaction_pooling_a_transactions_settings_do_not_reach_the_next_cl
         return;
     };
     let timeout_inside: String = first
-        .transaction(TxOptions::new().timeout(Duration::from_secs(30)), || async {
-            let setting: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
-                .fetch_one(&mut *first.conn()?)
-                .await?;
-            Ok::<_, Error>(setting)
-        })
+        .transaction(
+            TxOptions::new().timeout(Duration::from_secs(30)),
+            || async {
+                let setting: String =
+                    sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+                        .fetch_one(&mut *first.conn()?)
+                        .await?;
+                Ok::<_, Error>(setting)
+            },
+        )
         .await
         .expect("a transaction with a deadline");
     assert_ne!(timeout_inside, "0", "the deadline set a server timeout");
@@ -132,7 +144,12 @@ async fn in_session_pooling_sqlx_defaults_work_in_and_out_of_transactions() {
         return;
     };
     for value in 0..10 {
-        assert_eq!(add(&manager, TxOptions::new(), value).await.expect("a transaction"), value + 1);
+        assert_eq!(
+            add(&manager, TxOptions::new(), value)
+                .await
+                .expect("a transaction"),
+            value + 1
+        );
         let outside: i64 = sqlx::query_scalar("SELECT $1::int8")
             .bind(value)
             .fetch_one(manager.pool())

@@ -56,7 +56,11 @@ async fn read_only_transactions_run_on_the_replica_and_the_others_on_the_primary
         return;
     };
     assert!(on_replica(&manager, READ_ONLY).await.expect("a read"));
-    assert!(!on_replica(&manager, TxOptions::new()).await.expect("a write"));
+    assert!(
+        !on_replica(&manager, TxOptions::new())
+            .await
+            .expect("a write")
+    );
     assert!(
         !on_replica(&manager, TxOptions::new().read_only(false))
             .await
@@ -66,7 +70,10 @@ async fn read_only_transactions_run_on_the_replica_and_the_others_on_the_primary
     assert_eq!(report.replicas.len(), 1);
     assert_eq!(report.replicas[0].reads, 1, "{report:?}");
     assert!(report.replicas[0].serving, "{report:?}");
-    assert!(report.replicas[0].lag.is_some_and(|lag| lag <= MAX_LAG), "{report:?}");
+    assert!(
+        report.replicas[0].lag.is_some_and(|lag| lag <= MAX_LAG),
+        "{report:?}"
+    );
     let exposed = manager.prometheus_text().expect("the Prometheus text");
     for line in [
         "replica_reads_total{manager=\"postgresql\",replica=\"replica-0\"} 1",
@@ -86,7 +93,11 @@ async fn a_read_only_call_inside_a_read_write_transaction_joins_it_on_the_primar
     };
     let inner = manager
         .transaction(TxOptions::new(), || async {
-            on_replica(&manager, READ_ONLY.propagation(covet_txn::Propagation::Required)).await
+            on_replica(
+                &manager,
+                READ_ONLY.propagation(covet_txn::Propagation::Required),
+            )
+            .await
         })
         .await
         .expect("the transaction");
@@ -110,7 +121,8 @@ async fn write(manager: &TxManager<Postgres>, table: &str, value: i64) -> Result
 
 /// Whether a read-only transaction sees `value` in `table`, and where it ran.
 async fn read(manager: &TxManager<Postgres>, table: &str, value: i64) -> (bool, bool) {
-    let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE value = $1), pg_is_in_recovery()");
+    let sql =
+        format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE value = $1), pg_is_in_recovery()");
     manager
         .transaction(READ_ONLY, || async {
             let row: (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
@@ -140,12 +152,17 @@ async fn a_task_reads_its_own_writes_at_once_and_the_replica_again_once_it_has_t
     };
     fresh_table(&primary, "replica_own_writes").await;
     for value in 0..20 {
-        write(&manager, "replica_own_writes", value).await.expect("the write");
+        write(&manager, "replica_own_writes", value)
+            .await
+            .expect("the write");
         let (seen, _) = read(&manager, "replica_own_writes", value).await;
         assert!(seen, "write {value} not seen by the task that made it");
     }
     let before = manager.replicas().reads_on_primary_for_writes;
-    assert!(before >= 1, "no read went to the primary for the task's writes");
+    assert!(
+        before >= 1,
+        "no read went to the primary for the task's writes"
+    );
     // Once the probe has sampled past the writes and the replica has
     // replayed them, the task's reads go back to it.
     tokio::time::sleep(PROBE * 6).await;
@@ -205,7 +222,10 @@ async fn a_lagging_replica_is_skipped_and_counted_then_serves_again() {
         tokio::time::sleep(MAX_LAG + PROBE * 4).await;
         let report = manager.replicas();
         assert!(!report.replicas[0].serving, "{report:?}");
-        assert!(report.replicas[0].lag_bytes.is_some_and(|bytes| bytes > 0), "{report:?}");
+        assert!(
+            report.replicas[0].lag_bytes.is_some_and(|bytes| bytes > 0),
+            "{report:?}"
+        );
         assert!(!on_replica(&manager, READ_ONLY).await.expect("a read"));
         assert_eq!(manager.replicas().reads_on_primary_unavailable, 1);
     }
@@ -223,7 +243,10 @@ async fn a_stopped_replica_is_skipped_and_counted_then_serves_again() {
         let _stopped = Stopped::start();
         wait_for(&manager, |status| !status.reachable).await;
         let report = manager.replicas();
-        assert!(!report.replicas[0].reachable && !report.replicas[0].serving, "{report:?}");
+        assert!(
+            !report.replicas[0].reachable && !report.replicas[0].serving,
+            "{report:?}"
+        );
         assert!(report.replicas[0].last_error.is_some(), "{report:?}");
         for _ in 0..3 {
             assert!(!on_replica(&manager, READ_ONLY).await.expect("a read"));
@@ -290,7 +313,17 @@ impl Drop for Stopped {
 /// Runs `sql` on the replica with psql, which works from a `Drop` too.
 fn psql_on_replica(sql: &str) {
     let status = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-qAtc", sql, "test"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5433",
+            "-U",
+            "postgres",
+            "-qAtc",
+            sql,
+            "test",
+        ])
         .stdout(std::process::Stdio::null())
         .status();
     assert!(

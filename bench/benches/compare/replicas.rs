@@ -103,7 +103,10 @@ pub async fn run(primary: Pool<Postgres>) {
             replica_rates.push(throughput(&with_replica).await);
         }
         let report = with_replica.replicas();
-        println!("| the primary alone | {:.0} |", measure::median(&mut alone_rates));
+        println!(
+            "| the primary alone | {:.0} |",
+            measure::median(&mut alone_rates)
+        );
         println!(
             "| one replica (reads served by it: {}, on the primary: {}) | {:.0} |",
             report.replicas.first().map_or(0, |replica| replica.reads),

@@ -139,7 +139,10 @@ where
         return Some(Err(error));
     }
     let wait = match decide(call, policy, error, attempt) {
-        Decision::Retry { wait, connection_lost } => {
+        Decision::Retry {
+            wait,
+            connection_lost,
+        } => {
             // The next attempt goes to whichever host accepts writes now.
             if let Some(epoch) = epoch.filter(|_| connection_lost)
                 && let Err(error) = call.engine().rediscover(&epoch).await
@@ -221,7 +224,8 @@ fn decide<E: From<Error>>(
     );
     Decision::Retry {
         wait,
-        connection_lost: failure.kind() == Some(FailureKind::ConnectionLost) || acquire_failed(source),
+        connection_lost: failure.kind() == Some(FailureKind::ConnectionLost)
+            || acquire_failed(source),
     }
 }
 

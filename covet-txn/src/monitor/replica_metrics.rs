@@ -18,7 +18,12 @@ pub(super) fn encode(
     if report.replicas.is_empty() && report.primary_changes == 0 {
         return Ok(());
     }
-    let replica_labels = |name: &str| [("manager", manager.to_owned()), ("replica", name.to_owned())];
+    let replica_labels = |name: &str| {
+        [
+            ("manager", manager.to_owned()),
+            ("replica", name.to_owned()),
+        ]
+    };
 
     let mut lag = encoder.encode_descriptor(
         "replica_lag",
@@ -64,7 +69,10 @@ pub(super) fn encode(
         ("read_your_writes", report.reads_on_primary_for_writes),
     ] {
         on_primary
-            .encode_family(&[("manager", manager.to_owned()), ("reason", reason.to_owned())])?
+            .encode_family(&[
+                ("manager", manager.to_owned()),
+                ("reason", reason.to_owned()),
+            ])?
             .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
     }
     let mut changes = encoder.encode_descriptor(

@@ -21,6 +21,9 @@ use crate::dialect::Dialect;
 use crate::error::{Error, Operation};
 use crate::session::PrimaryEpoch;
 
+/// How long a retry waits for a writable primary after a failover, unless
+/// the builder says otherwise.
+pub(crate) const DEFAULT_FAILOVER_WAIT: Duration = Duration::from_secs(30);
 /// How long one host may take to answer whether it is writable.
 const HOST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause between two passes over the hosts while none is writable.
@@ -89,7 +92,10 @@ impl<DB: Driver> Failover<DB> {
                         // that reaches the new host sees the new epoch.
                         self.epoch.fetch_add(1, Ordering::AcqRel);
                         pool.set_connect_options(host.clone());
-                        tracing::warn!(host = index, "covet-txn: the primary moved to another host");
+                        tracing::warn!(
+                            host = index,
+                            "covet-txn: the primary moved to another host"
+                        );
                     }
                     return Ok(());
                 }

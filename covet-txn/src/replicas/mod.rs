@@ -20,7 +20,7 @@ use crate::backend::Driver;
 use crate::dialect::{Dialect, Replication};
 use crate::error::Error;
 
-pub(crate) use self::failover::{Failover, Options};
+pub(crate) use self::failover::{DEFAULT_FAILOVER_WAIT, Failover, Options};
 pub use self::writes::SessionToken;
 use self::writes::Writes;
 
@@ -219,12 +219,11 @@ impl<DB: Driver> ReplicaSet<DB> {
             None => Ok(None),
             Some(need) => match need.position {
                 Some(position) => Ok(Some(SessionToken(position))),
-                None => probe::position(
-                    &self.primary,
-                    replication(&*self.dialect)?.write_position(),
-                )
-                .await
-                .map(|position| Some(SessionToken(position))),
+                None => {
+                    probe::position(&self.primary, replication(&*self.dialect)?.write_position())
+                        .await
+                        .map(|position| Some(SessionToken(position)))
+                }
             },
         }
     }

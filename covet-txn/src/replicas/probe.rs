@@ -40,9 +40,13 @@ impl Samples {
     /// age of the oldest (a lower bound).
     fn lag(&self, now: Instant, replayed: u64) -> Option<Duration> {
         let samples = self.lock();
-        let behind = samples.iter().rposition(|(_, position)| *position <= replayed);
+        let behind = samples
+            .iter()
+            .rposition(|(_, position)| *position <= replayed);
         let Some(index) = behind else {
-            return samples.front().map(|(at, _)| now.saturating_duration_since(*at));
+            return samples
+                .front()
+                .map(|(at, _)| now.saturating_duration_since(*at));
         };
         let (at, position) = samples[index];
         let passed = match samples.get(index + 1) {
@@ -68,9 +72,7 @@ impl Samples {
 
 /// Starts the probe task of `set` if none runs and a runtime is there.
 pub(super) fn spawn<DB: Driver>(set: &Arc<ReplicaSet<DB>>) {
-    if tokio::runtime::Handle::try_current().is_err()
-        || set.probing.swap(true, Ordering::AcqRel)
-    {
+    if tokio::runtime::Handle::try_current().is_err() || set.probing.swap(true, Ordering::AcqRel) {
         return;
     }
     let weak = Arc::downgrade(set);
@@ -178,8 +180,16 @@ mod tests {
         let samples = Samples::default();
         let t0 = Instant::now();
         samples.push(t0, 100, Duration::from_secs(60));
-        samples.push(t0 + Duration::from_millis(100), 200, Duration::from_secs(60));
-        samples.push(t0 + Duration::from_millis(200), 300, Duration::from_secs(60));
+        samples.push(
+            t0 + Duration::from_millis(100),
+            200,
+            Duration::from_secs(60),
+        );
+        samples.push(
+            t0 + Duration::from_millis(200),
+            300,
+            Duration::from_secs(60),
+        );
         let now = t0 + Duration::from_millis(200);
         assert_eq!(samples.lag(now, 300), Some(Duration::ZERO));
         assert_eq!(samples.lag(now, 200), Some(Duration::from_millis(100)));

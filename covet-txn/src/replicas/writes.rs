@@ -52,10 +52,8 @@ enum Reader {
 
 impl Reader {
     fn current() -> Reader {
-        tokio::task::try_id().map_or_else(
-            || Reader::Thread(std::thread::current().id()),
-            Reader::Task,
-        )
+        tokio::task::try_id()
+            .map_or_else(|| Reader::Thread(std::thread::current().id()), Reader::Task)
     }
 }
 

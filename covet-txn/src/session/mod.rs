@@ -483,26 +483,17 @@ impl<DB: Driver> Session<DB> {
                 // cancelled meanwhile, it counts as unknown.
                 drop(held);
                 let unresolved = Unresolved(&self.core);
-                let moved = || self.epoch.as_ref().is_some_and(PrimaryEpoch::changed);
                 let outcome = match &token {
-                    // After a failover the id means nothing on the new
-                    // primary, before the lookup or during it.
-                    Some(_) if moved() => CommitOutcome::Unknown,
                     // Boxed: it waits for a pooled connection, whose
                     // future is kilobytes, and every COMMIT's future would
                     // carry that space for this rare path.
                     Some(token) => {
-                        let outcome = Box::pin(DB::resolve_commit(
+                        let lookup = Box::pin(DB::resolve_commit(
                             self.pool.clone(),
                             Arc::clone(&self.dialect),
                             token.clone(),
-                        ))
-                        .await;
-                        if moved() {
-                            CommitOutcome::Unknown
-                        } else {
-                            outcome
-                        }
+                        ));
+                        PrimaryEpoch::resolve_within(self.epoch.as_ref(), lookup).await
                     }
                     None => CommitOutcome::Unknown,
                 };
