@@ -580,8 +580,18 @@ fn machine() -> String {
 }
 
 async fn postgres_pool(max: u32) -> Option<Pool<sqlx::Postgres>> {
-    let url = std::env::var("COVET_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    postgres_pool_at(
+        "COVET_PG_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        max,
+    )
+    .await
+}
+
+/// A PostgreSQL pool at the URL in `variable` (`default` without it), or
+/// `None` after a notice.
+async fn postgres_pool_at(variable: &str, default: &str, max: u32) -> Option<Pool<sqlx::Postgres>> {
+    let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
     match sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
         .connect(&url)

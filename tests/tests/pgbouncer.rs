@@ -31,6 +31,11 @@ async fn manager(url: &str) -> Option<TxManager<Postgres>> {
     Some(TxManager::new(topology::pool(url, 1).await?))
 }
 
+/// Two clients of the transaction pool over one server connection.
+async fn two_clients() -> Option<(TxManager<Postgres>, TxManager<Postgres>)> {
+    Some((manager(SINGLE).await?, manager(SINGLE).await?))
+}
+
 /// A transaction that runs one parameterized statement.
 async fn add(manager: &TxManager<Postgres>, options: TxOptions, value: i64) -> Result<i64, Error> {
     manager
@@ -70,10 +75,7 @@ async fn in_transaction_pooling_sqlx_statement_cache_breaks_the_next_transaction
 
 #[tokio::test]
 async fn in_transaction_pooling_transactions_work_without_the_statement_cache() {
-    let Some(first) = manager(SINGLE).await else {
-        return;
-    };
-    let Some(second) = manager(SINGLE).await else {
+    let Some((first, second)) = two_clients().await else {
         return;
     };
     // Two clients take turns on the one server connection.
@@ -106,10 +108,7 @@ async fn in_transaction_pooling_prepared_statements_outside_a_transaction_break(
 
 #[tokio::test]
 async fn in_transaction_pooling_a_transactions_settings_do_not_reach_the_next_client() {
-    let Some(first) = manager(SINGLE).await else {
-        return;
-    };
-    let Some(second) = manager(SINGLE).await else {
+    let Some((first, second)) = two_clients().await else {
         return;
     };
     let timeout_inside: String = first

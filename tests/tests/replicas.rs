@@ -135,6 +135,13 @@ async fn read(manager: &TxManager<Postgres>, table: &str, value: i64) -> (bool, 
         .expect("a read")
 }
 
+/// A manager as [`manager`] gives, and `table` created afresh.
+async fn with_table(table: &str) -> Option<(TxManager<Postgres>, PgPool)> {
+    let (manager, primary) = manager().await?;
+    fresh_table(&primary, table).await;
+    Some((manager, primary))
+}
+
 async fn fresh_table(primary: &PgPool, table: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (value int8 NOT NULL)"
@@ -147,10 +154,9 @@ async fn fresh_table(primary: &PgPool, table: &str) {
 #[tokio::test]
 async fn a_task_reads_its_own_writes_at_once_and_the_replica_again_once_it_has_them() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some((manager, primary)) = manager().await else {
+    let Some((manager, _)) = with_table("replica_own_writes").await else {
         return;
     };
-    fresh_table(&primary, "replica_own_writes").await;
     for value in 0..20 {
         write(&manager, "replica_own_writes", value)
             .await
@@ -210,10 +216,9 @@ async fn a_session_token_carries_read_your_writes_to_another_task() {
 #[tokio::test]
 async fn a_lagging_replica_is_skipped_and_counted_then_serves_again() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some((manager, primary)) = manager().await else {
+    let Some((manager, primary)) = with_table("replica_lagging").await else {
         return;
     };
-    fresh_table(&primary, "replica_lagging").await;
     {
         let _paused = Paused::start();
         write(&primary_only(&primary), "replica_lagging", 1)

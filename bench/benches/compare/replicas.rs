@@ -69,22 +69,6 @@ async fn throughput(manager: &TxManager<Postgres>) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn replica_pool(max: u32) -> Option<Pool<Postgres>> {
-    let url = std::env::var("COVET_PG_REPLICA_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".to_owned());
-    match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max)
-        .connect(&url)
-        .await
-    {
-        Ok(pool) => Some(pool),
-        Err(error) => {
-            eprintln!("notice: skipping the replica throughput: {url}: {error}");
-            None
-        }
-    }
-}
-
 /// Prints the scenario's two tables.
 pub async fn run(primary: Pool<Postgres>) {
     println!(
@@ -93,7 +77,12 @@ pub async fn run(primary: Pool<Postgres>) {
     );
     println!("| setup | read-only tx/s (median of 3) |");
     println!("|---|---|");
-    if let Some(replica) = replica_pool(READERS as u32).await {
+    let replica = super::postgres_pool_at(
+        "COVET_PG_REPLICA_URL",
+        "postgres://postgres@127.0.0.1:5433/test",
+        READERS as u32,
+    );
+    if let Some(replica) = replica.await {
         let alone = TxManager::new(primary.clone());
         let with_replica = TxManager::builder(primary.clone()).replica(replica).build();
         with_replica.refresh_replicas().await;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{ConnectOptions, Connection};
 
-use super::replication;
+use super::{first_value, replication};
 use crate::backend::Driver;
 use crate::dialect::Dialect;
 use crate::error::{Error, Operation};
@@ -116,12 +116,7 @@ async fn is_writable<DB: Driver>(host: &Options<DB>, sql: &'static str) -> Resul
         .connect()
         .await
         .map_err(|source| Error::database(Operation::Replication, source))?;
-    let rows = DB::text_rows(&mut conn, sql.to_owned(), Vec::new())
-        .await
-        .map_err(|source| Error::database(Operation::Replication, source))?;
+    let writable = first_value::<DB>(&mut conn, sql).await;
     let _ = conn.close().await;
-    Ok(rows
-        .first()
-        .and_then(|row| row.first())
-        .is_some_and(|value| value.as_deref() == Some("true")))
+    Ok(writable?.as_deref() == Some("true"))
 }

@@ -259,6 +259,20 @@ impl<DB: Driver> ReplicaSet<DB> {
     }
 }
 
+/// The first column of the first row of `sql`, run on `conn`.
+async fn first_value<DB: Driver>(
+    conn: &mut DB::Connection,
+    sql: &'static str,
+) -> Result<Option<String>, Error> {
+    let rows = DB::text_rows(conn, sql.to_owned(), Vec::new())
+        .await
+        .map_err(|source| Error::database(crate::error::Operation::Replication, source))?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next().flatten()))
+}
+
 /// The dialect's replication queries, or the error that says there are
 /// none.
 pub(crate) fn replication<DB: sqlx::Database>(

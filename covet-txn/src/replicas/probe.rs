@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Observed, ReplicaSet, replication};
+use super::{Observed, ReplicaSet, first_value, replication};
 use crate::backend::Driver;
 use crate::error::{Error, Operation};
 
@@ -154,12 +154,8 @@ pub(super) async fn position<DB: Driver>(
             .acquire()
             .await
             .map_err(|source| Error::database(Operation::Replication, source))?;
-        let rows = DB::text_rows(&mut conn, sql.to_owned(), Vec::new())
-            .await
-            .map_err(|source| Error::database(Operation::Replication, source))?;
-        rows.into_iter()
-            .next()
-            .and_then(|row| row.into_iter().next().flatten())
+        first_value::<DB>(&mut conn, sql)
+            .await?
             .and_then(|text| text.parse().ok())
             .ok_or(Error::NotAReplica)
     };
