@@ -336,3 +336,26 @@ fn psql_on_replica(sql: &str) {
         "psql `{sql}` on the replica failed"
     );
 }
+
+#[tokio::test]
+async fn a_manager_whose_dialect_cannot_follow_replication_reads_from_the_primary_and_says_why() {
+    let Some(primary) = covet_txn_tests::mysql(2).await else {
+        return;
+    };
+    let manager = TxManager::builder(primary.clone()).replica(primary).build();
+    manager.refresh_replicas().await;
+    manager
+        .transaction(READ_ONLY, || async {
+            sqlx::query("SELECT 1")
+                .execute(&mut *manager.conn()?)
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .expect("a read on the primary");
+    let report = manager.replicas();
+    assert_eq!(report.reads_on_primary_unavailable, 1, "{report:?}");
+    assert!(!report.replicas[0].serving, "{report:?}");
+    let why = report.replicas[0].last_error.as_deref().unwrap_or_default();
+    assert!(why.contains("replication is not supported"), "{why}");
+}

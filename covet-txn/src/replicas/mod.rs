@@ -201,8 +201,13 @@ impl<DB: Driver> ReplicaSet<DB> {
         self.on_primary_unavailable.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The current reader committed a write.
-    pub(crate) fn committed_write(&self) {
+    /// The current reader committed a write. The probe, which forgets old
+    /// writes, runs from here on too: a manager built outside a runtime
+    /// that only writes would otherwise keep every task's entry.
+    pub(crate) fn committed_write(self: &Arc<Self>) {
+        if !self.probing.load(Ordering::Relaxed) {
+            probe::spawn(self);
+        }
         self.writes.committed();
     }
 
