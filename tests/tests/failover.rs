@@ -99,8 +99,12 @@ async fn standby(pool: &PgPool) -> bool {
         .expect("pg_is_in_recovery()")
 }
 
+/// The tests change which host of the pair is the primary: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(first) = topology::pool(PAIR_URLS[0], 1).await else {
         return;
     };
@@ -247,4 +251,47 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
     assert!(after_failover > 0, "no call committed on the new primary");
     assert!(manager.replicas().primary_changes >= 1);
     drop(rebuild);
+}
+
+#[tokio::test]
+async fn a_pool_pointed_at_a_dead_host_finds_the_primary_after_its_first_failure() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if topology::pool(PAIR_URLS[0], 1).await.is_none() {
+        return;
+    }
+    // Nothing listens on 5436.
+    let dead = topology::options("postgres://postgres@127.0.0.1:5436/test");
+    let pool = covet_txn_tests::pool_options::<Postgres>(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(dead.clone());
+    let manager = TxManager::builder(pool)
+        .primary_hosts([
+            dead,
+            topology::options(PAIR_URLS[0]),
+            topology::options(PAIR_URLS[1]),
+        ])
+        .build();
+    let writable = || async {
+        manager
+            .transaction(TxOptions::new(), || async {
+                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut *manager.conn()?)
+                    .await?;
+                Ok::<_, Error>(!standby)
+            })
+            .await
+    };
+    let first = writable().await;
+    assert!(
+        matches!(
+            first,
+            Err(Error::Database {
+                operation: covet_txn::Operation::Acquire,
+                ..
+            })
+        ),
+        "{first:?}"
+    );
+    assert!(writable().await.expect("the second call, on the primary"));
+    assert_eq!(manager.replicas().primary_changes, 1);
 }
