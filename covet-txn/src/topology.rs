@@ -87,9 +87,11 @@ impl<DB: Backend> TxManagerBuilder<DB> {
     }
 
     /// The hosts the primary may run on, in the order to try them (the
-    /// pool's own options are the first guess). After a connection failure
-    /// a retrying call waits for the host that accepts writes, points the
-    /// pool at it and runs there. Needs a dialect with replication queries.
+    /// pool's own options are the first guess). A call that loses its
+    /// connection, or gets none, waits for the host that accepts writes and
+    /// points the pool at it, before its next attempt (with `retry`) or
+    /// before it returns its error. Needs a dialect with replication
+    /// queries.
     pub fn primary_hosts(mut self, hosts: impl IntoIterator<Item = Options<DB>>) -> Self {
         self.primary_hosts.extend(hosts);
         self
