@@ -86,6 +86,35 @@ async fn read_only_transactions_run_on_the_replica_and_the_others_on_the_primary
 }
 
 #[tokio::test]
+async fn the_dashboard_shows_each_replica_and_where_reads_went() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some((manager, _)) = manager().await else {
+        return;
+    };
+    assert!(on_replica(&manager, READ_ONLY).await.expect("a read"));
+    let running = covet_txn_dashboard::Dashboard::new(manager.monitor())
+        .bind("127.0.0.1:0")
+        .bearer_token("replica-t0ken")
+        .start()
+        .await
+        .expect("the dashboard");
+    let (status, _, state) =
+        covet_txn_tests::http_get(running.addr(), "/api/state", Some("Bearer replica-t0ken")).await;
+    running.shutdown().await;
+    assert_eq!(status, 200, "{state}");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
+    let replica = &state["replicas"]["replicas"][0];
+    assert_eq!(replica["name"], "replica-0", "{state}");
+    assert_eq!(replica["serving"], true, "{state}");
+    assert_eq!(replica["reads"], 1, "{state}");
+    assert!(replica["lag_ms"].as_f64().is_some(), "{state}");
+    assert_eq!(
+        state["replicas"]["reads_on_primary_unavailable"], 0,
+        "{state}"
+    );
+}
+
+#[tokio::test]
 async fn a_read_only_call_inside_a_read_write_transaction_joins_it_on_the_primary() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some((manager, _)) = manager().await else {

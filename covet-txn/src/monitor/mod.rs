@@ -174,6 +174,12 @@ impl Monitor {
         self.inner.manager().map(|manager| manager.snapshot())
     }
 
+    /// Where the manager's read-only transactions went and its replicas'
+    /// state: [`TxManager::replicas`](crate::TxManager::replicas).
+    pub fn replicas(&self) -> Result<crate::ReplicaReport, Error> {
+        self.inner.manager().map(|manager| manager.replica_report())
+    }
+
     /// The health score over the last interval, and recommendations.
     pub fn health(&self) -> Result<Health, Error> {
         let metrics = self.metrics()?;
