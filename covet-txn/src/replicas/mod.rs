@@ -43,9 +43,11 @@ impl Default for ReplicaSettings {
 }
 
 impl ReplicaSettings {
-    /// How long a probe's answer stays good enough to route by.
+    /// How long a probe's answer stays good enough to route by: three
+    /// rounds, and the wait for a replica that hangs until the probe's
+    /// timeout, which delays the next round.
     fn freshness(&self) -> Duration {
-        (self.probe_interval * 3).max(Duration::from_secs(1))
+        self.probe_interval * 3 + probe::PROBE_TIMEOUT
     }
 }
 

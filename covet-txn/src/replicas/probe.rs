@@ -18,7 +18,7 @@ use crate::backend::Driver;
 use crate::error::{Error, Operation};
 
 /// A probe query that takes longer than this counts as a failure.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The primary's positions over the last rounds, oldest first.
 #[derive(Default)]
@@ -120,7 +120,9 @@ pub(super) async fn round<DB: Driver>(set: &ReplicaSet<DB>) {
         set.samples.push(started, position, keep);
         set.writes.sampled(started, position, keep);
     }
-    for replica in &set.replicas {
+    // Side by side, each recorded as it answers: a replica that hangs
+    // until the probe's timeout holds up no other's answer.
+    let probes = set.replicas.iter().map(|replica| async move {
         let replayed = position(&replica.pool, queries.replay_position()).await;
         let now = Instant::now();
         replica.set(match replayed {
@@ -141,7 +143,8 @@ pub(super) async fn round<DB: Driver>(set: &ReplicaSet<DB>) {
                 ..Observed::default()
             },
         });
-    }
+    });
+    futures_util::future::join_all(probes).await;
 }
 
 /// Runs a position query on a connection of `pool`.

@@ -8,8 +8,8 @@
 //! (the background probe takes one each round) stands for it: a replica
 //! that has replayed past that sample has the write. Until that sample
 //! exists, the task's reads go to the primary. An entry older than the lag
-//! bound plus three probe rounds is dropped: every replica still allowed
-//! to serve reads has replayed it by then.
+//! bound plus the time a probe's answer stays good is dropped: every
+//! replica still allowed to serve reads has replayed it by then.
 
 use std::collections::HashMap;
 use std::fmt;
