@@ -15,10 +15,12 @@ use covet_txn_bench::retry;
 use sqlx::{Connection, Executor, Pool};
 
 mod outbox;
+#[path = "compare/replicas.rs"]
+mod replicas;
 
 /// Whether `name` is listed in the comma-separated variable (everything is,
 /// when it is unset): `COVET_BENCH_SCENARIOS` takes `latency`, `contended`,
-/// `memory`, `outbox`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
+/// `memory`, `outbox`, `replicas`; `COVET_BENCH_BACKENDS` takes `postgres`, `mariadb`, `sqlite`.
 fn wanted(variable: &str, name: &str) -> bool {
     std::env::var(variable).map_or(true, |list| list.split(',').any(|part| part.trim() == name))
 }
@@ -579,8 +581,18 @@ fn machine() -> String {
 }
 
 async fn postgres_pool(max: u32) -> Option<Pool<sqlx::Postgres>> {
-    let url = std::env::var("COVET_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    postgres_pool_at(
+        "COVET_PG_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        max,
+    )
+    .await
+}
+
+/// A PostgreSQL pool at the URL in `variable` (`default` without it), or
+/// `None` after a notice.
+async fn postgres_pool_at(variable: &str, default: &str, max: u32) -> Option<Pool<sqlx::Postgres>> {
+    let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
     match sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
         .connect(&url)
@@ -760,6 +772,13 @@ async fn run_all() {
                 sqlite::memory_per_transaction(sqlite_memory().await).await,
             );
         }
+    }
+
+    if scenario("replicas")
+        && backend("postgres")
+        && let Some(pool) = postgres_pool(replicas::READERS as u32).await
+    {
+        replicas::run(pool).await;
     }
 }
 

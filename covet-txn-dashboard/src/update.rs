@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use covet_txn::MetricsSnapshot;
 use covet_txn::monitor::{Alert, AlertFilter, AlertLevel, Health, Monitor, Sample, StoreStatus};
+use covet_txn::{MetricsSnapshot, ReplicaReport};
 use serde::Serialize;
 
 /// How many samples and alerts one update carries at most.
@@ -68,6 +68,52 @@ struct Point {
     health: u8,
 }
 
+/// One replica's row.
+#[derive(Serialize)]
+struct ReplicaRow {
+    name: String,
+    reachable: bool,
+    serving: bool,
+    lag_ms: Option<f64>,
+    lag_bytes: Option<u64>,
+    reads: u64,
+    last_error: Option<String>,
+}
+
+/// The replicas panel, shown when the manager has replicas or primary hosts.
+#[derive(Serialize)]
+struct Replicas {
+    replicas: Vec<ReplicaRow>,
+    max_lag_ms: f64,
+    reads_on_primary_unavailable: u64,
+    reads_on_primary_for_writes: u64,
+    primary_changes: u64,
+}
+
+impl From<ReplicaReport> for Replicas {
+    fn from(report: ReplicaReport) -> Self {
+        Replicas {
+            replicas: report
+                .replicas
+                .into_iter()
+                .map(|replica| ReplicaRow {
+                    name: replica.name,
+                    reachable: replica.reachable,
+                    serving: replica.serving,
+                    lag_ms: replica.lag.map(|lag| lag.as_secs_f64() * 1000.0),
+                    lag_bytes: replica.lag_bytes,
+                    reads: replica.reads,
+                    last_error: replica.last_error,
+                })
+                .collect(),
+            max_lag_ms: report.max_lag.as_secs_f64() * 1000.0,
+            reads_on_primary_unavailable: report.reads_on_primary_unavailable,
+            reads_on_primary_for_writes: report.reads_on_primary_for_writes,
+            primary_changes: report.primary_changes,
+        }
+    }
+}
+
 /// Everything the page shows, in one update.
 #[derive(Serialize)]
 struct Update {
@@ -77,6 +123,7 @@ struct Update {
     alerts: Vec<Alert>,
     /// The metrics store, if the monitor keeps its history in one.
     store: Option<StoreStatus>,
+    replicas: Replicas,
     /// Active transactions older than this are shown as long.
     long_transaction_ms: u128,
     refresh_ms: u128,
@@ -113,6 +160,7 @@ pub(crate) fn json(
         history,
         alerts,
         store: monitor.store_status(),
+        replicas: monitor.replicas()?.into(),
         long_transaction_ms: monitor.thresholds().long_transaction.as_millis(),
         refresh_ms: refresh.as_millis(),
     };

@@ -22,10 +22,11 @@ use crate::nested_acquire::NestedAcquires;
 use crate::observe::Observer;
 use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis};
 use crate::options::Isolation;
+use crate::replicas::{Failover, ReplicaReport, ReplicaSet};
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;
 use crate::session::{
-    Opening, ProbeCache, Session, SessionErase, SessionHandle, Source, finish_on,
+    Opening, PrimaryEpoch, ProbeCache, Session, SessionErase, SessionHandle, Source, finish_on,
 };
 
 /// A database covet-txn can run transactions on: [`sqlx::Postgres`],
@@ -50,6 +51,10 @@ pub struct Engine<DB: Driver> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) nested_acquires: NestedAcquires,
     pub(crate) probes: ProbeCache,
+    /// Where read-only transactions may run instead of the primary.
+    pub(crate) replicas: Option<Arc<ReplicaSet<DB>>>,
+    /// The primary's hosts, when it may fail over to another.
+    pub(crate) failover: Option<Failover<DB>>,
 }
 
 /// Which connection a statement outside any transaction runs on.
@@ -80,7 +85,30 @@ pub(crate) struct OpenRequest {
 
 impl<DB: Backend> Engine<DB> {
     async fn open(&self, request: OpenRequest) -> Result<SessionHandle, Error> {
-        let source = match request.lent_from {
+        // A read-only transaction of its own may run on a replica; one that
+        // nests or joins runs where its transaction runs.
+        let routable = request.transactional
+            && request.options.read_only == Some(true)
+            && request.lent_from.is_none()
+            && request.holding == 0
+            && request.branch.is_none();
+        if let Some(replicas) = self.replicas.as_ref().filter(|_| routable)
+            && let Some((index, pool)) = replicas.route()
+        {
+            match Session::open(self.opening(&request, Source::Pool, pool.clone(), None)).await {
+                Ok(session) => return Ok(DB::erase(session)),
+                Err(
+                    error @ Error::Database {
+                        operation: Operation::Acquire,
+                        ..
+                    },
+                ) => {
+                    replicas.failed(index, &error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let source = match request.lent_from.clone() {
             Some(lender) => Source::Lent(Arc::clone(DB::unerase(&lender).ok_or(
                 Error::TransactionAborted("its connection belongs to another backend"),
             )?)),
@@ -99,7 +127,19 @@ impl<DB: Backend> Engine<DB> {
             }
             None => Source::Pool,
         };
-        let session = Session::open(Opening {
+        let epoch = self.primary_epoch();
+        let opening = self.opening(&request, source, self.pool.clone(), epoch);
+        Ok(DB::erase(Session::open(opening).await?))
+    }
+
+    fn opening(
+        &self,
+        request: &OpenRequest,
+        source: Source<DB>,
+        pool: sqlx::Pool<DB>,
+        epoch: Option<PrimaryEpoch>,
+    ) -> Opening<'_, DB> {
+        Opening {
             manager_id: self.id,
             name: request.name,
             options: request.options,
@@ -107,14 +147,33 @@ impl<DB: Backend> Engine<DB> {
             source,
             attempt: request.attempt,
             server_timeout: request.server_timeout,
-            observer: request.observer,
-            pool: self.pool.clone(),
+            observer: request.observer.clone(),
+            pool,
             dialect: Arc::clone(&self.dialect),
             probes: &self.probes,
-            branch: request.branch,
-        })
-        .await?;
-        Ok(DB::erase(session))
+            branch: request.branch.clone(),
+            epoch,
+        }
+    }
+
+    fn replica_report(&self) -> ReplicaReport {
+        let mut report = match &self.replicas {
+            Some(replicas) => replicas.report(),
+            None => ReplicaReport::default(),
+        };
+        report.primary_changes = self.failover.as_ref().map_or(0, Failover::changes);
+        report
+    }
+
+    fn primary_epoch(&self) -> Option<PrimaryEpoch> {
+        self.failover.as_ref().map(Failover::epoch)
+    }
+
+    async fn rediscover(&self, seen: &PrimaryEpoch) -> Result<(), Error> {
+        match &self.failover {
+            Some(failover) => failover.rediscover(&self.pool, &*self.dialect, seen).await,
+            None => Ok(()),
+        }
     }
 
     async fn connection(&self) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
@@ -273,6 +332,30 @@ impl EngineHandle {
 
     pub(crate) async fn open(&self, request: OpenRequest) -> Result<SessionHandle, Error> {
         dispatch!(self, engine => engine.open(request).await)
+    }
+
+    /// Where read-only transactions went, and the replicas' state.
+    pub(crate) fn replica_report(&self) -> ReplicaReport {
+        dispatch!(self, engine => engine.replica_report())
+    }
+
+    /// The primary's epoch now, when the manager follows a failover.
+    pub(crate) fn primary_epoch(&self) -> Option<PrimaryEpoch> {
+        dispatch!(self, engine => engine.primary_epoch())
+    }
+
+    /// After a connection failure in `seen`: finds the writable primary
+    /// host again (nothing without several hosts).
+    pub(crate) async fn rediscover(&self, seen: &PrimaryEpoch) -> Result<(), Error> {
+        dispatch!(self, engine => engine.rediscover(seen).await)
+    }
+
+    /// A read-write transaction of the current task committed: its
+    /// read-only ones wait for replicas to replay it.
+    pub(crate) fn committed_write(&self) {
+        dispatch!(self, engine => if let Some(replicas) = &engine.replicas {
+            replicas.committed_write();
+        })
     }
 
     /// The dialect's two-phase SQL, or the error that says there is none.

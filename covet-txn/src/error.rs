@@ -38,6 +38,8 @@ pub enum Operation {
     FinishPrepared,
     /// Reading or writing the two-phase coordinator's decision log.
     DecisionLog,
+    /// Reading a replication position, or whether a server is writable.
+    Replication,
 }
 
 impl fmt::Display for Operation {
@@ -53,6 +55,7 @@ impl fmt::Display for Operation {
             Operation::Prepare => "PREPARE",
             Operation::FinishPrepared => "finishing a prepared transaction",
             Operation::DecisionLog => "the two-phase decision log",
+            Operation::Replication => "reading a replication position",
         })
     }
 }
@@ -350,6 +353,34 @@ pub enum Error {
     #[cfg(feature = "outbox")]
     #[error("the outbox message could not be serialised: {0}")]
     Payload(#[source] serde_json::Error),
+
+    /// The manager was given replicas or several primary hosts, but its
+    /// dialect cannot follow replication.
+    #[error(
+        "{system} replication is not supported: replicas and primary hosts need a dialect \
+         with replication queries (PostgreSQL's)"
+    )]
+    ReplicationUnsupported {
+        /// The database's `db.system` name.
+        system: &'static str,
+    },
+
+    /// A replica's probe found a server that has not replayed anything: it
+    /// is not a replica (or the dialect's query answered no number).
+    #[error("the server given as a replica is not one: it is not replaying a primary's log")]
+    NotAReplica,
+
+    /// None of the primary hosts accepted writes within the failover wait.
+    #[error(
+        "none of the {hosts} primary hosts accepted writes within {waited:?}: the failover \
+         has not finished, or every host is down"
+    )]
+    NoWritablePrimary {
+        /// How many hosts were tried.
+        hosts: usize,
+        /// How long they were tried for.
+        waited: Duration,
+    },
 }
 
 impl Error {

@@ -50,6 +50,8 @@
 //!   leave no data behind.
 //! - [`dialect`]: the SQL and error codes of each database, and how to add
 //!   one.
+//! - [`TxManagerBuilder::replica`], [`TxManagerBuilder::primary_hosts`]:
+//!   read-only transactions on replicas, and following a failover.
 //! - [`two_phase`]: one call's work on several databases, committed by
 //!   two-phase commit, with a durable decision and crash recovery.
 //! - `outbox` (feature `outbox`): messages written in the transaction and
@@ -75,11 +77,12 @@
 //! | requests and dialects | `request`, [`dialect`], `observe` | what a call asks for; per-database SQL, settings and error codes; counting and tracing |
 //! | drivers and hook storage | `backend/`, `hooks::list`, `hooks::run` | running a dialect's SQL on each wire protocol; where hooks wait and how a phase runs |
 //! | session | `session/` | one transaction on one connection: open, savepoints, end, recovery of a cut-off connection |
+//! | topology | `replicas/` | the server a transaction runs on: replicas, their lag, read-your-writes; the writable host after a failover |
 //! | engine | `engine` | a manager as the runtime sees it: pool, dialect, policy, metrics |
 //! | context | `context`, `defaults` | the task's open scopes; `conn()`, `current()`; the default manager |
 //! | hooks and savepoints | `hooks`, `savepoint` | registering hooks from a body; savepoints by hand |
 //! | the call | `call::plan`, `call`, `call::settle`, `call::attempts` | plan, run in a frame, settle, retry |
-//! | public API | `manager`, `testing`, [`two_phase`], `__private`, [`monitor`], `outbox` | [`TxManager`] and the closure API; test transactions; two-phase commit across managers; what generated code calls; the monitor; the transactional outbox |
+//! | public API | `manager`, `topology`, `testing`, [`two_phase`], `__private`, [`monitor`], `outbox` | [`TxManager`] and the closure API; replicas and failover; test transactions; two-phase commit across managers; what generated code calls; the monitor; the transactional outbox |
 //!
 //! The live web dashboard is the `covet-txn-dashboard` crate.
 
@@ -94,6 +97,8 @@
         unused_imports,
         unused_macros,
         unused_variables,
+        unused_mut,
+        unused_assignments,
         unreachable_code
     )
 )]
@@ -118,12 +123,14 @@ mod observe;
 mod options;
 #[cfg(feature = "outbox")]
 pub mod outbox;
+mod replicas;
 mod request;
 mod retry;
 mod savepoint;
 mod session;
 mod state;
 mod testing;
+mod topology;
 pub mod two_phase;
 
 #[doc(hidden)]
@@ -140,6 +147,7 @@ pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_ret
 pub use observe::counters::{DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts};
 pub use observe::metrics::{ActiveTransaction, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus};
 pub use options::{Isolation, Propagation, UnknownName};
+pub use replicas::{ReplicaReport, ReplicaStatus, SessionToken};
 pub use request::{CallOptions, TxOptions};
 pub use retry::{RetryPolicy, RetryPredicate};
 pub use savepoint::{Savepoint, named_savepoint, savepoint};

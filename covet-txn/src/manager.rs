@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::Pool;
 
@@ -24,6 +25,7 @@ use crate::failure::{ErrorSource, inspect_source};
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::metrics::{DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot};
+use crate::replicas::{DEFAULT_FAILOVER_WAIT, Failover, Options, ReplicaSet, ReplicaSettings};
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
 use crate::session::{ProbeCache, TxConn};
@@ -50,7 +52,7 @@ use crate::session::{ProbeCache, TxConn};
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 pub struct TxManager<DB: Backend> {
-    engine: Arc<Engine<DB>>,
+    pub(crate) engine: Arc<Engine<DB>>,
 }
 
 impl<DB: Backend> Clone for TxManager<DB> {
@@ -96,6 +98,10 @@ impl<DB: Backend> TxManager<DB> {
             hooks: ManagerHooks::default(),
             max_functions: DEFAULT_MAX_FUNCTIONS,
             dialect: None,
+            replicas: Vec::new(),
+            replica_settings: ReplicaSettings::default(),
+            primary_hosts: Vec::new(),
+            failover_wait: DEFAULT_FAILOVER_WAIT,
         }
     }
 
@@ -235,6 +241,10 @@ pub struct TxManagerBuilder<DB: Backend> {
     hooks: ManagerHooks,
     max_functions: usize,
     dialect: Option<Arc<dyn Dialect<DB>>>,
+    pub(crate) replicas: Vec<Pool<DB>>,
+    pub(crate) replica_settings: ReplicaSettings,
+    pub(crate) primary_hosts: Vec<Options<DB>>,
+    pub(crate) failover_wait: Duration,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
@@ -323,6 +333,12 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         let dialect = self.dialect.unwrap_or_else(DB::default_dialect);
         let name = self.name.unwrap_or_else(|| dialect.system().to_owned());
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let replicas = ReplicaSet::new(
+            self.pool.clone(),
+            Arc::clone(&dialect),
+            self.replicas,
+            self.replica_settings,
+        );
         TxManager {
             engine: Arc::new(Engine {
                 id,
@@ -334,6 +350,8 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 metrics: Arc::new(Metrics::new(id, self.max_functions)),
                 nested_acquires: NestedAcquires::default(),
                 probes: ProbeCache::default(),
+                replicas,
+                failover: Failover::new(self.primary_hosts, self.failover_wait),
             }),
         }
     }

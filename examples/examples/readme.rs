@@ -152,6 +152,12 @@ async fn create_tables(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The streaming replica the topology section's snippet reads from.
+fn replica_url() -> String {
+    std::env::var("REPLICA_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".to_owned())
+}
+
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -229,6 +235,7 @@ async fn health() -> &'static str {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use covet_txn::{Isolation, TxOptions};
+    use std::time::Duration;
 
     let pool = sqlx::PgPool::connect(&database_url()).await?;
     let manager = covet_txn::TxManager::new(pool);
@@ -254,6 +261,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(manager.metrics().backend, "cockroachdb");
     }
 
+    {
+        use covet_txn::SessionToken;
+        use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+        let primary = manager.pool().clone();
+        let primary_hosts: Vec<PgConnectOptions> = vec![database_url().parse()?];
+        let replica = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(1)) // a read whose replica is gone goes to the primary
+            .connect_lazy(&replica_url())?;
+        let manager = TxManager::builder(primary)
+            .replica(replica) // one call per replica
+            .max_replica_lag(Duration::from_secs(2))
+            .primary_hosts(primary_hosts) // failover: every host the primary may run on
+            .build();
+        // After the request's writes: a cookie or header for the client.
+        let token: Option<SessionToken> = manager.session_token().await?;
+        // In the client's next request, before its reads, whichever process serves it.
+        if let Some(token) = token {
+            manager.read_after(token);
+        }
+        assert_eq!(manager.replicas().replicas.len(), 1);
+    }
+
     let refused = withdraw(2, 500).await;
     assert!(matches!(refused, Err(AppError::Refused(_))), "{refused:?}");
     let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM withdrawals")
@@ -268,7 +297,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(total_now, total);
 
     use covet_txn::monitor::MonitorConfig;
-    use std::time::Duration;
     let dashboard_token =
         std::env::var("DASHBOARD_TOKEN").unwrap_or_else(|_| "change-me".to_owned());
     use covet_txn_dashboard::Dashboard;

@@ -4,6 +4,7 @@
 //! MariaDB and SQLite.
 
 pub mod proxy;
+pub mod topology;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -313,14 +314,14 @@ macro_rules! __backend_helpers {
             Ok(value)
         }
 
+        /// Over the simple protocol, which PgBouncer's transaction pooling
+        /// allows outside a transaction (see [`column`]).
         #[allow(dead_code)]
         pub async fn pool_scalar(pool: &::sqlx::Pool<Db>, sql: impl Into<String>) -> i64 {
             let sql = sql.into();
-            match ::sqlx::query_scalar::<_, i64>(::sqlx::AssertSqlSafe(sql.clone()))
-                .fetch_one(pool)
-                .await
-            {
-                Ok(value) => value,
+            match $crate::column::<_, _, i64>(pool, sql.clone()).await.as_deref() {
+                Ok([value]) => *value,
+                Ok(other) => panic!("`{sql}` returned {other:?}, not one row"),
                 Err(error) => panic!("`{sql}` failed: {error}"),
             }
         }
@@ -450,4 +451,58 @@ impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
         AppError::Db(error)
     }
+}
+
+/// The first column of every row `sql` returns, read over the simple
+/// protocol. Outside a transaction behind PgBouncer's transaction pooling a
+/// prepared statement does not outlive its Sync (sqlx prepares, syncs, then
+/// binds), so the suite's checks outside transactions read this way.
+pub async fn column<'e, DB, E, T>(executor: E, sql: String) -> Result<Vec<T>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'e, Database = DB>,
+    T: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET on loopback, with an optional `Authorization`
+/// value: the status, the headers (names in lower case) and the body.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    target: &str,
+    authorization: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(value) = authorization {
+        request.push_str(&format!("Authorization: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("reads");
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }

@@ -99,14 +99,12 @@ each_backend! {
         assert_eq!(succeeded.len() + refused + gave_up, (TASKS * TRANSFERS_PER_TASK) as usize);
         assert!(succeeded.len() > 1000, "most transfers go through");
 
-        let balances: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT balance FROM {accounts}")))
-            .fetch_all(manager.pool())
+        let balances: Vec<i64> = covet_txn_tests::column(manager.pool(), format!("SELECT balance FROM {accounts}"))
             .await
             .expect("reads balances");
         assert_eq!(balances.iter().sum::<i64>(), ACCOUNTS * OPENING_BALANCE, "no money created or lost");
         assert!(balances.iter().all(|balance| *balance >= 0), "no overdraft: {balances:?}");
-        let logged: BTreeSet<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT id FROM {}", log_table())))
-            .fetch_all(manager.pool())
+        let logged: BTreeSet<i64> = covet_txn_tests::column(manager.pool(), format!("SELECT id FROM {}", log_table()))
             .await
             .expect("reads the log")
             .into_iter()

@@ -155,10 +155,10 @@ each_backend! {
 
             let mut next_user = manager.pool().acquire().await.expect("the pool hands out a connection");
             assert!(idle(&mut next_user).await, "iteration {id}: the next user got a connection inside a transaction ({tally:?})");
-            let visible: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE id = {id}")))
-                .fetch_one(&mut *next_user)
+            let visible: Vec<i64> = covet_txn_tests::column(&mut *next_user, format!("SELECT COUNT(*) FROM {table} WHERE id = {id}"))
                 .await
                 .expect("reads");
+            let visible = visible[0];
             match outcome {
                 Some(_) => assert_eq!(visible, 1, "iteration {id} committed"),
                 None if finished => {}
@@ -244,20 +244,20 @@ mod slow_commit {
             cut.is_err(),
             "the call was cancelled during its COMMIT: {cut:?}"
         );
-        let seen_next: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slow_commit_pg")
-            .fetch_one(manager.pool())
-            .await
-            .expect("the next borrower reads");
+        let seen_next: Vec<i64> =
+            covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
+                .await
+                .expect("the next borrower reads");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let seen_later: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slow_commit_pg")
-            .fetch_one(manager.pool())
-            .await
-            .expect("reads");
+        let seen_later: Vec<i64> =
+            covet_txn_tests::column(manager.pool(), "SELECT COUNT(*) FROM slow_commit_pg".into())
+                .await
+                .expect("reads");
         assert_eq!(
             seen_next, seen_later,
             "the cut-off COMMIT became visible after the next borrower began"
         );
-        assert_eq!(seen_next, 1, "the server committed what it received");
+        assert_eq!(seen_next, [1], "the server committed what it received");
         assert_eq!(
             opened.load(Ordering::SeqCst),
             1,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use covet_txn::monitor::{AlertFilter, AlertRule, MetricsStore, MonitorConfig};
 use covet_txn::{Failure, TxManager, transactional};
 use covet_txn_dashboard::{Dashboard, RunningDashboard};
-use covet_txn_tests::AppError;
+use covet_txn_tests::{AppError, http_get};
 use sqlx::Sqlite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -169,35 +169,6 @@ impl Workload {
 }
 
 /// One HTTP/1.1 GET: status, headers (names lowercased) and body.
-async fn get(
-    addr: SocketAddr,
-    target: &str,
-    authorization: Option<&str>,
-) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connects");
-    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(value) = authorization {
-        request.push_str(&format!("Authorization: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sends");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("reads");
-    let text = String::from_utf8(raw).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(": "))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -219,36 +190,36 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
         "/export/alerts.csv",
         "/metrics",
     ] {
-        let (status, headers, _) = get(addr, path, None).await;
+        let (status, headers, _) = http_get(addr, path, None).await;
         assert_eq!(status, 401, "{path} without a token");
         assert_eq!(
             header(&headers, "www-authenticate"),
             Some("Bearer realm=\"covet-txn dashboard\"")
         );
-        let (status, _, _) = get(addr, path, Some("Bearer wrong")).await;
+        let (status, _, _) = http_get(addr, path, Some("Bearer wrong")).await;
         assert_eq!(status, 401, "{path} with a wrong token");
     }
     for asset in ["/assets/app.js", "/assets/app.css"] {
-        let (status, headers, _) = get(addr, asset, None).await;
+        let (status, headers, _) = http_get(addr, asset, None).await;
         assert_eq!(
             status, 200,
             "{asset} holds no data and loads without the token"
         );
         assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     }
-    let (status, _, _) = get(addr, "/api/state?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
+    let (status, _, _) = http_get(addr, "/api/state?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
     assert_eq!(
         status, 401,
         "data paths never take the token from the address"
     );
-    let (status, headers, _) = get(addr, "/?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
+    let (status, headers, _) = http_get(addr, "/?token=t0ken%2Bwith%2Fodd%3Dchars", None).await;
     assert_eq!(
         status, 303,
         "the page trades the token in its address for a cookie"
     );
     assert!(header(&headers, "set-cookie").is_some_and(|cookie| cookie.contains("HttpOnly")));
 
-    let (status, headers, page) = get(addr, "/", Some(&bearer)).await;
+    let (status, headers, page) = http_get(addr, "/", Some(&bearer)).await;
     assert_eq!(status, 200);
     let policy = header(&headers, "content-security-policy").expect("a CSP");
     assert!(
@@ -263,7 +234,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
     );
     assert!(!page.contains("<script>"), "no inline script");
 
-    let (status, _, state) = get(addr, "/api/state", Some(&bearer)).await;
+    let (status, _, state) = http_get(addr, "/api/state", Some(&bearer)).await;
     assert_eq!(status, 200);
     let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
     assert_eq!(state["metrics"]["manager"], "dashboard-test");
@@ -286,7 +257,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
             .is_some_and(|name| name.ends_with("held_open"))
     }));
 
-    let (_, _, errors_only) = get(addr, "/api/state?level=error", Some(&bearer)).await;
+    let (_, _, errors_only) = http_get(addr, "/api/state?level=error", Some(&bearer)).await;
     let errors_only: serde_json::Value = serde_json::from_str(&errors_only).expect("JSON");
     let levels: Vec<&str> = errors_only["alerts"]
         .as_array()
@@ -302,7 +273,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
         "{levels:?}"
     );
 
-    let (status, headers, report) = get(addr, "/export/report.json", Some(&bearer)).await;
+    let (status, headers, report) = http_get(addr, "/export/report.json", Some(&bearer)).await;
     assert_eq!(status, 200);
     assert_eq!(
         header(&headers, "content-disposition"),
@@ -315,7 +286,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
             .is_some_and(|alerts| alerts.iter().any(|alert| alert["level"] == "WARNING"))
     );
 
-    let (status, _, alerts) = get(addr, "/export/alerts.csv?level=ERROR", Some(&bearer)).await;
+    let (status, _, alerts) = http_get(addr, "/export/alerts.csv?level=ERROR", Some(&bearer)).await;
     assert_eq!(status, 200);
     let mut reader = csv::Reader::from_reader(alerts.as_bytes());
     let level = reader
@@ -335,7 +306,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
     );
 
     for path in ["/export/metrics.csv", "/export/history.csv"] {
-        let (status, headers, body) = get(addr, path, Some(&bearer)).await;
+        let (status, headers, body) = http_get(addr, path, Some(&bearer)).await;
         assert_eq!(status, 200, "{path}");
         assert!(
             header(&headers, "content-type").is_some_and(|value| value.starts_with("text/csv"))
@@ -343,7 +314,7 @@ async fn the_http_surface_is_guarded_and_serves_every_export() {
         assert!(body.lines().count() >= 2, "{path}: {body}");
     }
 
-    let (status, headers, exposition) = get(addr, "/metrics", Some(&bearer)).await;
+    let (status, headers, exposition) = http_get(addr, "/metrics", Some(&bearer)).await;
     assert_eq!(status, 200);
     assert!(
         header(&headers, "content-type")
@@ -607,31 +578,31 @@ async fn mounted_in_an_application_it_lives_under_its_path_beside_the_app_s_rout
     let addr = app.addr;
     let bearer = format!("Bearer {TOKEN}");
 
-    let (status, _, home) = get(addr, "/", None).await;
+    let (status, _, home) = http_get(addr, "/", None).await;
     assert_eq!((status, home.as_str()), (200, "the application's home"));
-    let (status, _, hello) = get(addr, "/hello", None).await;
+    let (status, _, hello) = http_get(addr, "/hello", None).await;
     assert_eq!(
         (status, hello.as_str()),
         (200, "hello from the application")
     );
 
-    let (status, headers, _) = get(addr, "/covet?level=ERROR", None).await;
+    let (status, headers, _) = http_get(addr, "/covet?level=ERROR", None).await;
     assert_eq!(status, 308, "/covet redirects to the page's folder");
     assert_eq!(header(&headers, "location"), Some("covet/?level=ERROR"));
-    let (status, _, page) = get(addr, "/covet/", Some(&bearer)).await;
+    let (status, _, page) = http_get(addr, "/covet/", Some(&bearer)).await;
     assert_eq!(status, 200);
     assert!(page.contains("src=\"assets/app.js\""));
     for path in ["/covet/assets/app.js", "/covet/assets/app.css"] {
-        let (status, _, _) = get(addr, path, None).await;
+        let (status, _, _) = http_get(addr, path, None).await;
         assert_eq!(status, 200, "{path}");
     }
-    let (status, _, _) = get(addr, "/covet/api/state", None).await;
+    let (status, _, _) = http_get(addr, "/covet/api/state", None).await;
     assert_eq!(status, 401, "the token guards the mounted data paths");
-    let (status, _, state) = get(addr, "/covet/api/state", Some(&bearer)).await;
+    let (status, _, state) = http_get(addr, "/covet/api/state", Some(&bearer)).await;
     assert_eq!(status, 200);
     let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
     assert_eq!(state["metrics"]["manager"], "dashboard-test");
-    let (status, _, _) = get(addr, "/covet/api/nothing", Some(&bearer)).await;
+    let (status, _, _) = http_get(addr, "/covet/api/nothing", Some(&bearer)).await;
     assert_eq!(status, 404);
 
     // A page left open must not hold the application's shutdown.

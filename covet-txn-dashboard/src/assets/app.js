@@ -166,6 +166,35 @@
     byId("active-empty").hidden = active.length > 0;
   }
 
+  function renderReplicas(replicas) {
+    const shown = replicas.replicas.length > 0 || replicas.primary_changes > 0;
+    byId("replicas-panel").hidden = !shown;
+    if (!shown) return;
+    setText(
+      "replica-summary",
+      `lag bound ${ms(replicas.max_lag_ms)} ms · reads on the primary: ` +
+        `${integer.format(replicas.reads_on_primary_unavailable)} with no replica fit, ` +
+        `${integer.format(replicas.reads_on_primary_for_writes)} for the task's own writes · ` +
+        `primary moved ${integer.format(replicas.primary_changes)} times`,
+    );
+    const body = byId("replica-table").tBodies[0];
+    body.replaceChildren();
+    for (const replica of replicas.replicas) {
+      const state = replica.serving ? "serving" : replica.reachable ? "lagging" : "down";
+      const row = element("tr");
+      row.append(
+        element("td", replica.name, "name"),
+        element("td", state),
+        element("td", replica.lag_ms === null ? "—" : `${ms(replica.lag_ms)} ms`, "num"),
+        element("td", replica.lag_bytes === null ? "—" : integer.format(replica.lag_bytes), "num"),
+        element("td", integer.format(replica.reads), "num"),
+        element("td", replica.last_error || ""),
+      );
+      if (!replica.serving) row.className = "long";
+      body.append(row);
+    }
+  }
+
   function functionValue(metrics, key) {
     switch (key) {
       case "p50": return metrics.duration.p50_ms ?? -1;
@@ -336,6 +365,7 @@
     renderCards(state);
     renderStore(state.store);
     renderActive(state.metrics.active, state.long_transaction_ms);
+    renderReplicas(state.replicas);
     renderFunctions(state.metrics.functions);
     renderHealth(state.health);
     renderAlerts(state.alerts);

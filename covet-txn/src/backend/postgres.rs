@@ -23,7 +23,8 @@ use super::{
     text_rows,
 };
 use crate::dialect::{
-    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, SavepointAction, SavepointName,
+    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, Replication, SavepointAction,
+    SavepointName,
 };
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
@@ -87,6 +88,27 @@ impl Dialect<Postgres> for PostgresDialect {
 
     fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
         Some(self)
+    }
+
+    fn replication(&self) -> Option<&dyn Replication> {
+        Some(self)
+    }
+}
+
+// Positions are WAL positions in bytes (`lsn - '0/0'`). The insert position
+// is at or past every commit record already written, including those of
+// `synchronous_commit = off`, which the flushed position may not reach yet.
+impl Replication for PostgresDialect {
+    fn write_position(&self) -> &'static str {
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8::text"
+    }
+
+    fn replay_position(&self) -> &'static str {
+        "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8::text"
+    }
+
+    fn writable(&self) -> &'static str {
+        "SELECT (NOT pg_is_in_recovery())::text"
     }
 }
 

@@ -14,10 +14,11 @@ use super::Call;
 use super::enter::{Entry, Own, Way};
 use crate::backend;
 use crate::engine::EngineHandle;
-use crate::error::{self, Error};
-use crate::failure::{Failure, LastFailure};
+use crate::error::{self, Error, Operation};
+use crate::failure::{Failure, FailureKind, LastFailure};
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
+use crate::session::PrimaryEpoch;
 
 use super::Inspect;
 
@@ -50,12 +51,20 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
+    let epoch = call.engine().primary_epoch();
     let result = call.run(way, body, 1).await;
-    if let Err(error) = &result
-        && call.begins_transaction()
-        && !call.commits_on(error)
-    {
-        call.observer().call_failed();
+    // Decided before awaiting: a borrow of the error held across an await
+    // would make the call's future `Send` only for `Sync` error types.
+    let moved = match &result {
+        Err(error) if call.begins_transaction() && !call.commits_on(error) => {
+            call.observer().call_failed();
+            moved(&call, epoch, error)
+        }
+        _ => None,
+    };
+    if let Some(epoch) = moved {
+        // For the next call; this one's error says what happened to it.
+        let _ = call.engine().rediscover(&epoch).await;
     }
     result
 }
@@ -130,6 +139,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
+    let epoch = call.engine().primary_epoch();
     let error = match call.run(own, body, attempt).await {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,
@@ -137,9 +147,21 @@ where
     if !call.begins_transaction() {
         return Some(Err(error));
     }
+    let moved = moved(call, epoch, &error);
     let wait = match decide(call, policy, error, attempt) {
-        Decision::Retry(wait) => wait,
+        Decision::Retry(wait) => {
+            if let Some(epoch) = moved
+                && let Err(error) = call.engine().rediscover(&epoch).await
+            {
+                return Some(Err(error.into()));
+            }
+            wait
+        }
         Decision::GiveUp(error) => {
+            if let Some(epoch) = moved {
+                // The call's own error says what happened to it.
+                let _ = call.engine().rediscover(&epoch).await;
+            }
             if !call.commits_on(&error) {
                 call.observer().call_failed();
             }
@@ -207,4 +229,25 @@ fn decide<E: From<Error>>(
         wait,
     );
     Decision::Retry(wait)
+}
+
+/// The epoch to rediscover the primary from, when the manager follows a
+/// failover and `error` says its host may be gone: the next attempt, or the
+/// next call, goes to whichever host accepts writes now.
+fn moved<E>(call: &Call<E>, epoch: Option<PrimaryEpoch>, error: &E) -> Option<PrimaryEpoch> {
+    epoch.filter(|_| (call.inspect())(error).is_some_and(|source| lost(call, source)))
+}
+
+/// The connection was lost, or none could be had: the host may be gone.
+fn lost<E>(call: &Call<E>, error: &(dyn std::error::Error + 'static)) -> bool {
+    call.engine().classify(error) == Some(FailureKind::ConnectionLost)
+        || crate::failure::chain(error).any(|error| {
+            matches!(
+                error.downcast_ref::<Error>(),
+                Some(Error::Database {
+                    operation: Operation::Acquire,
+                    ..
+                })
+            )
+        })
 }

@@ -128,7 +128,12 @@ async fn settle_transaction<T, E: From<Error>>(
         return Ok(Err(error.into()));
     }
     Ok(match ending.commit().await {
-        Ok(()) => result,
+        Ok(()) => {
+            if !frame.session.core().read_only {
+                frame.engine.committed_write();
+            }
+            result
+        }
         Err(error) => Err(error.into()),
     })
 }

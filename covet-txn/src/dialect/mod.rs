@@ -47,6 +47,7 @@
 //! ```
 
 mod prepared;
+mod replication;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -57,6 +58,7 @@ use crate::failure::FailureKind;
 use crate::options::{Access, Isolation};
 
 pub use self::prepared::{BranchId, Decision, PreparedTransactions};
+pub use self::replication::Replication;
 
 /// What a transaction begins with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +206,13 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
     /// transaction; `None` (the default) for one that cannot, which then
     /// cannot take part in a two-phase commit.
     fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
+        None
+    }
+
+    /// The queries of streaming replication, for a database whose replicas
+    /// and failover the runtime can follow; `None` (the default) for one
+    /// whose manager then takes no replicas and no other primary hosts.
+    fn replication(&self) -> Option<&dyn Replication> {
         None
     }
 }

@@ -159,7 +159,7 @@ impl Collector for PrometheusCollector {
             oldest.metric_type(),
         )?;
         oldest.encode(metric.encode_family(&manager_labels)?)?;
-        Ok(())
+        super::replica_metrics::encode(&mut encoder, manager, &self.0.replica_report())
     }
 }
 

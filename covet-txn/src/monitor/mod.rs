@@ -13,6 +13,7 @@ mod alerts;
 mod config;
 mod export;
 mod health;
+mod replica_metrics;
 mod rules;
 mod sampling;
 mod store;
@@ -171,6 +172,12 @@ impl Monitor {
     /// The manager's metrics now.
     pub fn metrics(&self) -> Result<MetricsSnapshot, Error> {
         self.inner.manager().map(|manager| manager.snapshot())
+    }
+
+    /// Where the manager's read-only transactions went and its replicas'
+    /// state: [`TxManager::replicas`](crate::TxManager::replicas).
+    pub fn replicas(&self) -> Result<crate::ReplicaReport, Error> {
+        self.inner.manager().map(|manager| manager.replica_report())
     }
 
     /// The health score over the last interval, and recommendations.

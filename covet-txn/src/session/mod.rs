@@ -9,6 +9,7 @@
 //! that no statement pays for a boxed future.
 
 mod branch;
+mod epoch;
 mod handle;
 mod probes;
 mod recovery;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 
 pub(crate) use self::branch::finish_on;
+pub(crate) use self::epoch::PrimaryEpoch;
 pub use self::handle::{SessionErase, SessionHandle};
 pub(crate) use self::probes::ProbeCache;
 use self::recovery::{Cutoff, Held, Origin, abandon};
@@ -109,6 +111,9 @@ pub struct Session<DB: Driver> {
     /// For asking, on a fresh connection, what became of a COMMIT that was
     /// cut off, and for finishing a prepared branch.
     pool: sqlx::Pool<DB>,
+    /// The primary the connection came from, when the manager follows a
+    /// failover: a cut-off COMMIT is resolved only on that primary.
+    epoch: Option<PrimaryEpoch>,
     /// The branch of a two-phase commit this transaction is.
     branch: Option<BranchId>,
     /// A prepared branch's connection, kept for phase two: MySQL finishes a
@@ -145,6 +150,8 @@ pub(crate) struct Opening<'a, DB: Driver> {
     pub(crate) probes: &'a ProbeCache,
     /// Begin this branch of a two-phase commit.
     pub(crate) branch: Option<BranchId>,
+    /// The primary's epoch now, when the manager follows a failover.
+    pub(crate) epoch: Option<PrimaryEpoch>,
 }
 
 /// Why COMMIT did not happen.
@@ -174,6 +181,7 @@ impl<DB: Driver> Session<DB> {
             dialect,
             probes,
             branch,
+            epoch,
         } = opening;
         let prepared =
             match &branch {
@@ -254,6 +262,7 @@ impl<DB: Driver> Session<DB> {
             origin,
             dialect,
             pool,
+            epoch,
             branch,
             prepared_conn: std::sync::Mutex::new(None),
         });
@@ -464,12 +473,12 @@ impl<DB: Driver> Session<DB> {
                     // future is kilobytes, and every COMMIT's future would
                     // carry that space for this rare path.
                     Some(token) => {
-                        Box::pin(DB::resolve_commit(
+                        let lookup = Box::pin(DB::resolve_commit(
                             self.pool.clone(),
                             Arc::clone(&self.dialect),
                             token.clone(),
-                        ))
-                        .await
+                        ));
+                        PrimaryEpoch::resolve_within(self.epoch.as_ref(), lookup).await
                     }
                     None => CommitOutcome::Unknown,
                 };

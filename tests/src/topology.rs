@@ -1,0 +1,74 @@
+//! The replica, failover pair and PgBouncer that `.ci/topology` builds on
+//! loopback: connecting to them, skipping (or failing under
+//! `COVET_REQUIRE_BACKENDS=1`) when they are missing, and running the
+//! script's commands that stop, start and rebuild servers.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::{backends_required, pool_options};
+
+/// The streaming replica of the shared cluster.
+pub const REPLICA_URL: &str = "postgres://postgres@127.0.0.1:5433/test";
+/// The two hosts of the failover pair; either may be the primary.
+pub const PAIR_URLS: [&str; 2] = [
+    "postgres://postgres@127.0.0.1:5434/test",
+    "postgres://postgres@127.0.0.1:5435/test",
+];
+/// PgBouncer's transaction-pooled database, with sqlx's statement cache off.
+pub const PGBOUNCER_URL: &str =
+    "postgres://postgres@127.0.0.1:6432/test?statement-cache-capacity=0";
+
+/// Connect options for `url`.
+pub fn options(url: &str) -> PgConnectOptions {
+    match PgConnectOptions::from_str(url) {
+        Ok(options) => options,
+        Err(error) => panic!("`{url}` is not a PostgreSQL URL: {error}"),
+    }
+}
+
+/// A pool on `url`, part of the topology, or `None` after a notice.
+pub async fn pool(url: &str, max_connections: u32) -> Option<PgPool> {
+    pool_with(options(url), url, max_connections).await
+}
+
+/// A pool with these options, or `None` after a notice.
+pub async fn pool_with(
+    options: PgConnectOptions,
+    url: &str,
+    max_connections: u32,
+) -> Option<PgPool> {
+    let connected = pool_options(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await;
+    match connected {
+        Ok(pool) => Some(pool),
+        Err(error) => {
+            assert!(
+                !backends_required(),
+                "{url} is unreachable ({error}) and COVET_REQUIRE_BACKENDS=1: run `.ci/topology up`"
+            );
+            eprintln!(
+                "notice: skipping: {url} is unreachable ({error}); `.ci/topology up` builds the \
+                 replica, failover pair and PgBouncer"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `.ci/topology` with `arguments`, panicking if it fails.
+pub fn run(arguments: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ci/topology");
+    let status = Command::new(&script).args(arguments).status();
+    match status {
+        Ok(status) if status.success() => {}
+        other => panic!("{} {arguments:?} failed: {other:?}", script.display()),
+    }
+}
