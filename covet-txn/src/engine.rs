@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
+use crate::admission::Admission;
 use crate::backend::{self, Driver};
 use crate::dialect::Dialect;
 use crate::error::{Error, Operation};
@@ -19,7 +20,9 @@ use crate::failure::FailureKind;
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::Observer;
-use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis};
+use crate::observe::metrics::{
+    AdmissionStatus, Metrics, MetricsSnapshot, PoolStatus, unix_millis,
+};
 use crate::options::Isolation;
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;
@@ -47,6 +50,7 @@ pub struct Engine<DB: Driver> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) nested_acquires: NestedAcquires,
     pub(crate) probes: ProbeCache,
+    pub(crate) admission: Admission,
 }
 
 /// What a call asks of an engine to open a session.
@@ -173,6 +177,10 @@ impl EngineHandle {
         dispatch!(self, engine => &engine.metrics)
     }
 
+    pub(crate) fn admission(&self) -> &Admission {
+        dispatch!(self, engine => &engine.admission)
+    }
+
     /// The retryable failure inside `error`, as this manager's dialect
     /// classifies database errors.
     pub(crate) fn classify(&self, error: &(dyn StdError + 'static)) -> Option<FailureKind> {
@@ -209,6 +217,16 @@ impl EngineHandle {
             functions,
             active: metrics.active(),
             pool: dispatch!(self, engine => engine.pool_status()),
+            admission: self
+                .admission()
+                .readings()
+                .into_iter()
+                .map(|(function, reading)| AdmissionStatus {
+                    function: function.to_owned(),
+                    limit: reading.limit,
+                    waiting: reading.waiting,
+                })
+                .collect(),
         }
     }
 }

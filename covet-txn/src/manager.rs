@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Pool;
 
+use crate::admission::Admission;
 use crate::call::attempts::{Attempts, run_once};
 use crate::context;
 use crate::defaults;
@@ -24,6 +25,7 @@ use crate::failure::{ErrorSource, inspect_source};
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::metrics::{DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot};
+use crate::options::Contention;
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
 use crate::session::{ProbeCache, TxConn};
@@ -95,6 +97,7 @@ impl<DB: Backend> TxManager<DB> {
             retry_policy: RetryPolicy::new(),
             hooks: ManagerHooks::default(),
             max_functions: DEFAULT_MAX_FUNCTIONS,
+            contention: Contention::Off,
             dialect: None,
         }
     }
@@ -235,6 +238,7 @@ pub struct TxManagerBuilder<DB: Backend> {
     hooks: ManagerHooks,
     max_functions: usize,
     dialect: Option<Arc<dyn Dialect<DB>>>,
+    contention: Contention,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
@@ -309,6 +313,13 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         self
     }
 
+    /// Whether the manager's calls manage contention (see [`Contention`]);
+    /// a function's `contention = "..."` overrides it. Off by default.
+    pub fn contention(mut self, contention: Contention) -> Self {
+        self.contention = contention;
+        self
+    }
+
     /// How many function names get metrics of their own (default 200);
     /// the rest share one `other` series, which keeps label cardinality
     /// bounded.
@@ -323,6 +334,11 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         let dialect = self.dialect.unwrap_or_else(DB::default_dialect);
         let name = self.name.unwrap_or_else(|| dialect.system().to_owned());
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission::new(
+            self.contention,
+            self.pool.options().get_max_connections(),
+            DB::writer_gate(&self.pool),
+        );
         TxManager {
             engine: Arc::new(Engine {
                 id,
@@ -334,6 +350,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 metrics: Arc::new(Metrics::new(id, self.max_functions)),
                 nested_acquires: NestedAcquires::default(),
                 probes: ProbeCache::default(),
+                admission,
             }),
         }
     }

@@ -40,9 +40,31 @@ where
         Err(error) => return Either::Right(Either::Right(ready(Err(error.into())))),
     };
     match call.way() {
-        Way::Own(own) => Either::Left(Box::pin(finish(call, own, body))),
+        Way::Own(own) => Either::Left(Box::pin(finish_own(call, own, body))),
         Way::Within(within) => Either::Right(Either::Left(finish(call, within, Box::pin(body)))),
     }
+}
+
+/// Admits the call, runs it and tells its function how it ended.
+async fn finish_own<T, E, Fut>(call: Call<E>, own: Own, body: Fut) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let ticket = match call.admit(1).await {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            call.observer().call_failed();
+            return Err(error.into());
+        }
+    };
+    let result = call.run(own, body, 1).await;
+    if let Some(ticket) = &ticket {
+        call.report_to(ticket, result.as_ref().err());
+    }
+    drop(ticket);
+    failed_in_the_end(&call, &result);
+    result
 }
 
 async fn finish<W: Entry, T, E, Fut>(call: Call<E>, way: W, body: Fut) -> Result<T, E>
@@ -51,13 +73,18 @@ where
     E: From<Error>,
 {
     let result = call.run(way, body, 1).await;
-    if let Err(error) = &result
+    failed_in_the_end(&call, &result);
+    result
+}
+
+/// Counts a call that returned an error that did not commit.
+fn failed_in_the_end<T, E: From<Error>>(call: &Call<E>, result: &Result<T, E>) {
+    if let Err(error) = result
         && call.begins_transaction()
         && !call.commits_on(error)
     {
         call.observer().call_failed();
     }
-    result
 }
 
 /// The attempts of a retrying call. The caller builds a fresh body for each
@@ -117,8 +144,9 @@ impl<E: From<Error>> Attempts<E> {
     }
 }
 
-/// One attempt of a call that opens its own session, and the wait after it
-/// if it is to be retried.
+/// One attempt of a call that opens its own session, admitted first, and
+/// the wait after it if it is to be retried: its backoff, or nothing when
+/// the retry will wait in its function's lane instead.
 async fn attempt_own<T, E, Fut>(
     call: &Call<E>,
     policy: &RetryPolicy,
@@ -130,7 +158,20 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let error = match call.run(own, body, attempt).await {
+    let ticket = match call.admit(attempt).await {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            call.observer().call_failed();
+            return Some(Err(error.into()));
+        }
+    };
+    let result = call.run(own, body, attempt).await;
+    if let Some(ticket) = &ticket {
+        call.report_to(ticket, result.as_ref().err());
+    }
+    let in_lane = call.retries_in_lane(ticket.as_ref());
+    drop(ticket);
+    let error = match result {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,
     };
@@ -146,7 +187,9 @@ where
             return Some(Err(error));
         }
     };
-    tokio::time::sleep(wait).await;
+    if !in_lane {
+        tokio::time::sleep(wait).await;
+    }
     None
 }
 
