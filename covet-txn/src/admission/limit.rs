@@ -12,7 +12,7 @@
 //! performance section): the lane keeps retries from colliding again with
 //! everyone else, and the limit adapts to zero cost when nothing conflicts.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,6 +26,10 @@ pub(crate) struct FunctionGate {
     attempts: Arc<Semaphore>,
     lane: Arc<Semaphore>,
     limit: Mutex<Limit>,
+    /// Whether any attempt went through the limit (a function whose calls
+    /// only declare keys has none).
+    limited: AtomicBool,
+    /// Attempts of the function waiting for any of their turns.
     waiting: AtomicU32,
 }
 
@@ -85,6 +89,7 @@ impl FunctionGate {
                 granted: ceiling,
                 debt: 0,
             }),
+            limited: AtomicBool::new(false),
             waiting: AtomicU32::new(0),
         }
     }
@@ -96,16 +101,11 @@ impl FunctionGate {
             Queue::First => &self.attempts,
             Queue::Retry => &self.lane,
         };
-        let permit = match Arc::clone(semaphore).try_acquire_owned() {
+        self.limited.store(true, Ordering::Relaxed);
+        let permit = match Arc::clone(semaphore).acquire_owned().await {
             Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = Waiting::count(&self.waiting);
-                match Arc::clone(semaphore).acquire_owned().await {
-                    Ok(permit) => permit,
-                    // The semaphores are never closed.
-                    Err(_) => unreachable!("admission semaphores are never closed"),
-                }
-            }
+            // The semaphores are never closed.
+            Err(_) => unreachable!("admission semaphores are never closed"),
         };
         GatePermit {
             gate: Arc::clone(self),
@@ -149,9 +149,17 @@ impl FunctionGate {
         }
     }
 
-    /// The current limit.
-    pub(crate) fn limit(&self) -> f64 {
-        lock(&self.limit).current
+    /// The current limit, if any attempt went through it.
+    pub(crate) fn limit(&self) -> Option<f64> {
+        self.limited
+            .load(Ordering::Relaxed)
+            .then(|| lock(&self.limit).current)
+    }
+
+    /// Counts an attempt of the function as waiting until the guard drops.
+    pub(crate) fn waiting_guard(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
     }
 
     /// Attempts waiting in either queue now.
@@ -186,14 +194,7 @@ impl Drop for GatePermit {
 }
 
 /// Counts a waiter for as long as it waits, however its wait ends.
-struct Waiting<'a>(&'a AtomicU32);
-
-impl<'a> Waiting<'a> {
-    fn count(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Waiting(counter)
-    }
-}
+pub(crate) struct Waiting<'a>(&'a AtomicU32);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -215,17 +216,17 @@ mod tests {
     fn conflicts_shrink_the_limit_and_commits_grow_it_back_to_the_ceiling() {
         let gate = FunctionGate::new(8);
         gate.conflicted();
-        assert_eq!(gate.limit(), 6.0);
+        assert_eq!(lock(&gate.limit).current, 6.0);
         assert_eq!(gate.attempts.available_permits(), 6);
         for _ in 0..20 {
             gate.conflicted();
         }
-        assert_eq!(gate.limit(), 1.0);
+        assert_eq!(lock(&gate.limit).current, 1.0);
         assert_eq!(gate.attempts.available_permits(), 1);
         for _ in 0..200 {
             gate.committed();
         }
-        assert_eq!(gate.limit(), 8.0);
+        assert_eq!(lock(&gate.limit).current, 8.0);
         assert_eq!(gate.attempts.available_permits(), 8);
     }
 
@@ -238,7 +239,7 @@ mod tests {
         }
         gate.conflicted();
         gate.conflicted();
-        assert_eq!(gate.limit(), 2.25);
+        assert_eq!(gate.limit(), Some(2.25));
         held.truncate(1);
         assert_eq!(gate.attempts.available_permits(), 1);
         drop(held);

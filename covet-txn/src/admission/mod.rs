@@ -67,7 +67,8 @@ pub(crate) struct Ticket {
 /// How one function's admission stands now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct GateReading {
-    pub(crate) limit: f64,
+    /// `None` for a function whose calls only declared keys.
+    pub(crate) limit: Option<f64>,
     pub(crate) waiting: u32,
 }
 
@@ -91,6 +92,8 @@ impl Admission {
     /// gives back whatever it had taken.
     pub(crate) async fn admit(&self, ask: Ask<'_>) -> Ticket {
         let started = Instant::now();
+        let gate = self.gate(ask.function);
+        let waiting = gate.waiting_guard();
         let mut waited = false;
         let keys = if ask.keys.is_empty() {
             None
@@ -100,8 +103,7 @@ impl Admission {
             Some(held)
         };
         let managed = ask.contention.unwrap_or(self.mode) == Contention::Adaptive;
-        let gate = if managed {
-            let gate = self.gate(ask.function);
+        let permit = if managed {
             waited |= gate.would_wait(ask.queue);
             Some(gate.admit(ask.queue).await)
         } else {
@@ -115,8 +117,9 @@ impl Admission {
             }
             _ => None,
         };
+        drop(waiting);
         Ticket {
-            gate,
+            gate: permit,
             _keys: keys,
             _writer: writer,
             waited: waited.then(|| started.elapsed()),

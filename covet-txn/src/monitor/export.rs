@@ -149,21 +149,22 @@ impl Collector for PrometheusCollector {
             (
                 "admission_limit",
                 "How many first attempts of the function may run at once under contention management.",
-                (|status: &AdmissionStatus| status.limit) as fn(&AdmissionStatus) -> f64,
+                (|status: &AdmissionStatus| status.limit) as fn(&AdmissionStatus) -> Option<f64>,
             ),
             (
                 "admission_waiting",
                 "Attempts of the function waiting for their turn now.",
-                |status: &AdmissionStatus| f64::from(status.waiting),
+                |status: &AdmissionStatus| Some(f64::from(status.waiting)),
             ),
         ] {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for status in &snapshot.admission {
+                let Some(value) = value(status) else { continue };
                 let labels = [
                     ("manager", manager.to_owned()),
                     ("function", status.function.clone()),
                 ];
-                ConstGauge::new(value(status)).encode(metric.encode_family(&labels)?)?;
+                ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
             }
         }
         // What the `long_transaction` alert watches, for Prometheus rules.

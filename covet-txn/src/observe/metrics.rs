@@ -314,8 +314,8 @@ pub struct MetricsSnapshot {
     pub active: Vec<ActiveTransaction>,
     /// The pool.
     pub pool: PoolStatus,
-    /// Each function's admission under contention management, by name
-    /// (functions that have run with it on).
+    /// Each function's admission, by name: the functions that ran under
+    /// contention management or declared conflict keys.
     pub admission: Vec<AdmissionStatus>,
 }
 
@@ -326,10 +326,13 @@ pub struct MetricsSnapshot {
 pub struct AdmissionStatus {
     /// The function's path.
     pub function: String,
-    /// How many of its first attempts may run at once: shrinks by a quarter
-    /// on each conflict, grows by one over itself on each commit.
-    pub limit: f64,
-    /// Its attempts waiting for their turn now.
+    /// How many of its first attempts may run at once under contention
+    /// management: shrinks by a quarter on each conflict, grows by one over
+    /// itself on each commit. `None` for a function that only declares
+    /// conflict keys.
+    pub limit: Option<f64>,
+    /// Its attempts waiting for their turn now (keys, limit, lane or
+    /// SQLite's writer turn).
     pub waiting: u32,
 }
 
