@@ -24,10 +24,4 @@ async fn unknown_setting() -> Result<(), covet_txn::Error> {
     Ok(())
 }
 
-#[transactional(conflict_key = missing)]
-async fn unknown_argument(id: i64) -> Result<(), covet_txn::Error> {
-    let _ = id;
-    Ok(())
-}
-
 fn main() {}

@@ -8,4 +8,10 @@ async fn pay(amount: Amount) -> Result<(), covet_txn::Error> {
     Ok(())
 }
 
+#[transactional(conflict_key = missing)]
+async fn unknown_argument(id: i64) -> Result<(), covet_txn::Error> {
+    let _ = id;
+    Ok(())
+}
+
 fn main() {}
