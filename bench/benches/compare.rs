@@ -106,7 +106,11 @@ impl Contention {
     fn print_cell(mut sides: [Contention; 3], backend: &str, cell: Cell) {
         let hand_rate = sides[0].per_second();
         let hand_p99 = sides[0].p99_ms();
-        let managed = if cell.keyed { "covet-txn, conflict_key = [from, to]" } else { "covet-txn, contention = \"adaptive\"" };
+        let managed = if cell.keyed {
+            "covet-txn, conflict_key = [from, to]"
+        } else {
+            "covet-txn, contention = \"adaptive\""
+        };
         for (index, side) in sides.iter_mut().enumerate() {
             let name = if index == 2 { managed } else { SIDES[index] };
             let (rate, p99) = (side.per_second(), side.p99_ms());
@@ -140,7 +144,11 @@ struct Cell {
 }
 
 /// The sides of a contended cell, in the order they are printed.
-const SIDES: [&str; 3] = ["hand-written loop", "covet-txn, contention off", "covet-txn, managed"];
+const SIDES: [&str; 3] = [
+    "hand-written loop",
+    "covet-txn, contention off",
+    "covet-txn, managed",
+];
 
 /// The scenarios, written once per backend; `$begins` is the module with
 /// a careful hand's serializable and read-only transactions there.
@@ -776,10 +784,17 @@ async fn run_all() {
         println!(
             "\nContended transfers: each task makes {TRANSFERS_PER_TASK} transfers between hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {CONTENDED_ROUNDS} rounds per side, interleaved, the first side rotating; ratios are to the hand-written loop\n"
         );
-        println!("| backend | hot rows × tasks | side | committed/s | ratio | retries | gave up | p99 ms | p99 ratio |");
+        println!(
+            "| backend | hot rows × tasks | side | committed/s | ratio | retries | gave up | p99 ms | p99 ratio |"
+        );
         println!("|---|---|---|---|---|---|---|---|---|");
         let cell = |rows, tasks, keyed| Cell { rows, tasks, keyed };
-        let server_cells = [cell(10, 8, false), cell(10, 8, true), cell(10, 16, false), cell(100, 8, false)];
+        let server_cells = [
+            cell(10, 8, false),
+            cell(10, 8, true),
+            cell(10, 16, false),
+            cell(100, 8, false),
+        ];
         for cell in server_cells {
             if backend("postgres")
                 && let Some(pool) = postgres_pool(cell.tasks as u32).await
@@ -794,7 +809,8 @@ async fn run_all() {
         }
         if backend("sqlite") {
             for cell in [cell(10, 8, false), cell(10, 16, false), cell(100, 8, false)] {
-                sqlite::contended(sqlite_file(cell.tasks as u32).await, "SQLite (file)", cell).await;
+                sqlite::contended(sqlite_file(cell.tasks as u32).await, "SQLite (file)", cell)
+                    .await;
             }
         }
     }

@@ -20,9 +20,7 @@ use crate::failure::FailureKind;
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::Observer;
-use crate::observe::metrics::{
-    AdmissionStatus, Metrics, MetricsSnapshot, PoolStatus, unix_millis,
-};
+use crate::observe::metrics::{AdmissionStatus, Metrics, MetricsSnapshot, PoolStatus, unix_millis};
 use crate::options::Isolation;
 use crate::request::TxOptions;
 use crate::retry::RetryPolicy;

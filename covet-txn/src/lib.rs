@@ -118,6 +118,7 @@ mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use admission::keys::{ConflictKeys, KEY_SLOTS, MAX_KEYS};
 pub use context::{conn, current, is_rollback_only, set_rollback_only};
 pub use engine::Backend;
 pub use error::{Error, Operation};
@@ -129,7 +130,6 @@ pub use observe::counters::{DURATION_BUCKETS, DurationSummary, FunctionMetrics, 
 pub use observe::metrics::{
     ActiveTransaction, AdmissionStatus, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
 };
-pub use admission::keys::{ConflictKeys, KEY_SLOTS, MAX_KEYS};
 pub use options::{Contention, Isolation, Propagation, UnknownName};
 pub use request::{CallOptions, TxOptions};
 pub use retry::{RetryPolicy, RetryPredicate};

@@ -31,7 +31,9 @@ pub fn manager_on<DB: covet_txn::Backend>(pool: sqlx::Pool<DB>) -> covet_txn::Tx
         Ok("adaptive") => covet_txn::Contention::Adaptive,
         _ => covet_txn::Contention::Off,
     };
-    covet_txn::TxManager::builder(pool).contention(contention).build()
+    covet_txn::TxManager::builder(pool)
+        .contention(contention)
+        .build()
 }
 
 /// Whether an unreachable server fails the test (`COVET_REQUIRE_BACKENDS=1`)

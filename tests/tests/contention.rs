@@ -280,7 +280,9 @@ mod sqlite_writers {
     #[transactional]
     async fn plain_write(table: &str) -> Result<(), AppError> {
         let update = format!("UPDATE {table} SET v = v + 1 WHERE id = 1");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(update)).execute(&mut *covet_txn::sqlite::conn()?).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(update))
+            .execute(&mut *covet_txn::sqlite::conn()?)
+            .await?;
         tokio::time::sleep(Duration::from_millis(10)).await;
         Ok(())
     }
@@ -288,24 +290,42 @@ mod sqlite_writers {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_writers_take_turns_per_file_across_managers() {
         let table = "contention_writers";
-        let Some(first) = covet_txn_tests::sqlite(table, 4).await else { return };
+        let Some(first) = covet_txn_tests::sqlite(table, 4).await else {
+            return;
+        };
         sqlx::raw_sql("CREATE TABLE contention_writers (id BIGINT PRIMARY KEY, v BIGINT NOT NULL); INSERT INTO contention_writers VALUES (1, 0)")
             .execute(&first)
             .await
             .expect("setup");
-        let Some(second) = covet_txn_tests::sqlite_shared(table, 4).await else { return };
-        let managers = [first, second].map(|pool| TxManager::builder(pool).contention(Contention::Adaptive).build());
+        let Some(second) = covet_txn_tests::sqlite_shared(table, 4).await else {
+            return;
+        };
+        let managers = [first, second].map(|pool| {
+            TxManager::builder(pool)
+                .contention(Contention::Adaptive)
+                .build()
+        });
         let mut tasks = Vec::new();
         for task in 0..8 {
             let manager = managers[task % 2].clone();
-            tasks.push(tokio::spawn(manager.clone().scope(async move { plain_write(table).await })));
+            tasks.push(tokio::spawn(
+                manager
+                    .clone()
+                    .scope(async move { plain_write(table).await }),
+            ));
         }
         for task in tasks {
             task.await.expect("no panic").expect("each write commits");
         }
-        let waits: u64 = managers.iter().map(|manager| manager.metrics().total.admission_waits).sum();
+        let waits: u64 = managers
+            .iter()
+            .map(|manager| manager.metrics().total.admission_waits)
+            .sum();
         assert!(waits > 0, "no writer waited for its turn in the process");
-        let busy: u64 = managers.iter().map(|manager| manager.metrics().total.busy).sum();
+        let busy: u64 = managers
+            .iter()
+            .map(|manager| manager.metrics().total.busy)
+            .sum();
         assert_eq!(busy, 0);
         let total: i64 = sqlx::query_scalar("SELECT v FROM contention_writers WHERE id = 1")
             .fetch_one(managers[0].pool())

@@ -115,7 +115,10 @@ impl KeyTable {
             let mut held = Vec::with_capacity(locks.len());
             let mut blocked = None;
             for (index, lock) in locks.iter().enumerate() {
-                if waited_for.as_ref().is_some_and(|(waited, _)| *waited == index) {
+                if waited_for
+                    .as_ref()
+                    .is_some_and(|(waited, _)| *waited == index)
+                {
                     continue;
                 }
                 match Arc::clone(lock).try_lock_owned() {
@@ -161,7 +164,10 @@ mod tests {
     #[tokio::test]
     async fn a_call_waiting_for_one_key_holds_none_of_its_others() {
         let table = Arc::new(KeyTable::default());
-        let (first, second) = (ConflictKeys::new().with(&1_i64), ConflictKeys::new().with(&2_i64));
+        let (first, second) = (
+            ConflictKeys::new().with(&1_i64),
+            ConflictKeys::new().with(&2_i64),
+        );
         assert_ne!(first, second);
         let (holding_first, _) = table.hold(&first).await;
         let waiting = tokio::spawn({
@@ -169,7 +175,10 @@ mod tests {
             async move { table.hold(&first.with(&2_i64)).await.1 }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "both keys were taken while one was held");
+        assert!(
+            !waiting.is_finished(),
+            "both keys were taken while one was held"
+        );
         let (_, queued) = tokio::time::timeout(Duration::from_millis(20), table.hold(&second))
             .await
             .expect("the free key is not held by the waiting call");

@@ -25,7 +25,11 @@ impl<E: From<Error>> Call<E> {
         let ask = Ask {
             function: self.name,
             contention: options.contention,
-            queue: if attempt > 1 { Queue::Retry } else { Queue::First },
+            queue: if attempt > 1 {
+                Queue::Retry
+            } else {
+                Queue::First
+            },
             keys: &options.conflict_keys,
             writes: options.read_only != Some(true),
         };
