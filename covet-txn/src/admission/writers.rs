@@ -10,18 +10,13 @@
 //! in the same process then still gets the database's busy error instead of
 //! hanging.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::limit::lock;
-
 /// How long a writer waits for its turn before it goes on regardless.
 pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(2);
-
-static FILES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> = LazyLock::new(Mutex::default);
 
 /// The writer gate of one database file.
 #[derive(Debug, Clone)]
@@ -31,9 +26,16 @@ pub struct WriterGate(Arc<Semaphore>);
 impl WriterGate {
     /// The gate of the file at `path`, shared by everything in the process
     /// that opens it.
+    /// Only SQLite's driver makes gates.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn of(path: String) -> Self {
+        use std::collections::HashMap;
+        use std::sync::{LazyLock, Mutex};
+
+        static FILES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> =
+            LazyLock::new(Mutex::default);
         WriterGate(Arc::clone(
-            lock(&FILES)
+            super::limit::lock(&FILES)
                 .entry(path)
                 .or_insert_with(|| Arc::new(Semaphore::new(1))),
         ))
