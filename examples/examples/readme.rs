@@ -70,15 +70,15 @@ async fn record_transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError
     Ok(())
 }
 
-fn is_refusal(error: &AppError) -> bool {
-    matches!(error, AppError::Refused(_))
-}
-
 /// Two transfers touching an account take turns in this process before they
 /// reach the database; retries wait in the function's lane.
 #[transactional(isolation = "serializable", retry = 10, conflict_key = [from, to], contention = "adaptive")]
 async fn transfer_between(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
     transfer(from, to, amount).await
+}
+
+fn is_refusal(error: &AppError) -> bool {
+    matches!(error, AppError::Refused(_))
 }
 
 #[transactional(commit_on = is_refusal)]
