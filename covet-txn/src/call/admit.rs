@@ -50,12 +50,6 @@ impl<E: From<Error>> Call<E> {
         Ok(Some(ticket))
     }
 
-    /// Whether a retry of this call goes through its function's lane
-    /// instead of sleeping its backoff.
-    pub(crate) fn retries_in_lane(&self, ticket: Option<&Ticket>) -> bool {
-        ticket.is_some_and(Ticket::managed)
-    }
-
     /// Tells the attempt's function how it ended: a commit, or a conflict
     /// with another transaction.
     pub(crate) fn report_to(&self, ticket: &Ticket, error: Option<&E>) {

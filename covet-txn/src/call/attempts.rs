@@ -12,6 +12,7 @@ use futures_util::future::{Either, ready};
 
 use super::Call;
 use super::enter::{Entry, Own, Way};
+use crate::admission::Ticket;
 use crate::backend;
 use crate::engine::EngineHandle;
 use crate::error::{self, Error};
@@ -169,7 +170,9 @@ where
     if let Some(ticket) = &ticket {
         call.report_to(ticket, result.as_ref().err());
     }
-    let in_lane = call.retries_in_lane(ticket.as_ref());
+    // A retry of a call under contention management waits in its
+    // function's lane instead of sleeping.
+    let in_lane = ticket.as_ref().is_some_and(Ticket::managed);
     drop(ticket);
     let error = match result {
         Ok(value) => return Some(Ok(value)),
