@@ -98,25 +98,61 @@ impl Contention {
         self.wall += other.wall;
     }
 
-    fn print(mut self, backend: &str, side: &str) {
-        let per_second = self.committed as f64 / self.wall.as_secs_f64();
-        let p99 = percentile(&mut self.latencies, 0.99);
-        println!(
-            "| {backend} | {side} | {per_second:.0} | {} | {} | {:.1} |",
-            self.retries,
-            self.gave_up,
-            p99.as_secs_f64() * 1000.0
-        );
+    fn per_second(&self) -> f64 {
+        self.committed as f64 / self.wall.as_secs_f64()
+    }
+
+    fn p99_ms(&mut self) -> f64 {
+        percentile(&mut self.latencies, 0.99).as_secs_f64() * 1000.0
+    }
+
+    /// One row per side, each with its ratios to the hand-written loop.
+    fn print_cell(mut sides: [Contention; 3], backend: &str, cell: Cell) {
+        let hand_rate = sides[0].per_second();
+        let hand_p99 = sides[0].p99_ms();
+        let managed = if cell.keyed {
+            "covet-txn, conflict_key = [from, to]"
+        } else {
+            "covet-txn, contention = \"adaptive\""
+        };
+        for (index, side) in sides.iter_mut().enumerate() {
+            let name = if index == 2 { managed } else { SIDES[index] };
+            let (rate, p99) = (side.per_second(), side.p99_ms());
+            println!(
+                "| {backend} | {} × {} | {name} | {rate:.0} | {:.2} | {} | {} | {p99:.1} | {:.2} |",
+                cell.rows,
+                cell.tasks,
+                rate / hand_rate,
+                side.retries,
+                side.gave_up,
+                p99 / hand_p99,
+            );
+        }
     }
 }
 
-const CONTENDED_TASKS: usize = 8;
-const HOT_ROWS: i64 = 10;
 const TRANSFERS_PER_TASK: usize = 100;
 const MAX_RETRIES: u32 = 10;
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
-const CONTENDED_ROUNDS: usize = 4;
+const CONTENDED_ROUNDS: usize = 6;
+
+/// One cell of the contended scenario: transfers among `rows` hot rows by
+/// `tasks` tasks at once, the managed side admitting attempts adaptively or
+/// (`keyed`) waiting for the two accounts' conflict keys.
+#[derive(Clone, Copy)]
+struct Cell {
+    rows: i64,
+    tasks: usize,
+    keyed: bool,
+}
+
+/// The sides of a contended cell, in the order they are printed.
+const SIDES: [&str; 3] = [
+    "hand-written loop",
+    "covet-txn, contention off",
+    "covet-txn, managed",
+];
 
 /// The scenarios, written once per backend; `$begins` is the module with
 /// a careful hand's serializable and read-only transactions there.
@@ -130,6 +166,8 @@ macro_rules! backend {
             const UPDATE: &str = concat!("UPDATE bench_accounts SET balance = balance + 1 WHERE id = ", $p1);
             const READ: &str = concat!("SELECT balance FROM bench_accounts WHERE id = ", $p1);
             const MOVE: &str = concat!("UPDATE bench_accounts SET balance = balance + ", $p1, " WHERE id = ", $p2);
+            const HOT_READ: &str = concat!("SELECT balance FROM contention_bench_accounts WHERE id = ", $p1);
+            const HOT_MOVE: &str = concat!("UPDATE contention_bench_accounts SET balance = balance + ", $p1, " WHERE id = ", $p2);
 
             pub async fn hand_trivial(pool: &Pool<Db>, _id: i64) -> Result<(), sqlx::Error> {
                 let mut tx = pool.begin().await?;
@@ -234,10 +272,10 @@ macro_rules! backend {
 
             async fn hand_transfer_once(pool: &Pool<Db>, from: i64, to: i64) -> Result<(), sqlx::Error> {
                 let mut tx = $begins::serializable(pool).await?;
-                let balance: i64 = sqlx::query_scalar(READ).bind(from).fetch_one(&mut *tx).await?;
+                let balance: i64 = sqlx::query_scalar(HOT_READ).bind(from).fetch_one(&mut *tx).await?;
                 let amount = (balance % 7) + 1;
-                sqlx::query(MOVE).bind(-amount).bind(from).execute(&mut *tx).await?;
-                sqlx::query(MOVE).bind(amount).bind(to).execute(&mut *tx).await?;
+                sqlx::query(HOT_MOVE).bind(-amount).bind(from).execute(&mut *tx).await?;
+                sqlx::query(HOT_MOVE).bind(amount).bind(to).execute(&mut *tx).await?;
                 tx.commit().await
             }
 
@@ -256,13 +294,30 @@ macro_rules! backend {
                 }
             }
 
+            /// The body of every covet-txn transfer: the hand-written one's
+            /// statements, on the current transaction's connection; the
+            /// retries it took.
+            async fn transfer_work(from: i64, to: i64) -> Result<u32, Error> {
+                let balance: i64 = sqlx::query_scalar(HOT_READ).bind(from).fetch_one(&mut *$conn()?).await?;
+                let amount = (balance % 7) + 1;
+                sqlx::query(HOT_MOVE).bind(-amount).bind(from).execute(&mut *$conn()?).await?;
+                sqlx::query(HOT_MOVE).bind(amount).bind(to).execute(&mut *$conn()?).await?;
+                Ok(covet_txn::current().map_or(1, |info| info.attempt) - 1)
+            }
+
             #[transactional(isolation = "serializable", retry = 10, backoff = "1ms", max_backoff = "50ms")]
             pub async fn covet_transfer(from: i64, to: i64) -> Result<u32, Error> {
-                let balance: i64 = sqlx::query_scalar(READ).bind(from).fetch_one(&mut *$conn()?).await?;
-                let amount = (balance % 7) + 1;
-                sqlx::query(MOVE).bind(-amount).bind(from).execute(&mut *$conn()?).await?;
-                sqlx::query(MOVE).bind(amount).bind(to).execute(&mut *$conn()?).await?;
-                Ok(covet_txn::current().map_or(1, |info| info.attempt) - 1)
+                transfer_work(from, to).await
+            }
+
+            #[transactional(isolation = "serializable", retry = 10, backoff = "1ms", max_backoff = "50ms", contention = "adaptive")]
+            pub async fn covet_transfer_adaptive(from: i64, to: i64) -> Result<u32, Error> {
+                transfer_work(from, to).await
+            }
+
+            #[transactional(isolation = "serializable", retry = 10, backoff = "1ms", max_backoff = "50ms", conflict_key = [from, to])]
+            pub async fn covet_transfer_keyed(from: i64, to: i64) -> Result<u32, Error> {
+                transfer_work(from, to).await
             }
 
             /// Times, counts and prints one scenario. The covet-txn side
@@ -319,57 +374,63 @@ macro_rules! backend {
                 rows
             }
 
-            pub async fn contended(pool: Pool<Db>, label: &'static str) {
-                setup(&pool).await;
+            /// One cell: the three sides, `CONTENDED_ROUNDS` rounds each,
+            /// interleaved with the side that goes first rotating.
+            pub async fn contended(pool: Pool<Db>, label: &'static str, cell: Cell) {
+                setup_hot_rows(&pool).await;
                 let manager = TxManager::new(pool.clone());
-                let (mut hand_total, mut covet_total) = (Contention::default(), Contention::default());
+                let mut totals: [Contention; 3] = Default::default();
                 for round in 0..CONTENDED_ROUNDS {
-                    for side in [round % 2, 1 - round % 2] {
-                        let started = Instant::now();
-                        let mut tasks = Vec::new();
-                        for task in 0..CONTENDED_TASKS {
-                            let (pool, manager) = (pool.clone(), manager.clone());
-                            tasks.push(tokio::spawn(manager.clone().scope(async move {
-                                let mut outcome = Contention::default();
-                                for n in 0..TRANSFERS_PER_TASK {
-                                    let from = 1 + ((task * 7 + n * 3) as i64) % HOT_ROWS;
-                                    let to = 1 + (from + 1 + (n as i64) % (HOT_ROWS - 1)) % HOT_ROWS;
-                                    let started = Instant::now();
-                                    let (committed, retries) = if side == 0 {
-                                        hand_transfer(&pool, from, to).await
-                                    } else {
-                                        match covet_transfer(from, to).await {
-                                            Ok(retries) => (true, retries),
-                                            Err(Error::RetriesExhausted { attempts, .. }) => (false, attempts - 1),
-                                            Err(error) => panic!("transfer failed: {error}"),
-                                        }
-                                    };
-                                    outcome.latencies.push(started.elapsed());
-                                    outcome.retries += u64::from(retries);
-                                    if committed {
-                                        outcome.committed += 1;
-                                    } else {
-                                        outcome.gave_up += 1;
-                                    }
-                                }
-                                drop(manager);
-                                outcome
-                            })));
-                        }
-                        let mut outcome = Contention::default();
-                        for task in tasks {
-                            outcome.absorb(task.await.expect("no panic"));
-                        }
-                        outcome.wall = started.elapsed();
-                        if side == 0 {
-                            hand_total.absorb(outcome);
-                        } else {
-                            covet_total.absorb(outcome);
-                        }
+                    for offset in 0..SIDES.len() {
+                        let side = (round + offset) % SIDES.len();
+                        let outcome = contended_round(&pool, &manager, cell, side).await;
+                        totals[side].absorb(outcome);
                     }
                 }
-                hand_total.print(label, "hand-written loop");
-                covet_total.print(label, "covet-txn");
+                Contention::print_cell(totals, label, cell);
+            }
+
+            async fn contended_round(pool: &Pool<Db>, manager: &TxManager<Db>, cell: Cell, side: usize) -> Contention {
+                let started = Instant::now();
+                let mut tasks = Vec::new();
+                for task in 0..cell.tasks {
+                    let (pool, manager) = (pool.clone(), manager.clone());
+                    tasks.push(tokio::spawn(manager.clone().scope(async move {
+                        let mut outcome = Contention::default();
+                        for n in 0..TRANSFERS_PER_TASK {
+                            let from = 1 + ((task * 7 + n * 3) as i64) % cell.rows;
+                            let to = 1 + (from + (n as i64) % (cell.rows - 1)) % cell.rows;
+                            let started = Instant::now();
+                            let covet = match (side, cell.keyed) {
+                                (0, _) => None,
+                                (1, _) => Some(covet_transfer(from, to).await),
+                                (_, false) => Some(covet_transfer_adaptive(from, to).await),
+                                (_, true) => Some(covet_transfer_keyed(from, to).await),
+                            };
+                            let (committed, retries) = match covet {
+                                None => hand_transfer(&pool, from, to).await,
+                                Some(Ok(retries)) => (true, retries),
+                                Some(Err(Error::RetriesExhausted { attempts, .. })) => (false, attempts - 1),
+                                Some(Err(error)) => panic!("transfer failed: {error}"),
+                            };
+                            outcome.latencies.push(started.elapsed());
+                            outcome.retries += u64::from(retries);
+                            if committed {
+                                outcome.committed += 1;
+                            } else {
+                                outcome.gave_up += 1;
+                            }
+                        }
+                        drop(manager);
+                        outcome
+                    })));
+                }
+                let mut outcome = Contention::default();
+                for task in tasks {
+                    outcome.absorb(task.await.expect("no panic"));
+                }
+                outcome.wall = started.elapsed();
+                outcome
             }
 
             /// Bytes a transaction held open keeps on the heap (its task
@@ -428,6 +489,18 @@ macro_rules! backend {
                 ready.add_permits(1);
                 waiting.await;
                 Ok(())
+            }
+
+            /// The contended scenario's accounts, in a table of its own.
+            async fn setup_hot_rows(pool: &Pool<Db>) {
+                let mut conn = pool.acquire().await.expect("connects");
+                conn.execute("DROP TABLE IF EXISTS contention_bench_accounts").await.expect("drops");
+                conn.execute("CREATE TABLE contention_bench_accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)")
+                    .await
+                    .expect("creates");
+                let rows: Vec<String> = (1..=1000).map(|id| format!("({id}, 1000000)")).collect();
+                let insert = format!("INSERT INTO contention_bench_accounts (id, balance) VALUES {}", rows.join(", "));
+                conn.execute(sqlx::AssertSqlSafe(insert)).await.expect("fills");
             }
 
             async fn setup(pool: &Pool<Db>) {
@@ -723,22 +796,36 @@ async fn run_all() {
 
     if scenario("contended") {
         println!(
-            "\nContended transfers: {CONTENDED_TASKS} tasks x {TRANSFERS_PER_TASK} transfers, {HOT_ROWS} hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {CONTENDED_ROUNDS} rounds per side, interleaved\n"
+            "\nContended transfers: each task makes {TRANSFERS_PER_TASK} transfers between hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {CONTENDED_ROUNDS} rounds per side, interleaved, the first side rotating; ratios are to the hand-written loop\n"
         );
-        println!("| backend | side | committed/s | retries | gave up | p99 ms |");
-        println!("|---|---|---|---|---|---|");
-        if backend("postgres")
-            && let Some(pool) = postgres_pool(8).await
-        {
-            postgres::contended(pool, "PostgreSQL").await;
-        }
-        if backend("mariadb")
-            && let Some(pool) = mariadb_pool(8).await
-        {
-            mariadb::contended(pool, "MariaDB").await;
+        println!(
+            "| backend | hot rows × tasks | side | committed/s | ratio | retries | gave up | p99 ms | p99 ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let cell = |rows, tasks, keyed| Cell { rows, tasks, keyed };
+        let server_cells = [
+            cell(10, 8, false),
+            cell(10, 8, true),
+            cell(10, 16, false),
+            cell(100, 8, false),
+        ];
+        for cell in server_cells {
+            if backend("postgres")
+                && let Some(pool) = postgres_pool(cell.tasks as u32).await
+            {
+                postgres::contended(pool, "PostgreSQL", cell).await;
+            }
+            if backend("mariadb")
+                && let Some(pool) = mariadb_pool(cell.tasks as u32).await
+            {
+                mariadb::contended(pool, "MariaDB", cell).await;
+            }
         }
         if backend("sqlite") {
-            sqlite::contended(sqlite_file(8).await, "SQLite (file)").await;
+            for cell in [cell(10, 8, false), cell(10, 16, false), cell(100, 8, false)] {
+                sqlite::contended(sqlite_file(cell.tasks as u32).await, "SQLite (file)", cell)
+                    .await;
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
+use syn::parse::discouraged::Speculative;
 use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -204,6 +205,19 @@ fn read(key: &Key, ident: &Ident, value: Option<RawValue>, errors: &mut Errors) 
             }
         },
         (Kind::Expression, RawValue::Expr(expr)) => Some(Value::Expression(expr)),
+        (Kind::Expression, RawValue::List { bracket, items }) => {
+            let items = items.into_iter().map(|path| {
+                Expr::Path(syn::ExprPath {
+                    attrs: Vec::new(),
+                    qself: None,
+                    path,
+                })
+            });
+            Some(Value::Expression(array(bracket, items.collect())))
+        }
+        (Kind::Expression, RawValue::Exprs { bracket, items }) => {
+            Some(Value::Expression(array(bracket, items)))
+        }
         (Kind::Expression, RawValue::Lit(lit)) => {
             Some(Value::Expression(Expr::Lit(syn::ExprLit {
                 attrs: Vec::new(),
@@ -251,6 +265,15 @@ fn read(key: &Key, ident: &Ident, value: Option<RawValue>, errors: &mut Errors) 
             None
         }
     }
+}
+
+/// `[items]` as an array expression whose brackets stand at `bracket`.
+fn array(bracket: Span, items: Punctuated<Expr, Token![,]>) -> Expr {
+    Expr::Array(syn::ExprArray {
+        attrs: Vec::new(),
+        bracket_token: syn::token::Bracket(bracket),
+        elems: items,
+    })
 }
 
 fn at_least_one(name: &str, example: &str, span: Span, errors: &mut Errors) -> Option<Value> {
@@ -396,6 +419,11 @@ enum RawValue {
         bracket: Span,
         items: Punctuated<Path, Token![,]>,
     },
+    /// `[a.id, (b, c)]`: a list of expressions, not all of them paths.
+    Exprs {
+        bracket: Span,
+        items: Punctuated<Expr, Token![,]>,
+    },
     /// Any other expression.
     Expr(Expr),
 }
@@ -404,7 +432,7 @@ impl RawValue {
     fn span(&self) -> Span {
         match self {
             RawValue::Lit(lit) => lit.span(),
-            RawValue::List { bracket, .. } => *bracket,
+            RawValue::List { bracket, .. } | RawValue::Exprs { bracket, .. } => *bracket,
             RawValue::Expr(expr) => expr.span(),
         }
     }
@@ -441,10 +469,17 @@ impl RawArg {
         input.parse::<Token![=]>()?;
         let value = if input.peek(syn::token::Bracket) {
             let content;
-            let bracket = bracketed!(content in input);
-            RawValue::List {
-                bracket: bracket.span.join(),
-                items: Punctuated::parse_terminated(&content)?,
+            let bracket = bracketed!(content in input).span.join();
+            let paths = content.fork();
+            match Punctuated::parse_terminated(&paths) {
+                Ok(items) => {
+                    content.advance_to(&paths);
+                    RawValue::List { bracket, items }
+                }
+                Err(_) => RawValue::Exprs {
+                    bracket,
+                    items: Punctuated::parse_terminated(&content)?,
+                },
             }
         } else if input.peek(Lit) && (input.peek2(Token![,]) || input.peek2(syn::parse::End)) {
             RawValue::Lit(input.parse()?)

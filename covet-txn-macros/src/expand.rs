@@ -194,6 +194,18 @@ fn options(private: &TokenStream, config: &Config, signature: &Signature) -> Tok
         });
         options.extend(quote!(.declared_hooks(const { &[#(#declared),*] })));
     }
+    if let Some(contention) = &config.contention {
+        options.extend(quote!(.contention(#private::Contention::#contention)));
+    }
+    if !config.conflict_keys.is_empty() {
+        // Each key is borrowed, not moved (the body still owns the
+        // arguments), and checked for `Hash` with the error on the key.
+        let keys = config.conflict_keys.iter().fold(
+            quote!(#private::ConflictKeys::new()),
+            |keys, key| quote_spanned!(key.span()=> #private::conflict_key(#keys, &(#key))),
+        );
+        options.extend(quote!(.conflict_keys(#keys)));
+    }
     if let Some(predicate) = &config.commit_on {
         // Checked against the declared error type where there is one, so a
         // predicate on another type is one error, on the predicate.

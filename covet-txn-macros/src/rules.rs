@@ -29,6 +29,11 @@ const PROPAGATIONS: [(&str, &str); 7] = [
     ("not_supported", "NotSupported"),
 ];
 
+const CONTENTIONS: [(&str, &str); 2] = [("adaptive", "Adaptive"), ("off", "Off")];
+
+/// Keys one call can declare (the runtime's `MAX_KEYS`).
+const MAX_KEYS: usize = 8;
+
 const FLAG: &str = "`true` or `false`";
 const STRING: &str = "a string";
 const CRATE: &str = "a string naming the path covet-txn is reached at, such as the name the dependency is renamed to";
@@ -134,6 +139,22 @@ pub(crate) const TRANSACTIONAL_KEYS: &[Key] = &[
         example: "resolve_ambiguous_commit = true",
     },
     Key {
+        name: "contention",
+        kind: Kind::Choice {
+            what: "contention setting",
+            values: &CONTENTIONS,
+            also: "",
+        },
+        takes: STRING,
+        example: "contention = \"adaptive\"",
+    },
+    Key {
+        name: "conflict_key",
+        kind: Kind::Expression,
+        takes: "an expression over the arguments whose type is `Hash`, or a list of them in brackets",
+        example: "conflict_key = [from, to]",
+    },
+    Key {
         name: "commit_on",
         kind: Kind::Expression,
         takes: "a function `fn(&E) -> bool` over the function's error type",
@@ -219,6 +240,10 @@ pub(crate) struct Config {
     pub(crate) timeout: Option<Duration>,
     pub(crate) resolve_ambiguous_commit: Option<bool>,
     pub(crate) commit_on: Option<Expr>,
+    /// The runtime's `Contention` variant.
+    pub(crate) contention: Option<Ident>,
+    /// Declared conflict keys, each an expression.
+    pub(crate) conflict_keys: Vec<Expr>,
     /// Declared handlers, with the phase each is listed under.
     pub(crate) hooks: Vec<(&'static Phase, Path)>,
 }
@@ -256,6 +281,7 @@ pub(crate) fn transactional(mut args: Args, function: &ItemFn, errors: &mut Erro
     }
     check_propagation(&args, errors);
     check_two_phase(&args, errors);
+    let conflict_keys = conflict_keys(args.take("conflict_key"), errors);
 
     let krate = crate_path(&mut args);
     let flag = |given: Option<Given>| match given.map(|given| given.value) {
@@ -311,8 +337,32 @@ pub(crate) fn transactional(mut args: Args, function: &ItemFn, errors: &mut Erro
         timeout: duration(args.take("timeout")),
         resolve_ambiguous_commit: flag(args.take("resolve_ambiguous_commit")),
         commit_on: expression(args.take("commit_on")),
+        contention: variant(args.take("contention")),
+        conflict_keys,
         hooks,
     }
+}
+
+/// `conflict_key = key` or `conflict_key = [key, ...]`: one to eight keys.
+fn conflict_keys(given: Option<Given>, errors: &mut Errors) -> Vec<Expr> {
+    let Some(Given {
+        value: Value::Expression(expr),
+        span,
+        ..
+    }) = given
+    else {
+        return Vec::new();
+    };
+    let keys: Vec<Expr> = match expr {
+        Expr::Array(list) => list.elems.into_iter().collect(),
+        single => vec![single],
+    };
+    if keys.is_empty() {
+        errors.at(span, "`conflict_key = []` declares no key: name at least one, such as `conflict_key = [from, to]`, or remove it");
+    } else if keys.len() > MAX_KEYS {
+        errors.at(span, format!("`conflict_key` takes at most {MAX_KEYS} keys, found {}: declare the ones most calls share", keys.len()));
+    }
+    keys
 }
 
 /// A call that runs without a transaction takes no setting of one, and a
@@ -340,6 +390,16 @@ fn check_propagation(args: &Args, errors: &mut Errors) {
                 errors.at(
                     given.key,
                     format!("`propagation = \"{spelled}\"` runs without a transaction, so {what} has no effect; remove one of them"),
+                );
+            }
+        }
+    }
+    if !matches!(*propagation, "Nested" | "Required" | "RequiresNew") {
+        for key in ["conflict_key", "contention"] {
+            if let Some(given) = args.given(key) {
+                errors.at(
+                    given.key,
+                    format!("`{key}` has no effect with `propagation = \"{spelled}\"`: only a call that begins a transaction is admitted; remove one of them"),
                 );
             }
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
+use crate::admission::Admission;
 use crate::backend::TextRows;
 use crate::backend::{self, Driver};
 use crate::dialect::{BranchId, Dialect, PreparedTransactions};
@@ -20,7 +21,7 @@ use crate::failure::FailureKind;
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::Observer;
-use crate::observe::metrics::{Metrics, MetricsSnapshot, PoolStatus, unix_millis};
+use crate::observe::metrics::{AdmissionStatus, Metrics, MetricsSnapshot, PoolStatus, unix_millis};
 use crate::options::Isolation;
 use crate::replicas::{Failover, ReplicaReport, ReplicaSet};
 use crate::request::TxOptions;
@@ -55,6 +56,7 @@ pub struct Engine<DB: Driver> {
     pub(crate) replicas: Option<Arc<ReplicaSet<DB>>>,
     /// The primary's hosts, when it may fail over to another.
     pub(crate) failover: Option<Failover<DB>>,
+    pub(crate) admission: Admission,
 }
 
 /// Which connection a statement outside any transaction runs on.
@@ -324,6 +326,10 @@ impl EngineHandle {
         dispatch!(self, engine => &engine.metrics)
     }
 
+    pub(crate) fn admission(&self) -> &Admission {
+        dispatch!(self, engine => &engine.admission)
+    }
+
     /// The retryable failure inside `error`, as this manager's dialect
     /// classifies database errors.
     pub(crate) fn classify(&self, error: &(dyn StdError + 'static)) -> Option<FailureKind> {
@@ -428,6 +434,16 @@ impl EngineHandle {
             functions,
             active: metrics.active(),
             pool: dispatch!(self, engine => engine.pool_status()),
+            admission: self
+                .admission()
+                .readings()
+                .into_iter()
+                .map(|(function, reading)| AdmissionStatus {
+                    function: function.to_owned(),
+                    limit: reading.limit,
+                    waiting: reading.waiting,
+                })
+                .collect(),
         }
     }
 }

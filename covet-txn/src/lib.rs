@@ -73,7 +73,7 @@
 //! |---|---|---|
 //! | vocabulary | `options`, `failure` | isolation levels, propagation, failure kinds: data only |
 //! | state | `state`, `error` | a transaction's state machine; the runtime's one error type |
-//! | events and rules | `event`, `retry`, `nested_acquire` | what hooks see; retry policy and backoff; pool waits of `requires_new` |
+//! | events and rules | `event`, `retry`, `nested_acquire`, `admission/` | what hooks see; retry policy and backoff; pool waits of `requires_new`; the queues, limits and key table attempts are admitted through |
 //! | requests and dialects | `request`, [`dialect`], `observe` | what a call asks for; per-database SQL, settings and error codes; counting and tracing |
 //! | drivers and hook storage | `backend/`, `hooks::list`, `hooks::run` | running a dialect's SQL on each wire protocol; where hooks wait and how a phase runs |
 //! | session | `session/` | one transaction on one connection: open, savepoints, end, recovery of a cut-off connection |
@@ -105,6 +105,7 @@
 
 extern crate self as covet_txn;
 
+mod admission;
 mod backend;
 mod call;
 mod context;
@@ -137,6 +138,7 @@ pub mod two_phase;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use admission::keys::{ConflictKeys, KEY_SLOTS, MAX_KEYS};
 pub use context::{conn, current, is_rollback_only, set_rollback_only};
 pub use engine::Backend;
 pub use error::{Error, Operation};
@@ -145,8 +147,10 @@ pub use failure::{CommitOutcome, ErrorSource, Failure, FailureKind, LastFailure}
 pub use hooks::{Registration, before_commit, before_rollback, on_commit, on_rollback};
 pub use manager::{TxManager, TxManagerBuilder, transaction, transaction_with_retry};
 pub use observe::counters::{DURATION_BUCKETS, DurationSummary, FunctionMetrics, HistogramCounts};
-pub use observe::metrics::{ActiveTransaction, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus};
-pub use options::{Isolation, Propagation, UnknownName};
+pub use observe::metrics::{
+    ActiveTransaction, AdmissionStatus, MetricsSnapshot, OTHER_FUNCTIONS, PoolStatus,
+};
+pub use options::{Contention, Isolation, Propagation, UnknownName};
 pub use replicas::{ReplicaReport, ReplicaStatus, SessionToken};
 pub use request::{CallOptions, TxOptions};
 pub use retry::{RetryPolicy, RetryPredicate};

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use sqlx::Pool;
 
+use crate::admission::Admission;
 use crate::call::attempts::{Attempts, run_once};
 use crate::context;
 use crate::defaults;
@@ -25,6 +26,7 @@ use crate::failure::{ErrorSource, inspect_source};
 use crate::hooks::list::ManagerHooks;
 use crate::nested_acquire::NestedAcquires;
 use crate::observe::metrics::{DEFAULT_MAX_FUNCTIONS, Metrics, MetricsSnapshot};
+use crate::options::Contention;
 use crate::replicas::{DEFAULT_FAILOVER_WAIT, Failover, Options, ReplicaSet, ReplicaSettings};
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
@@ -97,6 +99,7 @@ impl<DB: Backend> TxManager<DB> {
             retry_policy: RetryPolicy::new(),
             hooks: ManagerHooks::default(),
             max_functions: DEFAULT_MAX_FUNCTIONS,
+            contention: Contention::Off,
             dialect: None,
             replicas: Vec::new(),
             replica_settings: ReplicaSettings::default(),
@@ -245,6 +248,7 @@ pub struct TxManagerBuilder<DB: Backend> {
     pub(crate) replica_settings: ReplicaSettings,
     pub(crate) primary_hosts: Vec<Options<DB>>,
     pub(crate) failover_wait: Duration,
+    contention: Contention,
 }
 
 impl<DB: Backend> TxManagerBuilder<DB> {
@@ -319,6 +323,13 @@ impl<DB: Backend> TxManagerBuilder<DB> {
         self
     }
 
+    /// Whether the manager's calls manage contention (see [`Contention`]);
+    /// a function's `contention = "..."` overrides it. Off by default.
+    pub fn contention(mut self, contention: Contention) -> Self {
+        self.contention = contention;
+        self
+    }
+
     /// How many function names get metrics of their own (default 200);
     /// the rest share one `other` series, which keeps label cardinality
     /// bounded.
@@ -339,6 +350,11 @@ impl<DB: Backend> TxManagerBuilder<DB> {
             self.replicas,
             self.replica_settings,
         );
+        let admission = Admission::new(
+            self.contention,
+            self.pool.options().get_max_connections(),
+            DB::writer_gate(&self.pool),
+        );
         TxManager {
             engine: Arc::new(Engine {
                 id,
@@ -352,6 +368,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
                 probes: ProbeCache::default(),
                 replicas,
                 failover: Failover::new(self.primary_hosts, self.failover_wait),
+                admission,
             }),
         }
     }

@@ -249,3 +249,24 @@ mod tests {
         );
     }
 }
+
+/// Whether a manager, or one function, manages contention: admits each
+/// function's first attempts under an adaptive limit, sends its retries
+/// through a lane of their own instead of sleeping their backoff, and on
+/// SQLite admits one write transaction per database file at a time (see the
+/// README's "Contention" section).
+///
+/// ```
+/// use covet_txn::{Contention, TxOptions};
+/// let options = TxOptions::new().retries(5).contention(Contention::Adaptive);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Contention {
+    /// Every attempt goes straight to the database (declared conflict keys
+    /// are still waited for).
+    #[default]
+    Off,
+    /// Attempts are admitted as conflicts are observed.
+    Adaptive,
+}

@@ -9,9 +9,10 @@ use crate::call::attempts;
 use crate::engine::{Backend, EngineHandle};
 use crate::manager::TxManager;
 
+pub use crate::admission::keys::ConflictKeys;
 pub use crate::error::Error;
 pub use crate::event::{DeclaredHook, HookFuture, HookOutput, Phase, TxEvent};
-pub use crate::options::{Isolation, Propagation};
+pub use crate::options::{Contention, Isolation, Propagation};
 pub use crate::request::{CallOptions, TxOptions};
 pub use crate::retry::RetryPolicy;
 pub use crate::two_phase::{TwoPhase, TwoPhaseOptions};
@@ -181,6 +182,29 @@ impl CoordinatorArg for std::sync::OnceLock<TwoPhase> {
     fn covet_coordinator(&self) -> Option<&TwoPhase> {
         self.get()
     }
+}
+
+/// A value that can be a conflict key: one that is `Hash`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a conflict key: keys are told apart by their hash",
+    label = "this key's type must implement `Hash`",
+    note = "use a field or value that is `Hash` (an id, a string, a tuple of them)"
+)]
+pub trait ConflictKey {
+    /// `keys` and this one.
+    fn covet_add_to(&self, keys: ConflictKeys) -> ConflictKeys;
+}
+
+impl<K: std::hash::Hash + ?Sized> ConflictKey for K {
+    fn covet_add_to(&self, keys: ConflictKeys) -> ConflictKeys {
+        keys.with(self)
+    }
+}
+
+/// `keys` and one declared with `conflict_key = ...`, checked to be `Hash`
+/// with the error on the key.
+pub fn conflict_key<K: ConflictKey + ?Sized>(keys: ConflictKeys, key: &K) -> ConflictKeys {
+    key.covet_add_to(keys)
 }
 
 /// The manager of a function without `manager = ...`: found at run time.

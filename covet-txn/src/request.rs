@@ -6,10 +6,12 @@
 //! build them per call. What a request *means* next to what is already
 //! running is `call::plan`'s business.
 
+use std::hash::Hash;
 use std::time::Duration;
 
+use crate::admission::keys::ConflictKeys;
 use crate::event::DeclaredHook;
-use crate::options::{Access, Isolation, Propagation};
+use crate::options::{Access, Contention, Isolation, Propagation};
 use crate::retry::{RetryCount, RetryOverrides, RetryPredicate};
 
 /// Everything a transactional call asks of the runtime.
@@ -33,6 +35,9 @@ pub struct TxOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) resolve_ambiguous_commit: bool,
     pub(crate) hooks: &'static [DeclaredHook],
+    /// The call's own contention setting, over the manager's.
+    pub(crate) contention: Option<Contention>,
+    pub(crate) conflict_keys: ConflictKeys,
     /// A test transaction, which always rolls back (see `testing`).
     pub(crate) test: bool,
 }
@@ -51,6 +56,8 @@ impl TxOptions {
             timeout: None,
             resolve_ambiguous_commit: false,
             hooks: &[],
+            contention: None,
+            conflict_keys: ConflictKeys::new(),
             test: false,
         }
     }
@@ -143,6 +150,27 @@ impl TxOptions {
     /// deadline.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Manage this call's contention as `contention` says, whatever the
+    /// manager's setting (see [`Contention`]).
+    pub const fn contention(mut self, contention: Contention) -> Self {
+        self.contention = Some(contention);
+        self
+    }
+
+    /// Wait, before each attempt, until no other call of this manager in
+    /// this process holds one of these keys (see [`ConflictKeys`]). Only
+    /// the outermost call waits; a nested call's keys are not waited for.
+    pub const fn conflict_keys(mut self, keys: ConflictKeys) -> Self {
+        self.conflict_keys = keys;
+        self
+    }
+
+    /// [`conflict_keys`](Self::conflict_keys) with one more key.
+    pub fn conflict_key<K: Hash + ?Sized>(mut self, key: &K) -> Self {
+        self.conflict_keys = self.conflict_keys.with(key);
         self
     }
 

@@ -70,6 +70,13 @@ async fn record_transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError
     Ok(())
 }
 
+/// Two transfers touching an account take turns in this process before they
+/// reach the database; retries wait in the function's lane.
+#[transactional(isolation = "serializable", retry = 10, conflict_key = [from, to], contention = "adaptive")]
+async fn transfer_between(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
+    transfer(from, to, amount).await
+}
+
 fn is_refusal(error: &AppError) -> bool {
     matches!(error, AppError::Refused(_))
 }
@@ -243,6 +250,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     create_tables(manager.pool()).await?;
 
     transfer(1, 2, 30).await?;
+    transfer_between(2, 1, 0).await?;
 
     let options = TxOptions::new().isolation(Isolation::Serializable);
     let total: i64 = manager

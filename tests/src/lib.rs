@@ -24,6 +24,19 @@ pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Where MariaDB is, unless `COVET_MYSQL_URL` says otherwise.
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
+/// A manager on `pool`, with contention management on when
+/// `COVET_CONTENTION=adaptive` (CI runs the bank and cancellation tests
+/// once more that way).
+pub fn manager_on<DB: covet_txn::Backend>(pool: sqlx::Pool<DB>) -> covet_txn::TxManager<DB> {
+    let contention = match std::env::var("COVET_CONTENTION").as_deref() {
+        Ok("adaptive") => covet_txn::Contention::Adaptive,
+        _ => covet_txn::Contention::Off,
+    };
+    covet_txn::TxManager::builder(pool)
+        .contention(contention)
+        .build()
+}
+
 /// Whether an unreachable server fails the test (`COVET_REQUIRE_BACKENDS=1`)
 /// instead of skipping it.
 pub fn backends_required() -> bool {
@@ -290,7 +303,7 @@ macro_rules! __backend_helpers {
         ) -> Option<::covet_txn::TxManager<Db>> {
             pool(test, max_connections)
                 .await
-                .map(::covet_txn::TxManager::new)
+                .map($crate::manager_on)
         }
 
         #[allow(dead_code)]

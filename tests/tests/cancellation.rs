@@ -126,7 +126,7 @@ each_backend! {
         let table = format!("cancel_{BACKEND}");
         let (options, opened) = covet_txn_tests::counting_connections(covet_txn_tests::pool_options(1));
         let Some(pool) = pool_from(&table, options).await else { return };
-        let manager = covet_txn::TxManager::new(pool);
+        let manager = covet_txn_tests::manager_on(pool);
         reset_table(manager.pool(), &table, "id BIGINT PRIMARY KEY, v BIGINT NOT NULL").await;
         let mut random = Random::seeded();
         let mut tally = Tally::default();
@@ -238,7 +238,7 @@ mod slow_commit {
         .execute(&pool)
         .await
         .expect("setup");
-        let manager = TxManager::new(pool);
+        let manager = covet_txn_tests::manager_on(pool);
         let cut = tokio::time::timeout(Duration::from_millis(200), insert_postgres(&manager)).await;
         assert!(
             cut.is_err(),
@@ -296,7 +296,7 @@ mod slow_commit {
             .execute(&admin)
             .await
             .expect("setup");
-        let manager = TxManager::new(pool);
+        let manager = covet_txn_tests::manager_on(pool);
         // MariaDB's backup lock holds every COMMIT until it is released.
         let mut locker = admin.acquire().await.expect("a connection");
         sqlx::raw_sql("BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT")

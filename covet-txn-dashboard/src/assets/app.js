@@ -201,8 +201,22 @@
       case "p95": return metrics.duration.p95_ms ?? -1;
       case "p99": return metrics.duration.p99_ms ?? -1;
       case "success_rate": return metrics.success_rate ?? -1;
+      case "limit": return metrics.limit ?? -1;
       default: return metrics[key];
     }
+  }
+
+  // Each function's counters with its admission: the limit and the
+  // attempts waiting now (from the snapshot's admission list), and the
+  // time its attempts waited in all.
+  function withAdmission(metrics) {
+    const admission = new Map(metrics.admission.map((status) => [status.function, status]));
+    return metrics.functions.map((counters) => ({
+      ...counters,
+      limit: admission.get(counters.function)?.limit ?? null,
+      waiting: admission.get(counters.function)?.waiting ?? 0,
+      waited: counters.admission_wait_microseconds / 1000,
+    }));
   }
 
   function renderFunctions(functions) {
@@ -230,6 +244,9 @@
         element("td", ms(metrics.duration.p50_ms), "num"),
         element("td", ms(metrics.duration.p95_ms), "num"),
         element("td", ms(metrics.duration.p99_ms), "num"),
+        element("td", metrics.limit === null ? "—" : metrics.limit.toFixed(1), "num"),
+        element("td", integer.format(metrics.waiting), "num"),
+        element("td", ms(metrics.waited), "num"),
       );
       body.append(row);
     }
@@ -366,7 +383,7 @@
     renderStore(state.store);
     renderActive(state.metrics.active, state.long_transaction_ms);
     renderReplicas(state.replicas);
-    renderFunctions(state.metrics.functions);
+    renderFunctions(withAdmission(state.metrics));
     renderHealth(state.health);
     renderAlerts(state.alerts);
     renderCharts(state.history);
@@ -466,7 +483,7 @@
       const sortBy = () => {
         const key = header.dataset.key;
         functionSort = { key, descending: functionSort.key === key ? !functionSort.descending : key !== "function" };
-        if (latest) renderFunctions(latest.metrics.functions);
+        if (latest) renderFunctions(withAdmission(latest.metrics));
       };
       header.addEventListener("click", sortBy);
       header.addEventListener("keydown", (event) => {

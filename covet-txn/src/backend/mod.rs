@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 
+use crate::admission::writers::WriterGate;
 use crate::dialect::{BranchId, Dialect, SavepointAction};
 use crate::error::Error;
 use crate::failure::{self, CommitOutcome, FailureKind};
@@ -69,6 +70,13 @@ pub trait Driver: sqlx::Database + Sized + OutboxSupport {
         conn: &'c mut Self::Connection,
         sql: &'static str,
     ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send + 'c;
+
+    /// The in-process gate that admits one write transaction at a time to
+    /// the pool's database, where the database itself lets only one run
+    /// (SQLite files); `None` elsewhere.
+    fn writer_gate(_pool: &sqlx::Pool<Self>) -> Option<WriterGate> {
+        None
+    }
 
     /// Begins a transaction with the dialect's statement.
     fn begin<'c>(

@@ -22,6 +22,7 @@ use sqlx::{Row, SqlSafeStr, Sqlite, SqliteConnection};
 use sqlx_core::transaction::TransactionManager;
 
 use super::{Driver, InFlightCommit, Restore, TextRows, execute_raw, roll_back_cleanly, text_rows};
+use crate::admission::writers::WriterGate;
 use crate::dialect::{Begin, BeginRequest, BranchId, Dialect, SavepointAction, SavepointName};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
@@ -100,6 +101,14 @@ impl Dialect<Sqlite> for SqliteDialect {
 impl Driver for Sqlite {
     fn default_dialect() -> Arc<dyn Dialect<Sqlite>> {
         Arc::new(SqliteDialect)
+    }
+
+    /// A database file's gate, by its canonical path; none for an in-memory
+    /// database (it has no file on disk), which belongs to one pool.
+    fn writer_gate(pool: &sqlx::Pool<Sqlite>) -> Option<WriterGate> {
+        let options = pool.connect_options();
+        let path = std::fs::canonicalize(options.get_filename()).ok()?;
+        Some(WriterGate::of(path.to_string_lossy().into_owned()))
     }
 
     fn execute<'c>(

@@ -12,6 +12,7 @@ use futures_util::future::{Either, ready};
 
 use super::Call;
 use super::enter::{Entry, Own, Way};
+use crate::admission::Ticket;
 use crate::backend;
 use crate::engine::EngineHandle;
 use crate::error::{self, Error, Operation};
@@ -41,9 +42,35 @@ where
         Err(error) => return Either::Right(Either::Right(ready(Err(error.into())))),
     };
     match call.way() {
-        Way::Own(own) => Either::Left(Box::pin(finish(call, own, body))),
+        Way::Own(own) => Either::Left(Box::pin(finish_own(call, own, body))),
         Way::Within(within) => Either::Right(Either::Left(finish(call, within, Box::pin(body)))),
     }
+}
+
+/// Admits the call, runs it and tells its function how it ended.
+async fn finish_own<T, E, Fut>(call: Call<E>, own: Own, body: Fut) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    let ticket = match call.admit(1).await {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            call.observer().call_failed();
+            return Err(error.into());
+        }
+    };
+    let epoch = call.engine().primary_epoch();
+    let result = call.run(own, body, 1).await;
+    if let Some(ticket) = &ticket {
+        call.report_to(ticket, result.as_ref().err());
+    }
+    drop(ticket);
+    if let Some(epoch) = failed_in_the_end(&call, epoch, &result) {
+        // For the next call; this one's error says what happened to it.
+        let _ = call.engine().rediscover(&epoch).await;
+    }
+    result
 }
 
 async fn finish<W: Entry, T, E, Fut>(call: Call<E>, way: W, body: Fut) -> Result<T, E>
@@ -53,20 +80,28 @@ where
 {
     let epoch = call.engine().primary_epoch();
     let result = call.run(way, body, 1).await;
-    // Decided before awaiting: a borrow of the error held across an await
-    // would make the call's future `Send` only for `Sync` error types.
-    let moved = match &result {
-        Err(error) if call.begins_transaction() && !call.commits_on(error) => {
-            call.observer().call_failed();
-            moved(&call, epoch, error)
-        }
-        _ => None,
-    };
-    if let Some(epoch) = moved {
-        // For the next call; this one's error says what happened to it.
+    if let Some(epoch) = failed_in_the_end(&call, epoch, &result) {
         let _ = call.engine().rediscover(&epoch).await;
     }
     result
+}
+
+/// Counts a call that returned an error that did not commit, and returns
+/// the epoch to find the primary again from when its host may be gone.
+/// Decided without awaiting: a borrow of the error held across an await
+/// would make the call's future `Send` only for `Sync` error types.
+fn failed_in_the_end<T, E: From<Error>>(
+    call: &Call<E>,
+    epoch: Option<PrimaryEpoch>,
+    result: &Result<T, E>,
+) -> Option<PrimaryEpoch> {
+    match result {
+        Err(error) if call.begins_transaction() && !call.commits_on(error) => {
+            call.observer().call_failed();
+            moved(call, epoch, error)
+        }
+        _ => None,
+    }
 }
 
 /// The attempts of a retrying call. The caller builds a fresh body for each
@@ -126,8 +161,9 @@ impl<E: From<Error>> Attempts<E> {
     }
 }
 
-/// One attempt of a call that opens its own session, and the wait after it
-/// if it is to be retried.
+/// One attempt of a call that opens its own session, admitted first, and
+/// the wait after it if it is to be retried: its backoff, or nothing when
+/// the retry will wait in its function's lane instead.
 async fn attempt_own<T, E, Fut>(
     call: &Call<E>,
     policy: &RetryPolicy,
@@ -139,8 +175,23 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
+    let ticket = match call.admit(attempt).await {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            call.observer().call_failed();
+            return Some(Err(error.into()));
+        }
+    };
     let epoch = call.engine().primary_epoch();
-    let error = match call.run(own, body, attempt).await {
+    let result = call.run(own, body, attempt).await;
+    if let Some(ticket) = &ticket {
+        call.report_to(ticket, result.as_ref().err());
+    }
+    // A retry of a call under contention management waits in its
+    // function's lane instead of sleeping.
+    let in_lane = ticket.as_ref().is_some_and(Ticket::managed);
+    drop(ticket);
+    let error = match result {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,
     };
@@ -168,7 +219,9 @@ where
             return Some(Err(error));
         }
     };
-    tokio::time::sleep(wait).await;
+    if !in_lane {
+        tokio::time::sleep(wait).await;
+    }
     None
 }
 

@@ -2,11 +2,12 @@
 //! scope (`enter`: open a session, create a savepoint, or join), run the
 //! body in its frame under its deadline, and settle the outcome (`settle`),
 //! with a guard for a future dropped half-way (`guard`); with `retry`, run
-//! it again as `attempts` decides.
+//! it again as `attempts` decides, each attempt admitted first (`admit`).
 //!
 //! This is the only module that puts the lower layers together; it holds no
 //! SQL and counts nothing itself.
 
+mod admit;
 pub(crate) mod attempts;
 mod enter;
 mod guard;

@@ -19,7 +19,7 @@ use super::alert::Alert;
 use crate::engine::EngineHandle;
 use crate::error::Error;
 use crate::observe::counters::{Counter, DURATION_BUCKETS, FunctionMetrics};
-use crate::observe::metrics::MetricsSnapshot;
+use crate::observe::metrics::{AdmissionStatus, MetricsSnapshot};
 
 /// The content type of [`prometheus_text`](crate::TxManager::prometheus_text).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -144,6 +144,28 @@ impl Collector for PrometheusCollector {
             let gauge = ConstGauge::new(value);
             let mut metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric.encode_family(&manager_labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "admission_limit",
+                "How many first attempts of the function may run at once under contention management.",
+                (|status: &AdmissionStatus| status.limit) as fn(&AdmissionStatus) -> Option<f64>,
+            ),
+            (
+                "admission_waiting",
+                "Attempts of the function waiting for their turn now.",
+                |status: &AdmissionStatus| Some(f64::from(status.waiting)),
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for status in &snapshot.admission {
+                let Some(value) = value(status) else { continue };
+                let labels = [
+                    ("manager", manager.to_owned()),
+                    ("function", status.function.clone()),
+                ];
+                ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+            }
         }
         // What the `long_transaction` alert watches, for Prometheus rules.
         let oldest = ConstGauge::new(

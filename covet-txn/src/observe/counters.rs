@@ -194,6 +194,12 @@ counters! {
     /// COMMITs whose call was cancelled while they were in flight, whose
     /// answer did not come before the deadline: the connection was closed.
     cancelled_commits_unknown: "cancelled_commits", "outcome" = "unknown";
+    /// Attempts that waited for their turn (conflict keys, the function's
+    /// admission limit or retry lane, SQLite's one writer) before reaching
+    /// the database.
+    admission_waits: "admission_waits";
+    /// Microseconds attempts spent waiting for their turn, in all.
+    admission_wait_microseconds: "admission_wait_microseconds";
 }
 
 impl Counter {

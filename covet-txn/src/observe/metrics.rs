@@ -70,6 +70,10 @@ impl Series {
         self.counts[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_many(&self, counter: Counter, amount: u64) {
+        self.counts[counter as usize].fetch_add(amount, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_duration(&self, duration: Duration) {
         self.duration.record(duration);
     }
@@ -310,6 +314,26 @@ pub struct MetricsSnapshot {
     pub active: Vec<ActiveTransaction>,
     /// The pool.
     pub pool: PoolStatus,
+    /// Each function's admission, by name: the functions that ran under
+    /// contention management or declared conflict keys.
+    pub admission: Vec<AdmissionStatus>,
+}
+
+/// How one function's attempts are admitted now (see
+/// [`Contention`](crate::Contention)).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[non_exhaustive]
+pub struct AdmissionStatus {
+    /// The function's path.
+    pub function: String,
+    /// How many of its first attempts may run at once under contention
+    /// management: shrinks by a quarter on each conflict, grows by one over
+    /// itself on each commit. `None` for a function that only declares
+    /// conflict keys.
+    pub limit: Option<f64>,
+    /// Its attempts waiting for their turn now (keys, limit, lane or
+    /// SQLite's writer turn).
+    pub waiting: u32,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -93,6 +93,23 @@ impl Observer {
         self.series.add(Counter::retries);
     }
 
+    /// An attempt waited `waited` for its turn before reaching the
+    /// database.
+    pub(crate) fn admitted_after(&self, attempt: u32, waited: Duration) {
+        tracing::debug!(
+            target: "covet_txn",
+            transaction = self.name,
+            attempt,
+            waited_ms = waited.as_secs_f64() * 1000.0,
+            "admitted after waiting for its turn"
+        );
+        self.series.add(Counter::admission_waits);
+        self.series.add_many(
+            Counter::admission_wait_microseconds,
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
     /// The call's deadline passed.
     pub(crate) fn timed_out(&self, attempts: u32, budget: Duration) {
         tracing::warn!(

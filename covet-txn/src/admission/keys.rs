@@ -1,0 +1,189 @@
+//! Declared conflict keys: the values a call says its transaction touches
+//! (an account, an order), and the bounded table of in-process locks that
+//! makes attempts with an equal key take turns before they reach the
+//! database.
+//!
+//! A key is hashed to one of [`KEY_SLOTS`] slots, each a first-come,
+//! first-served lock; a call never waits while holding a slot, so that two
+//! calls never wait for each other in a circle. Different keys that share a
+//! slot take turns too (rarely: one chance in [`KEY_SLOTS`] per pair). Keys
+//! are a way to avoid conflicts, not a guarantee of isolation: the database
+//! still isolates every transaction, so a key past the [`MAX_KEYS`]th is
+//! not waited for, and a process that does not declare keys still runs
+//! correctly.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Slots in a manager's key table.
+pub const KEY_SLOTS: usize = 1024;
+
+/// Keys one call can declare.
+pub const MAX_KEYS: usize = 8;
+
+/// The conflict keys of a call, as the slots of the key table they take.
+///
+/// ```
+/// use covet_txn::{ConflictKeys, TxOptions};
+/// let keys = ConflictKeys::new().with(&"account-1").with(&42_i64);
+/// assert_eq!(keys.len(), 2);
+/// let options = TxOptions::new().conflict_keys(keys);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConflictKeys {
+    /// Ascending, without repeats.
+    slots: [u16; MAX_KEYS],
+    len: u8,
+}
+
+impl ConflictKeys {
+    /// No keys.
+    pub const fn new() -> Self {
+        ConflictKeys {
+            slots: [0; MAX_KEYS],
+            len: 0,
+        }
+    }
+
+    /// These keys and `key`. Equal values (by `Hash`) are one key; a key
+    /// past the eighth is not waited for.
+    pub fn with<K: Hash + ?Sized>(mut self, key: &K) -> Self {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        // The remainder is below KEY_SLOTS, which fits a u16.
+        let slot = (hash % KEY_SLOTS as u64) as u16;
+        let len = usize::from(self.len);
+        let (Err(at), true) = (self.slots[..len].binary_search(&slot), len < MAX_KEYS) else {
+            return self;
+        };
+        self.slots.copy_within(at..len, at + 1);
+        self.slots[at] = slot;
+        self.len += 1;
+        self
+    }
+
+    /// The number of distinct slots the keys take.
+    pub const fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether there are no keys.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn slots(&self) -> &[u16] {
+        &self.slots[..usize::from(self.len)]
+    }
+}
+
+/// A manager's key table, made on the first call that declares a key.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTable {
+    slots: OnceLock<Box<[Arc<Mutex<()>>]>>,
+}
+
+/// The slots a call holds, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct HeldKeys {
+    _guards: Vec<OwnedMutexGuard<()>>,
+}
+
+impl KeyTable {
+    /// Takes all of the call's slots at once, and says whether it had to
+    /// wait. It never waits while holding a slot: it takes what is free,
+    /// and when one is taken it gives back the rest and waits in that
+    /// slot's queue alone, then tries the others again with that one held.
+    /// Holding some keys while queued for another would make every call
+    /// that needs one of them wait too (convoys, measured on the contended
+    /// benchmark). Dropping the future gives back what it took and leaves
+    /// the queue it was in.
+    pub(crate) async fn hold(&self, keys: &ConflictKeys) -> (HeldKeys, bool) {
+        let table = self
+            .slots
+            .get_or_init(|| (0..KEY_SLOTS).map(|_| Arc::new(Mutex::new(()))).collect());
+        let locks: Vec<&Arc<Mutex<()>>> = keys
+            .slots()
+            .iter()
+            .map(|slot| &table[usize::from(*slot)])
+            .collect();
+        let mut queued = false;
+        let mut waited_for: Option<(usize, OwnedMutexGuard<()>)> = None;
+        loop {
+            let mut held = Vec::with_capacity(locks.len());
+            let mut blocked = None;
+            for (index, lock) in locks.iter().enumerate() {
+                if waited_for
+                    .as_ref()
+                    .is_some_and(|(waited, _)| *waited == index)
+                {
+                    continue;
+                }
+                match Arc::clone(lock).try_lock_owned() {
+                    Ok(guard) => held.push(guard),
+                    Err(_) => {
+                        blocked = Some(index);
+                        break;
+                    }
+                }
+            }
+            let Some(index) = blocked else {
+                held.extend(waited_for.map(|(_, guard)| guard));
+                return (HeldKeys { _guards: held }, queued);
+            };
+            drop(held);
+            drop(waited_for.take());
+            queued = true;
+            waited_for = Some((index, Arc::clone(locks[index]).lock_owned().await));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn equal_keys_are_one_and_slots_stay_sorted() {
+        let keys = ConflictKeys::new().with(&7_i64).with(&3_i64).with(&7_i64);
+        assert_eq!(keys.len(), 2);
+        assert!(keys.slots().windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(keys, ConflictKeys::new().with(&3_i64).with(&7_i64));
+    }
+
+    #[test]
+    fn keys_past_the_limit_are_not_kept() {
+        let keys = (0..100_i64).fold(ConflictKeys::new(), |keys, key| keys.with(&key));
+        assert_eq!(keys.len(), MAX_KEYS);
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_for_one_key_holds_none_of_its_others() {
+        let table = Arc::new(KeyTable::default());
+        let (first, second) = (
+            ConflictKeys::new().with(&1_i64),
+            ConflictKeys::new().with(&2_i64),
+        );
+        assert_ne!(first, second);
+        let (holding_first, _) = table.hold(&first).await;
+        let waiting = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.hold(&first.with(&2_i64)).await.1 }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "both keys were taken while one was held"
+        );
+        let (_, queued) = tokio::time::timeout(Duration::from_millis(20), table.hold(&second))
+            .await
+            .expect("the free key is not held by the waiting call");
+        assert!(!queued);
+        drop(holding_first);
+        assert!(waiting.await.expect("no panic"), "the call waited");
+    }
+}

@@ -1,0 +1,336 @@
+//! Contention management: attempts wait for their turn in this process
+//! before they reach the database. Declared conflict keys serialise equal
+//! keys and not different ones; waiters are admitted first come, first
+//! served; a wait counts against the call's deadline and leaves nothing
+//! behind when its future is dropped; only the outermost call waits; a
+//! function's adaptive limit shrinks on a real conflict and grows on a
+//! commit; on SQLite, writers take turns per file.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use covet_txn::{ConflictKeys, Contention, Error, TxManager, transactional};
+use covet_txn_tests::{AppError, each_backend};
+use tokio::sync::{Mutex, Notify};
+
+/// A one-row query whose answer every backend gives as a 64-bit integer.
+const PROBE: &str = "SELECT COUNT(*) FROM (SELECT 1 AS one) AS probe";
+
+/// Waits for the holder to hold its turn, failing instead of hanging if it
+/// never does.
+async fn held(holding: &Notify) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), holding.notified()).await;
+    assert!(waited.is_ok(), "the holder never took its turn");
+}
+
+/// How many bodies run at once, and the most that ever did.
+#[derive(Default)]
+struct Occupancy {
+    inside: AtomicU32,
+    most: AtomicU32,
+}
+
+impl Occupancy {
+    fn enter(&self) {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn most(&self) -> u32 {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// Two keys that take different slots of the key table.
+fn distinct_keys(count: i64) -> Vec<i64> {
+    let mut keys: Vec<i64> = Vec::new();
+    let mut candidate = 1;
+    while keys.len() < count as usize {
+        let taken = keys
+            .iter()
+            .any(|key| ConflictKeys::new().with(key) == ConflictKeys::new().with(&candidate));
+        if !taken {
+            keys.push(candidate);
+        }
+        candidate += 1;
+    }
+    keys
+}
+
+each_backend! {
+    /// A read-only transaction (SQLite runs several of those at once) that
+    /// stays open for `hold`, counting how many run together.
+    #[transactional(read_only = true, conflict_key = account)]
+    async fn read_account(account: i64, occupancy: &Occupancy, hold: Duration) -> Result<(), AppError> {
+        occupancy.enter();
+        let seen = scalar(PROBE).await;
+        tokio::time::sleep(hold).await;
+        occupancy.leave();
+        assert_eq!(seen?, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn calls_with_equal_keys_take_turns() {
+        let Some(manager) = manager("contention_equal_keys", 4).await else { return };
+        let occupancy = Occupancy::default();
+        let calls = (0..4).map(|_| read_account(7, &occupancy, Duration::from_millis(30)));
+        let results = manager.scope(futures_util::future::join_all(calls)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(occupancy.most(), 1, "equal keys ran at once");
+        let waits = manager.metrics().total.admission_waits;
+        assert_eq!(waits, 3, "three calls waited for the first");
+    }
+
+    #[tokio::test]
+    async fn calls_with_different_keys_run_at_once() {
+        let Some(manager) = manager("contention_different_keys", 4).await else { return };
+        let occupancy = Occupancy::default();
+        let keys = distinct_keys(4);
+        let calls = keys.iter().map(|key| read_account(*key, &occupancy, Duration::from_millis(60)));
+        let results = manager.scope(futures_util::future::join_all(calls)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(occupancy.most(), 4, "different keys took turns");
+        assert_eq!(manager.metrics().total.admission_waits, 0);
+    }
+
+    /// Holds `account`'s turn until `release` is notified.
+    #[transactional(read_only = true, conflict_key = account)]
+    async fn hold_account(account: i64, holding: &Notify, release: &Notify) -> Result<(), AppError> {
+        scalar(PROBE).await?;
+        holding.notify_one();
+        release.notified().await;
+        Ok(())
+    }
+
+    #[transactional(read_only = true, conflict_key = account, timeout = "150ms")]
+    async fn read_account_within(account: i64) -> Result<i64, AppError> {
+        Ok(scalar(PROBE).await?)
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_turn_ends_at_the_calls_deadline() {
+        let Some(manager) = manager("contention_deadline", 2).await else { return };
+        let (holding, release) = (Notify::new(), Notify::new());
+        let holder = manager.scope(hold_account(3, &holding, &release));
+        let waiter = async {
+            held(&holding).await;
+            let started = Instant::now();
+            let result = manager.scope(read_account_within(3)).await;
+            let waited = started.elapsed();
+            release.notify_one();
+            (result, waited)
+        };
+        let (held, (result, waited)) = tokio::join!(holder, waiter);
+        held.expect("the holder commits");
+        assert!(
+            matches!(result, Err(AppError::Tx(Error::Timeout { attempts: 1, .. }))),
+            "{result:?}"
+        );
+        assert!(waited >= Duration::from_millis(140) && waited < Duration::from_secs(2), "{waited:?}");
+        let metrics = manager.metrics().total;
+        assert_eq!(metrics.timeouts, 1);
+        assert_eq!(metrics.started, 1, "the waiter never began a transaction");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_no_turn_behind() {
+        let Some(manager) = manager("contention_cancelled", 2).await else { return };
+        let (holding, release) = (Notify::new(), Notify::new());
+        let holder = manager.scope(hold_account(5, &holding, &release));
+        let rest = async {
+            held(&holding).await;
+            let occupancy = Occupancy::default();
+            let cut = tokio::time::timeout(
+                Duration::from_millis(50),
+                manager.scope(read_account(5, &occupancy, Duration::ZERO)),
+            )
+            .await;
+            assert!(cut.is_err(), "the waiter was admitted while the key was held");
+            release.notify_one();
+            // Were the dropped waiter still queued, or holding the key, this
+            // call would wait for ever.
+            let next = tokio::time::timeout(
+                Duration::from_secs(5),
+                manager.scope(read_account(5, &occupancy, Duration::ZERO)),
+            )
+            .await;
+            assert!(matches!(next, Ok(Ok(()))), "{next:?}");
+            assert_eq!(occupancy.most(), 1);
+        };
+        let (held, ()) = tokio::join!(holder, rest);
+        held.expect("the holder commits");
+    }
+
+    #[transactional(read_only = true, conflict_key = account)]
+    async fn record_arrival(account: i64, order: &Mutex<Vec<u32>>, caller: u32) -> Result<(), AppError> {
+        scalar(PROBE).await?;
+        order.lock().await.push(caller);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_are_admitted_in_the_order_they_came() {
+        let Some(manager) = manager("contention_fifo", 4).await else { return };
+        let (holding, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let holder = tokio::spawn(manager.scope({
+            let (holding, release) = (Arc::clone(&holding), Arc::clone(&release));
+            async move { hold_account(9, &holding, &release).await }
+        }));
+        held(&holding).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for caller in 0..6 {
+            let order = Arc::clone(&order);
+            waiters.push(tokio::spawn(manager.scope(async move { record_arrival(9, &order, caller).await })));
+            // Each waiter joins the queue before the next one is started.
+            let queued = caller + 1;
+            let waiting = || {
+                manager.metrics().admission.iter().find(|status| status.function.ends_with("record_arrival")).map_or(0, |status| status.waiting)
+            };
+            while waiting() < queued {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        release.notify_one();
+        holder.await.expect("no panic").expect("the holder commits");
+        for waiter in waiters {
+            waiter.await.expect("no panic").expect("each waiter commits");
+        }
+        assert_eq!(*order.lock().await, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[transactional(read_only = true, conflict_key = account)]
+    async fn outer_with_key(account: i64) -> Result<i64, AppError> {
+        let inner = inner_with_same_key(account).await?;
+        let independent = independent_with_same_key(account).await?;
+        Ok(inner + independent)
+    }
+
+    #[transactional(read_only = true, conflict_key = account, contention = "adaptive")]
+    async fn inner_with_same_key(account: i64) -> Result<i64, AppError> {
+        Ok(scalar(PROBE).await?)
+    }
+
+    #[transactional(read_only = true, propagation = "requires_new", conflict_key = account)]
+    async fn independent_with_same_key(account: i64) -> Result<i64, AppError> {
+        Ok(scalar(PROBE).await?)
+    }
+
+    #[tokio::test]
+    async fn calls_inside_a_transaction_never_wait_for_a_turn() {
+        let Some(manager) = manager("contention_nested", 2).await else { return };
+        let nested = tokio::time::timeout(Duration::from_secs(5), manager.scope(outer_with_key(11))).await;
+        assert!(matches!(nested, Ok(Ok(2))), "a nested call waited for its caller's key: {nested:?}");
+        assert_eq!(manager.metrics().total.admission_waits, 0);
+    }
+
+    #[transactional(contention = "adaptive", retry = 3, backoff = "1ms")]
+    async fn conflicting_once(failing: &FailOnce) -> Result<(), AppError> {
+        Ok(failing.step().await?)
+    }
+
+    #[tokio::test]
+    async fn a_real_conflict_lowers_the_functions_limit_and_a_commit_raises_it() {
+        let Some(manager) = manager("contention_limit", 4).await else { return };
+        let failing = FailOnce::arm(&manager, "contention_limit", "40001").await;
+        manager.scope(conflicting_once(&failing)).await.expect("the retry commits");
+        assert_eq!(failing.attempts.load(Ordering::SeqCst), 2);
+        let metrics = manager.metrics();
+        let [status] = metrics.admission.as_slice() else { panic!("{:?}", metrics.admission) };
+        assert!(status.function.ends_with("conflicting_once"), "{}", status.function);
+        // 4 (the pool's size) × 0.75 on the conflict, + 1/3 on the commit.
+        let limit = status.limit.unwrap_or_default();
+        assert!((limit - (3.0 + 1.0 / 3.0)).abs() < 1e-9, "{limit}");
+        assert_eq!(status.waiting, 0);
+    }
+
+    #[transactional(read_only = true, contention = "adaptive")]
+    async fn crowded(occupancy: &Occupancy) -> Result<(), AppError> {
+        occupancy.enter();
+        let seen = scalar(PROBE).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        occupancy.leave();
+        seen?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn first_attempts_wait_for_the_functions_limit() {
+        let Some(pool) = pool("contention_crowded", 2).await else { return };
+        let manager = TxManager::builder(pool).contention(Contention::Adaptive).build();
+        let occupancy = Occupancy::default();
+        let calls = (0..6).map(|_| crowded(&occupancy));
+        let results = manager.scope(futures_util::future::join_all(calls)).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(occupancy.most(), 2);
+        let waits = manager.metrics().total.admission_waits;
+        assert_eq!(waits, 4, "the calls past the limit waited for it, not for the pool");
+    }
+}
+
+mod sqlite_writers {
+    use super::*;
+
+    #[transactional]
+    async fn plain_write(table: &str) -> Result<(), AppError> {
+        let update = format!("UPDATE {table} SET v = v + 1 WHERE id = 1");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(update))
+            .execute(&mut *covet_txn::sqlite::conn()?)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writers_take_turns_per_file_across_managers() {
+        let table = "contention_writers";
+        let Some(first) = covet_txn_tests::sqlite(table, 4).await else {
+            return;
+        };
+        sqlx::raw_sql("CREATE TABLE contention_writers (id BIGINT PRIMARY KEY, v BIGINT NOT NULL); INSERT INTO contention_writers VALUES (1, 0)")
+            .execute(&first)
+            .await
+            .expect("setup");
+        let Some(second) = covet_txn_tests::sqlite_shared(table, 4).await else {
+            return;
+        };
+        let managers = [first, second].map(|pool| {
+            TxManager::builder(pool)
+                .contention(Contention::Adaptive)
+                .build()
+        });
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let manager = managers[task % 2].clone();
+            tasks.push(tokio::spawn(
+                manager
+                    .clone()
+                    .scope(async move { plain_write(table).await }),
+            ));
+        }
+        for task in tasks {
+            task.await.expect("no panic").expect("each write commits");
+        }
+        let waits: u64 = managers
+            .iter()
+            .map(|manager| manager.metrics().total.admission_waits)
+            .sum();
+        assert!(waits > 0, "no writer waited for its turn in the process");
+        let busy: u64 = managers
+            .iter()
+            .map(|manager| manager.metrics().total.busy)
+            .sum();
+        assert_eq!(busy, 0);
+        let total: i64 = sqlx::query_scalar("SELECT v FROM contention_writers WHERE id = 1")
+            .fetch_one(managers[0].pool())
+            .await
+            .expect("reads");
+        assert_eq!(total, 8);
+    }
+}
