@@ -444,6 +444,7 @@ impl EngineHandle {
                     waiting: reading.waiting,
                 })
                 .collect(),
+            two_phase: metrics.two_phase.stats(),
         }
     }
 }

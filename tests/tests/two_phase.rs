@@ -1126,3 +1126,80 @@ async fn the_two_phase_rules_and_exposition_pass_promtool() {
         String::from_utf8_lossy(&linted.stderr)
     );
 }
+
+/// Each participant's metrics (and so its monitor's dashboard) show the
+/// coordinators it takes part in, with their counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_metrics_and_the_dashboard_show_the_coordinator() {
+    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+        return;
+    };
+    clear_stale_branches(&orders, &ledger).await;
+    pg_exec(
+        &orders,
+        "DROP TABLE IF EXISTS tp_shown; CREATE TABLE tp_shown (id BIGINT PRIMARY KEY)",
+    )
+    .await;
+    let name = unique("shown");
+    let two_phase = TwoPhase::builder(&name)
+        .participant(&orders)
+        .participant(&ledger)
+        .log_table("tp_decisions")
+        .recover_every(None)
+        .build()
+        .await
+        .expect("builds");
+    two_phase
+        .transaction(TwoPhaseOptions::new(), || async {
+            sqlx::query("INSERT INTO tp_shown VALUES (1)")
+                .execute(&mut *orders.conn()?)
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .expect("commits");
+    for metrics in [orders.metrics(), ledger.metrics()] {
+        let shown = metrics
+            .two_phase
+            .iter()
+            .find(|stats| stats.coordinator == name)
+            .unwrap_or_else(|| panic!("{name} is not in {:?}", metrics.two_phase));
+        assert_eq!(shown.committed, 1);
+    }
+    let running = covet_txn_dashboard::Dashboard::new(orders.monitor())
+        .bind("127.0.0.1:0")
+        .bearer_token("two-phase-t0ken")
+        .start()
+        .await
+        .expect("the dashboard");
+    let (status, _, state) =
+        support::http_get(running.addr(), "/api/state", Some("Bearer two-phase-t0ken")).await;
+    running.shutdown().await;
+    assert_eq!(status, 200, "{state}");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
+    let shown = state["metrics"]["two_phase"]
+        .as_array()
+        .and_then(|coordinators| {
+            coordinators
+                .iter()
+                .find(|coordinator| coordinator["coordinator"] == name.as_str())
+        })
+        .unwrap_or_else(|| panic!("{name} is not on the dashboard: {state}"));
+    assert_eq!(shown["committed"], 1, "{state}");
+    assert_eq!(shown["in_doubt_branches"], 0, "{state}");
+    // Dropped, the coordinator drops out once its last phase-two task ends.
+    drop(two_phase);
+    let mut gone = false;
+    for _ in 0..40 {
+        gone = orders
+            .metrics()
+            .two_phase
+            .iter()
+            .all(|stats| stats.coordinator != name);
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a dropped coordinator drops out");
+}

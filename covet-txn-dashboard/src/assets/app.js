@@ -195,6 +195,32 @@
     }
   }
 
+  // Each two-phase coordinator the manager takes part in; a branch in doubt
+  // for more than five minutes is shown as long, as the alert rule says.
+  function renderTwoPhase(coordinators) {
+    const shown = coordinators.length > 0;
+    byId("two-phase-panel").hidden = !shown;
+    if (!shown) return;
+    const body = byId("two-phase-table").tBodies[0];
+    body.replaceChildren();
+    for (const coordinator of coordinators) {
+      const oldest = coordinator.oldest_in_doubt;
+      const oldestMs = oldest ? oldest.secs * 1000 + oldest.nanos / 1e6 : null;
+      const row = element("tr");
+      row.append(
+        element("td", coordinator.coordinator, "name"),
+        element("td", integer.format(coordinator.committed), "num"),
+        element("td", integer.format(coordinator.rolled_back), "num"),
+        element("td", integer.format(coordinator.committed_pending_recovery + coordinator.in_doubt), "num"),
+        element("td", integer.format(coordinator.in_doubt_branches), "num"),
+        element("td", oldestMs === null ? "—" : `${ms(oldestMs)} ms`, "num"),
+        element("td", integer.format(coordinator.recovered_committed + coordinator.recovered_rolled_back), "num"),
+      );
+      if (oldestMs !== null && oldestMs > 300000) row.className = "long";
+      body.append(row);
+    }
+  }
+
   function functionValue(metrics, key) {
     switch (key) {
       case "p50": return metrics.duration.p50_ms ?? -1;
@@ -383,6 +409,7 @@
     renderStore(state.store);
     renderActive(state.metrics.active, state.long_transaction_ms);
     renderReplicas(state.replicas);
+    renderTwoPhase(state.metrics.two_phase);
     renderFunctions(withAdmission(state.metrics));
     renderHealth(state.health);
     renderAlerts(state.alerts);

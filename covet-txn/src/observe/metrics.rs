@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::two_phase::{TwoPhaseStats, TwoPhaseViews};
+
 use super::counters::{Counter, DURATION_BUCKETS, FunctionMetrics, HistogramCounts};
 
 /// A latency histogram of atomics.
@@ -108,6 +110,8 @@ pub(crate) struct Metrics {
     other: Arc<Series>,
     max_functions: usize,
     active: [Mutex<QuickMap<u64, Arc<dyn ActiveTx>>>; SHARDS],
+    /// The two-phase coordinators this manager takes part in.
+    pub(crate) two_phase: TwoPhaseViews,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,6 +173,7 @@ impl Metrics {
             other: Arc::new(Series::new(OTHER_FUNCTIONS.to_owned())),
             max_functions,
             active: std::array::from_fn(|_| Mutex::new(QuickMap::default())),
+            two_phase: TwoPhaseViews::default(),
         }
     }
 
@@ -317,6 +322,8 @@ pub struct MetricsSnapshot {
     /// Each function's admission, by name: the functions that ran under
     /// contention management or declared conflict keys.
     pub admission: Vec<AdmissionStatus>,
+    /// The two-phase coordinators this manager takes part in, by name.
+    pub two_phase: Vec<TwoPhaseStats>,
 }
 
 /// How one function's attempts are admitted now (see

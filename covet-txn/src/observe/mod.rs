@@ -10,6 +10,7 @@
 
 pub(crate) mod counters;
 pub(crate) mod metrics;
+pub(crate) mod two_phase;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

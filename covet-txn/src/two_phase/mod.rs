@@ -45,6 +45,7 @@ use crate::engine::{Backend, EngineHandle};
 use crate::error::Error;
 use crate::failure::{ErrorSource, inspect_source};
 use crate::manager::TxManager;
+use crate::observe::two_phase::TwoPhaseView;
 use crate::options::Isolation;
 use crate::retry::RetryPolicy;
 
@@ -64,6 +65,12 @@ pub struct TwoPhase {
 pub(crate) struct Participant {
     pub(crate) engine: EngineHandle,
     pub(crate) name: String,
+}
+
+impl TwoPhaseView for Coordinator {
+    fn stats(&self) -> TwoPhaseStats {
+        self.counters.snapshot(&self.name)
+    }
 }
 
 impl Coordinator {
@@ -237,7 +244,7 @@ impl TwoPhase {
 
     /// What the coordinator has counted.
     pub fn stats(&self) -> TwoPhaseStats {
-        self.coordinator.counters.snapshot()
+        self.coordinator.counters.snapshot(&self.coordinator.name)
     }
 
     /// [`stats`](Self::stats) in Prometheus' text format:
@@ -368,6 +375,10 @@ impl TwoPhaseBuilder {
             step_hook: self.step_hook,
             background: std::sync::Mutex::new(None),
         });
+        for participant in &coordinator.participants {
+            let view: Weak<dyn TwoPhaseView> = Arc::downgrade(&coordinator) as Weak<Coordinator>;
+            participant.engine.metrics().two_phase.add(view);
+        }
         recovery::recover(&coordinator).await?;
         if let Some(every) = self.recover_every {
             let task = tokio::spawn(recover_periodically(Arc::downgrade(&coordinator), every));

@@ -8,6 +8,8 @@ use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::observe::two_phase::TwoPhaseStats;
+
 /// How a two-phase call ended, as `covet_txn_two_phase_total{outcome}`
 /// counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,29 +45,6 @@ impl TwoPhaseOutcome {
     }
 }
 
-/// A coordinator's counts, from [`TwoPhase::stats`](super::TwoPhase::stats).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TwoPhaseStats {
-    /// Calls that committed every branch.
-    pub committed: u64,
-    /// Calls that rolled every branch back.
-    pub rolled_back: u64,
-    /// Calls that succeeded with a branch left for recovery to commit.
-    pub committed_pending_recovery: u64,
-    /// Calls whose decision was in doubt.
-    pub in_doubt: u64,
-    /// Branches recovery committed.
-    pub recovered_committed: u64,
-    /// Branches recovery rolled back.
-    pub recovered_rolled_back: u64,
-    /// Prepared branches of this coordinator that the last recovery pass
-    /// left: too young to touch, or held by a live connection.
-    pub in_doubt_branches: u64,
-    /// The age of the oldest of them.
-    pub oldest_in_doubt: Option<Duration>,
-}
-
 #[derive(Default)]
 pub(crate) struct Counters {
     outcomes: [AtomicU64; 4],
@@ -92,12 +71,13 @@ impl Counters {
         *self.in_doubt.lock().unwrap_or_else(PoisonError::into_inner) = (branches, oldest);
     }
 
-    pub(crate) fn snapshot(&self) -> TwoPhaseStats {
+    pub(crate) fn snapshot(&self, coordinator: &str) -> TwoPhaseStats {
         let outcome =
             |outcome: TwoPhaseOutcome| self.outcomes[outcome as usize].load(Ordering::Relaxed);
         let (in_doubt_branches, oldest_in_doubt) =
             *self.in_doubt.lock().unwrap_or_else(PoisonError::into_inner);
         TwoPhaseStats {
+            coordinator: coordinator.to_owned(),
             committed: outcome(TwoPhaseOutcome::Committed),
             rolled_back: outcome(TwoPhaseOutcome::RolledBack),
             committed_pending_recovery: outcome(TwoPhaseOutcome::CommittedPendingRecovery),
@@ -111,7 +91,7 @@ impl Counters {
 
     /// The counts in Prometheus' text format.
     pub(crate) fn exposition(&self, coordinator: &str) -> String {
-        let stats = self.snapshot();
+        let stats = self.snapshot(coordinator);
         let mut text = String::from(
             "# HELP covet_txn_two_phase_total Two-phase calls by outcome.\n\
              # TYPE covet_txn_two_phase_total counter\n",
