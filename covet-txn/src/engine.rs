@@ -445,6 +445,8 @@ impl EngineHandle {
                 })
                 .collect(),
             two_phase: metrics.two_phase.stats(),
+            #[cfg(feature = "outbox")]
+            outbox: metrics.outbox.metrics(),
         }
     }
 }

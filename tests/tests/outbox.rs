@@ -306,6 +306,14 @@ each_backend! {
             commit_note(&manager, &outbox, text).await;
             received.wait_for(count, Duration::from_secs(2)).await;
         }
+        // The manager's metrics, and so its dashboard, show the table.
+        let tables = manager.metrics().outbox;
+        let shown = tables
+            .iter()
+            .find(|table| table.table == outbox.table())
+            .unwrap_or_else(|| panic!("the table is not in {tables:?}"));
+        let delivered: u64 = shown.topics.values().map(|counts| counts.delivered).sum();
+        assert!(delivered >= 2, "{shown:?}");
         relay.shutdown().await;
     }
 

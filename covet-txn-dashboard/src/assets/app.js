@@ -195,6 +195,35 @@
     }
   }
 
+  // Each outbox table the manager's relays serve, a row per topic; a lag
+  // over a minute is shown as long, as the alert rule says.
+  function renderOutbox(tables) {
+    const shown = tables.length > 0;
+    byId("outbox-panel").hidden = !shown;
+    if (!shown) return;
+    const body = byId("outbox-table").tBodies[0];
+    body.replaceChildren();
+    for (const table of tables) {
+      const lagMs = table.lag ? table.lag.secs * 1000 + table.lag.nanos / 1e6 : null;
+      const topics = Object.entries(table.topics);
+      if (topics.length === 0) topics.push(["—", { enqueued: 0, delivered: 0, failed: 0, dead_lettered: 0 }]);
+      for (const [topic, counts] of topics) {
+        const row = element("tr");
+        row.append(
+          element("td", table.table, "name"),
+          element("td", topic),
+          element("td", integer.format(counts.enqueued), "num"),
+          element("td", integer.format(counts.delivered), "num"),
+          element("td", integer.format(counts.failed), "num"),
+          element("td", integer.format(counts.dead_lettered), "num"),
+          element("td", lagMs === null ? "—" : `${ms(lagMs)} ms`, "num"),
+        );
+        if (lagMs !== null && lagMs > 60000) row.className = "long";
+        body.append(row);
+      }
+    }
+  }
+
   // Each two-phase coordinator the manager takes part in; a branch in doubt
   // for more than five minutes is shown as long, as the alert rule says.
   function renderTwoPhase(coordinators) {
@@ -410,6 +439,7 @@
     renderActive(state.metrics.active, state.long_transaction_ms);
     renderReplicas(state.replicas);
     renderTwoPhase(state.metrics.two_phase);
+    renderOutbox(state.metrics.outbox || []);
     renderFunctions(withAdmission(state.metrics));
     renderHealth(state.health);
     renderAlerts(state.alerts);

@@ -112,6 +112,9 @@ pub(crate) struct Metrics {
     active: [Mutex<QuickMap<u64, Arc<dyn ActiveTx>>>; SHARDS],
     /// The two-phase coordinators this manager takes part in.
     pub(crate) two_phase: TwoPhaseViews,
+    /// The outbox tables this manager's relays serve.
+    #[cfg(feature = "outbox")]
+    pub(crate) outbox: super::outbox::OutboxViews,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +177,8 @@ impl Metrics {
             max_functions,
             active: std::array::from_fn(|_| Mutex::new(QuickMap::default())),
             two_phase: TwoPhaseViews::default(),
+            #[cfg(feature = "outbox")]
+            outbox: super::outbox::OutboxViews::default(),
         }
     }
 
@@ -324,6 +329,9 @@ pub struct MetricsSnapshot {
     pub admission: Vec<AdmissionStatus>,
     /// The two-phase coordinators this manager takes part in, by name.
     pub two_phase: Vec<TwoPhaseStats>,
+    /// The outbox tables this manager's relays serve (feature `outbox`).
+    #[cfg(feature = "outbox")]
+    pub outbox: Vec<super::outbox::OutboxMetrics>,
 }
 
 /// How one function's attempts are admitted now (see

@@ -10,6 +10,8 @@
 
 pub(crate) mod counters;
 pub(crate) mod metrics;
+#[cfg(feature = "outbox")]
+pub(crate) mod outbox;
 pub(crate) mod two_phase;
 
 use std::sync::Arc;

@@ -9,34 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
-
-/// One topic's counts since the process started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TopicCounts {
-    /// Messages whose transaction committed.
-    pub enqueued: u64,
-    /// Messages a handler accepted.
-    pub delivered: u64,
-    /// Handler failures (each is retried, or dead-lettered).
-    pub failed: u64,
-    /// Messages that ran out of attempts.
-    pub dead_lettered: u64,
-}
-
-/// An outbox table's counts, as [`Outbox::metrics`](super::Outbox::metrics)
-/// returns them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct OutboxMetrics {
-    /// The table.
-    pub table: String,
-    /// Counts per topic.
-    pub topics: BTreeMap<String, TopicCounts>,
-    /// The age of the oldest undelivered message when a relay of this
-    /// process last looked; `None` before any looked, zero when none was
-    /// waiting.
-    pub lag: Option<Duration>,
-}
+pub use crate::observe::outbox::{OutboxMetrics, TopicCounts};
 
 impl OutboxMetrics {
     /// The counts and the lag in Prometheus' text format:

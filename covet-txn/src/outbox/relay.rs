@@ -170,6 +170,10 @@ impl<DB: Backend> RelayBuilder<DB> {
                 "an outbox relay needs at least one handler".to_owned(),
             ));
         }
+        // The manager's metrics (and so its dashboard) show the table.
+        let view: std::sync::Weak<dyn crate::observe::outbox::OutboxView> =
+            Arc::downgrade(&self.shared) as std::sync::Weak<super::shared::Shared>;
+        self.manager.handle().metrics().outbox.add(view);
         let notified = Arc::new(Notify::new());
         let listener = if self.listen {
             DB::outbox_listen(

@@ -62,3 +62,9 @@ impl Shared {
         self.committed.send_modify(|generation| *generation += 1);
     }
 }
+
+impl crate::observe::outbox::OutboxView for Shared {
+    fn metrics(&self) -> crate::observe::outbox::OutboxMetrics {
+        self.counters.snapshot(&self.table)
+    }
+}
