@@ -22,7 +22,7 @@ pub struct TopicCounts {
     pub dead_lettered: u64,
 }
 
-/// An outbox table's counts, as [`Outbox::metrics`](crate::outbox::Outbox::metrics)
+/// An outbox table's counts, as `Outbox::metrics`
 /// returns them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct OutboxMetrics {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// A two-phase coordinator's counts, from
-/// [`TwoPhase::stats`](crate::two_phase::TwoPhase::stats) and in the
+/// `TwoPhase::stats` and in the
 /// [`MetricsSnapshot`](crate::MetricsSnapshot) of each of its participants.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
