@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use covet_txn::{Error, TxManager, transactional};
 use covet_txn_bench::alloc;
 use covet_txn_bench::measure::{self, Comparison, interleaved, percentile};
-use covet_txn_bench::proxy::{Protocol, QueryCounter};
+use covet_txn_bench::proxy::{Protocol, QueryCounter, resolve};
 use covet_txn_bench::retry;
 use sqlx::{Connection, Executor, Pool};
 
@@ -718,15 +718,6 @@ async fn sqlite_file(max: u32) -> Pool<sqlx::Sqlite> {
         .connect_with(options)
         .await
         .expect("opens a database file")
-}
-
-fn resolve(host: &str, port: u16) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .expect("the server's address resolves")
 }
 
 async fn latency() -> Vec<Row> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use covet_txn::two_phase::{TwoPhase, TwoPhaseOptions};
 use covet_txn::{Error, TxManager};
 use covet_txn_bench::measure::{self, interleaved};
-use covet_txn_bench::proxy::{Protocol, QueryCounter};
+use covet_txn_bench::proxy::{Protocol, QueryCounter, resolve};
 use sqlx::{Connection, MySql, Pool, Postgres};
 
 struct Servers {
@@ -96,15 +96,6 @@ async fn covet(side: &Coordinated, id: i64) {
         })
         .await
         .expect("a two-phase call commits");
-}
-
-fn resolve(host: &str, port: u16) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    (host, port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .expect("the server's address resolves")
 }
 
 async fn run() {

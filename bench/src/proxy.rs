@@ -152,3 +152,14 @@ impl Parser {
         counted
     }
 }
+
+/// The socket address of a server's host and port, for a counter to relay
+/// to.
+pub fn resolve(host: &str, port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the server's address resolves")
+}

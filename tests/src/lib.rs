@@ -519,3 +519,29 @@ pub async fn http_get(
         .collect();
     (status, headers, body.to_owned())
 }
+
+/// Fails unless `promtool check metrics` accepts `text` as a Prometheus
+/// exposition (promtool must be installed; callers check first).
+pub fn assert_promtool_accepts_metrics(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    if let Some(mut stdin) = lint.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("writes the exposition");
+    }
+    let linted = lint.wait_with_output().expect("promtool answers");
+    assert!(
+        linted.status.success(),
+        "{}{}\n{text}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+}

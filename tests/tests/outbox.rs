@@ -585,24 +585,5 @@ fn the_outbox_rules_and_exposition_pass_promtool() {
         text.contains("covet_txn_outbox_lag_seconds{table=\"outbox_promtool\"} 1.5"),
         "{text}"
     );
-    let mut lint = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    if let Some(mut stdin) = lint.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(text.as_bytes())
-            .expect("writes the exposition");
-    }
-    let linted = lint.wait_with_output().expect("promtool answers");
-    assert!(
-        linted.status.success(),
-        "{}{}\n{text}",
-        String::from_utf8_lossy(&linted.stdout),
-        String::from_utf8_lossy(&linted.stderr)
-    );
+    covet_txn_tests::assert_promtool_accepts_metrics(&text);
 }

@@ -100,6 +100,19 @@ async fn branches_left(
     pg.iter().filter(|gid| gid.starts_with(&prefix)).count() + mysql_left
 }
 
+/// A coordinator of the tests over the orders and ledger managers, its
+/// decisions in `tp_decisions`.
+fn test_coordinator(
+    name: &str,
+    orders: &TxManager<Postgres>,
+    ledger: &TxManager<MySql>,
+) -> covet_txn::two_phase::TwoPhaseBuilder {
+    TwoPhase::builder(name)
+        .participant(orders)
+        .participant(ledger)
+        .log_table("tp_decisions")
+}
+
 /// A coordinator name of this test and process: runs elsewhere on the same
 /// servers never touch its branches.
 fn unique(name: &str) -> String {
@@ -164,10 +177,7 @@ async fn commits_and_rolls_back_across_postgres_and_mariadb_with_nested_scopes()
     .await;
     my_exec(&ledger, "DROP TABLE IF EXISTS tp_ledger; CREATE TABLE tp_ledger (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("nested");
-    let two_phase = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recover_every(None)
         .build()
         .await
@@ -319,10 +329,7 @@ async fn a_lost_connection_retries_the_whole_call_and_a_timeout_rolls_back_every
     .await;
     my_exec(&ledger, "DROP TABLE IF EXISTS tp_retry_b; CREATE TABLE tp_retry_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("retry");
-    let two_phase = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recover_every(None)
         .build()
         .await
@@ -464,10 +471,7 @@ async fn two_phase_crash_child() {
     let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
         return;
     };
-    let two_phase = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recover_every(None)
         .step_hook(pause_at_requested_step)
         .build()
@@ -533,10 +537,7 @@ async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
         // Two recoveries at once, as from two new processes: the log's
         // first record decides, and both finish the same way.
         let recovering = || {
-            TwoPhase::builder(&coordinator)
-                .participant(&orders)
-                .participant(&ledger)
-                .log_table("tp_decisions")
+            test_coordinator(&coordinator, &orders, &ledger)
                 .recovery_grace(Duration::ZERO)
                 .recover_every(None)
                 .build()
@@ -709,10 +710,7 @@ async fn a_participant_connection_killed_during_each_phase() {
     .await;
     my_exec(&ledger, "DROP TABLE IF EXISTS tp_kill_b; CREATE TABLE tp_kill_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("kill");
-    let two_phase = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recovery_grace(Duration::ZERO)
         .recover_every(None)
         .step_hook(kill_ledger_at_step)
@@ -814,10 +812,7 @@ async fn two_phase_bank_child() {
     // The killed child before this one left branches prepared, holding
     // locks these transfers wait for: recovery finishes them once they are
     // older than the grace, which no live call of this child reaches.
-    let two_phase = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recovery_grace(Duration::from_secs(2))
         .recover_every(Some(Duration::from_millis(250)))
         .build()
@@ -927,10 +922,7 @@ async fn a_bank_split_between_two_databases_survives_coordinator_crashes() {
             tail(&log_path)
         );
     }
-    let recovering = TwoPhase::builder(&coordinator)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let recovering = test_coordinator(&coordinator, &orders, &ledger)
         .recovery_grace(Duration::ZERO)
         .recover_every(None)
         .build()
@@ -1105,26 +1097,7 @@ async fn the_two_phase_rules_and_exposition_pass_promtool() {
     ] {
         assert!(text.contains(series), "{series} missing from\n{text}");
     }
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    if let Some(mut stdin) = lint.stdin.take() {
-        use std::io::Write;
-        stdin
-            .write_all(text.as_bytes())
-            .expect("writes the exposition");
-    }
-    let linted = lint.wait_with_output().expect("promtool answers");
-    assert!(
-        linted.status.success(),
-        "{}{}\n{text}",
-        String::from_utf8_lossy(&linted.stdout),
-        String::from_utf8_lossy(&linted.stderr)
-    );
+    covet_txn_tests::assert_promtool_accepts_metrics(&text);
 }
 
 /// Each participant's metrics (and so its monitor's dashboard) show the
@@ -1141,10 +1114,7 @@ async fn participants_metrics_and_the_dashboard_show_the_coordinator() {
     )
     .await;
     let name = unique("shown");
-    let two_phase = TwoPhase::builder(&name)
-        .participant(&orders)
-        .participant(&ledger)
-        .log_table("tp_decisions")
+    let two_phase = test_coordinator(&name, &orders, &ledger)
         .recover_every(None)
         .build()
         .await

@@ -62,22 +62,30 @@ impl Attempts {
         }
     }
 
+    /// Runs the current attempt.
+    async fn run<T, E, Fut>(&self, inspect: Inspect<E>, body: Fut) -> Attempted<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        run_attempt(
+            &self.coordinator,
+            &self.options,
+            self.deadline,
+            self.attempt,
+            inspect,
+            body,
+        )
+        .await
+    }
+
     /// Runs the only attempt of a call without retries.
     pub(crate) async fn only<T, E, Fut>(&mut self, inspect: Inspect<E>, body: Fut) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
-        let attempt = self.attempt;
-        let outcome = run_attempt(
-            &self.coordinator,
-            &self.options,
-            self.deadline,
-            attempt,
-            inspect,
-            body,
-        )
-        .await;
+        let outcome = self.run(inspect, body).await;
         match outcome {
             Attempted::Done(result) => result,
             Attempted::Retryable(error, _) => Err(error),
@@ -96,15 +104,7 @@ impl Attempts {
         E: From<Error>,
     {
         let attempt = self.attempt;
-        let outcome = run_attempt(
-            &self.coordinator,
-            &self.options,
-            self.deadline,
-            attempt,
-            inspect,
-            body,
-        )
-        .await;
+        let outcome = self.run(inspect, body).await;
         let (error, kind) = match outcome {
             Attempted::Done(result) => return Some(result),
             Attempted::Retryable(error, kind) => (error, kind),
