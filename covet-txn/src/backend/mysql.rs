@@ -123,12 +123,6 @@ impl PreparedTransactions for MySqlDialect {
         Some(format!("XA END {xid}; XA ROLLBACK {xid}"))
     }
 
-    // Another connection's XA COMMIT answers XAER_NOTA while the
-    // preparing connection lives.
-    fn finish_anywhere(&self) -> bool {
-        false
-    }
-
     fn finish(&self, branch: &BranchId, commit: bool) -> String {
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         format!("XA {verb} {}", xid(branch))

@@ -88,15 +88,8 @@ pub trait PreparedTransactions: Send + Sync + 'static {
         None
     }
 
-    /// Whether any connection may finish a prepared branch while the one
-    /// that prepared it lives (PostgreSQL: yes, so that connection goes back
-    /// to the pool at once; MySQL: no, so it is kept for phase two).
-    fn finish_anywhere(&self) -> bool {
-        true
-    }
-
-    /// Commits (`commit`) or rolls back a prepared branch, from any
-    /// connection.
+    /// Commits (`commit`) or rolls back a prepared branch: on the connection
+    /// that prepared it, or (in recovery) on any other once that one is gone.
     fn finish(&self, branch: &BranchId, commit: bool) -> String;
 
     /// Whether finishing a branch failed because this connection cannot

@@ -37,13 +37,14 @@ impl<DB: Driver> Session<DB> {
     }
 
     /// Phase one of a two-phase commit: prepares the branch, so that its
-    /// work survives anything short of the coordinator's decision, and gives
-    /// the connection back, or keeps it for phase two: where only it can
-    /// finish the branch, or with `keep_connection` (the coordinator writes
-    /// its decision on it, rather than wait for a pool its own branches'
-    /// locks may keep busy). Refused, like COMMIT, when the transaction may
-    /// not commit; a failed PREPARE leaves nothing prepared.
-    pub(crate) async fn prepare(&self, keep_connection: bool) -> Result<(), CommitError> {
+    /// work survives anything short of the coordinator's decision, and keeps
+    /// the connection for phase two. MySQL finishes a branch only on the
+    /// connection that prepared it while that connection lives; and on any
+    /// database, phase two (and the decision, on the log's database) must
+    /// not wait for a pool whose connections may all be waiting for this
+    /// branch's locks. Refused, like COMMIT, when the transaction may not
+    /// commit; a failed PREPARE leaves nothing prepared.
+    pub(crate) async fn prepare(&self) -> Result<(), CommitError> {
         let (Some(branch), Some(prepared)) = (&self.branch, self.dialect.prepared_transactions())
         else {
             return Err(CommitError::Failed(Error::TwoPhaseUnsupported {
@@ -66,15 +67,11 @@ impl<DB: Driver> Session<DB> {
                 // Not restored, the connection drops armed: it is recovered
                 // or closed, and the branch waits for phase two or recovery.
                 if DB::restore(held.conn(), restore).await {
-                    if prepared.finish_anywhere() && !keep_connection {
-                        held.release();
-                    } else {
-                        let conn = held.disarm();
-                        *self
-                            .prepared_conn
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = Some(conn);
-                    }
+                    let conn = held.disarm();
+                    *self
+                        .prepared_conn
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(conn);
                 }
                 Ok(())
             }

@@ -60,8 +60,8 @@ impl SessionHandle {
         dispatch!(self, session => session.commit().await)
     }
 
-    pub(crate) async fn prepare(&self, keep_connection: bool) -> Result<(), CommitError> {
-        dispatch!(self, session => session.prepare(keep_connection).await)
+    pub(crate) async fn prepare(&self) -> Result<(), CommitError> {
+        dispatch!(self, session => session.prepare().await)
     }
 
     pub(crate) async fn text_rows_on_kept(

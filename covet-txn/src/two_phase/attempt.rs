@@ -370,8 +370,7 @@ where
         }
     }
     for (index, frame) in branches.frames.iter().enumerate() {
-        let on_log_database = frame.engine.id() == coordinator.log.engine_id();
-        let prepared = frame.session.prepare(on_log_database).await;
+        let prepared = frame.session.prepare().await;
         let error = match prepared {
             Ok(()) => {
                 coordinator.step("prepared", index);
