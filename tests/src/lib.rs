@@ -520,6 +520,31 @@ pub async fn http_get(
     (status, headers, body.to_owned())
 }
 
+/// Checks a rules file of `ops/prometheus/` with `promtool check rules`;
+/// `false` (after a notice) when promtool is not installed and
+/// `COVET_REQUIRE_PROMETHEUS=1` is not set, which fails instead.
+pub fn promtool_checks_rules(file: &str) -> bool {
+    let required = std::env::var("COVET_REQUIRE_PROMETHEUS").is_ok_and(|value| value == "1");
+    let rules = format!("{}/../ops/prometheus/{file}", env!("CARGO_MANIFEST_DIR"));
+    let Ok(checked) = std::process::Command::new("promtool")
+        .args(["check", "rules", &rules])
+        .output()
+    else {
+        assert!(
+            !required,
+            "promtool is missing and COVET_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!("notice: skipping: promtool is not installed");
+        return false;
+    };
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    true
+}
+
 /// Fails unless `promtool check metrics` accepts `text` as a Prometheus
 /// exposition (promtool must be installed; callers check first).
 pub fn assert_promtool_accepts_metrics(text: &str) {

@@ -113,6 +113,20 @@ fn test_coordinator(
         .log_table("tp_decisions")
 }
 
+/// The two participants, with stale branches of killed runs cleared and
+/// each one's tables made afresh by its statements; `None` (after a notice)
+/// when a server is unreachable.
+async fn participants(
+    postgres_setup: &str,
+    mysql_setup: &str,
+) -> Option<(TxManager<Postgres>, TxManager<MySql>)> {
+    let (orders, ledger) = (orders().await?, ledger().await?);
+    clear_stale_branches(&orders, &ledger).await;
+    pg_exec(&orders, postgres_setup).await;
+    my_exec(&ledger, mysql_setup).await;
+    Some((orders, ledger))
+}
+
 /// A coordinator name of this test and process: runs elsewhere on the same
 /// servers never touch its branches.
 fn unique(name: &str) -> String {
@@ -166,16 +180,9 @@ async fn clear_stale_branches(postgres: &TxManager<Postgres>, mysql: &TxManager<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_and_rolls_back_across_postgres_and_mariadb_with_nested_scopes() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants("DROP TABLE IF EXISTS tp_orders; CREATE TABLE tp_orders (id BIGINT PRIMARY KEY)", "DROP TABLE IF EXISTS tp_ledger; CREATE TABLE tp_ledger (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(
-        &orders,
-        "DROP TABLE IF EXISTS tp_orders; CREATE TABLE tp_orders (id BIGINT PRIMARY KEY)",
-    )
-    .await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_ledger; CREATE TABLE tp_ledger (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("nested");
     let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recover_every(None)
@@ -318,16 +325,9 @@ async fn sqlite_cannot_be_a_participant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_retries_the_whole_call_and_a_timeout_rolls_back_every_branch() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants("DROP TABLE IF EXISTS tp_retry_a; CREATE TABLE tp_retry_a (id BIGINT PRIMARY KEY)", "DROP TABLE IF EXISTS tp_retry_b; CREATE TABLE tp_retry_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(
-        &orders,
-        "DROP TABLE IF EXISTS tp_retry_a; CREATE TABLE tp_retry_a (id BIGINT PRIMARY KEY)",
-    )
-    .await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_retry_b; CREATE TABLE tp_retry_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("retry");
     let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recover_every(None)
@@ -495,12 +495,9 @@ async fn two_phase_crash_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_at_every_step_is_recovered_by_a_new_process() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants("DROP TABLE IF EXISTS tp_crash_a; CREATE TABLE tp_crash_a (id BIGINT PRIMARY KEY, touched INT)", "DROP TABLE IF EXISTS tp_crash_b; CREATE TABLE tp_crash_b (id BIGINT PRIMARY KEY, touched INT) ENGINE = InnoDB").await else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(&orders, "DROP TABLE IF EXISTS tp_crash_a; CREATE TABLE tp_crash_a (id BIGINT PRIMARY KEY, touched INT)").await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_crash_b; CREATE TABLE tp_crash_b (id BIGINT PRIMARY KEY, touched INT) ENGINE = InnoDB").await;
     let coordinator = unique("crash");
     // After the first PREPARE and after both, the decision is not recorded:
     // recovery rolls both back. After the decision, and between the two
@@ -699,16 +696,9 @@ fn kill_ledger_at_step(step: &'static str, branch: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_connection_killed_during_each_phase() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants("DROP TABLE IF EXISTS tp_kill_a; CREATE TABLE tp_kill_a (id BIGINT PRIMARY KEY)", "DROP TABLE IF EXISTS tp_kill_b; CREATE TABLE tp_kill_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(
-        &orders,
-        "DROP TABLE IF EXISTS tp_kill_a; CREATE TABLE tp_kill_a (id BIGINT PRIMARY KEY)",
-    )
-    .await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_kill_b; CREATE TABLE tp_kill_b (id BIGINT PRIMARY KEY) ENGINE = InnoDB").await;
     let coordinator = unique("kill");
     let two_phase = test_coordinator(&coordinator, &orders, &ledger)
         .recovery_grace(Duration::ZERO)
@@ -874,18 +864,18 @@ async fn two_phase_bank_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bank_split_between_two_databases_survives_coordinator_crashes() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants(
+        "DROP TABLE IF EXISTS tp_crash_bank_journal; \
+         CREATE TABLE tp_crash_bank_journal (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL); \
+         DROP TABLE IF EXISTS tp_crash_bank_a; \
+         CREATE TABLE tp_crash_bank_a (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)",
+        "DROP TABLE IF EXISTS tp_crash_bank_b; \
+         CREATE TABLE tp_crash_bank_b (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE = InnoDB",
+    )
+    .await
+    else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(
-        &orders,
-        "DROP TABLE IF EXISTS tp_crash_bank_journal; \
-         CREATE TABLE tp_crash_bank_journal (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)",
-    )
-    .await;
-    pg_exec(&orders, "DROP TABLE IF EXISTS tp_crash_bank_a; CREATE TABLE tp_crash_bank_a (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)").await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_crash_bank_b; CREATE TABLE tp_crash_bank_b (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE = InnoDB").await;
     for id in 0..BANK_ACCOUNTS {
         pg_exec(
             &orders,
@@ -1009,12 +999,9 @@ async fn record_once(id: i64) -> Result<(), Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_attribute_runs_a_function_as_a_two_phase_call() {
-    let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
+    let Some((orders, ledger)) = participants("DROP TABLE IF EXISTS tp_attr_orders; CREATE TABLE tp_attr_orders (id BIGINT PRIMARY KEY, amount BIGINT)", "DROP TABLE IF EXISTS tp_attr_ledger; CREATE TABLE tp_attr_ledger (id BIGINT PRIMARY KEY, amount BIGINT) ENGINE = InnoDB").await else {
         return;
     };
-    clear_stale_branches(&orders, &ledger).await;
-    pg_exec(&orders, "DROP TABLE IF EXISTS tp_attr_orders; CREATE TABLE tp_attr_orders (id BIGINT PRIMARY KEY, amount BIGINT)").await;
-    my_exec(&ledger, "DROP TABLE IF EXISTS tp_attr_ledger; CREATE TABLE tp_attr_ledger (id BIGINT PRIMARY KEY, amount BIGINT) ENGINE = InnoDB").await;
     let (_, _) = (
         SHOP_ORDERS.set(orders.clone()),
         SHOP_LEDGER.set(ledger.clone()),
@@ -1055,27 +1042,9 @@ async fn the_attribute_runs_a_function_as_a_two_phase_call() {
 /// Prometheus text with the series those rules read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_two_phase_rules_and_exposition_pass_promtool() {
-    let required = std::env::var("COVET_REQUIRE_PROMETHEUS").is_ok_and(|value| value == "1");
-    let rules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../ops/prometheus/covet-txn-two-phase.rules.yml"
-    );
-    let Ok(checked) = Command::new("promtool")
-        .args(["check", "rules", rules])
-        .output()
-    else {
-        assert!(
-            !required,
-            "promtool is missing and COVET_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("notice: skipping: promtool is not installed");
+    if !covet_txn_tests::promtool_checks_rules("covet-txn-two-phase.rules.yml") {
         return;
-    };
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stdout)
-    );
+    }
 
     let (Some(orders), Some(ledger)) = (orders().await, ledger().await) else {
         return;
