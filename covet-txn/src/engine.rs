@@ -336,6 +336,18 @@ impl EngineHandle {
         dispatch!(self, engine => backend::classify(&*engine.dialect, error))
     }
 
+    /// Whether `error` says this manager's primary host refused a write
+    /// because it is no longer the primary; `false` for a manager without
+    /// several primary hosts, which has nowhere else to go.
+    pub(crate) fn demoted(&self, error: &(dyn StdError + 'static)) -> bool {
+        dispatch!(self, engine => engine.failover.is_some()
+        && engine.dialect.replication().is_some_and(|queries| {
+            crate::failure::chain(error)
+                .filter_map(backend::database_error)
+                .any(|database| queries.refuses_writes(database))
+        }))
+    }
+
     pub(crate) async fn open(&self, request: OpenRequest) -> Result<SessionHandle, Error> {
         dispatch!(self, engine => engine.open(request).await)
     }

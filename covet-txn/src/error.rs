@@ -358,7 +358,7 @@ pub enum Error {
     /// dialect cannot follow replication.
     #[error(
         "{system} replication is not supported: replicas and primary hosts need a dialect \
-         with replication queries (PostgreSQL's)"
+         with replication queries (PostgreSQL's, MariaDB's)"
     )]
     ReplicationUnsupported {
         /// The database's `db.system` name.
@@ -369,6 +369,12 @@ pub enum Error {
     /// is not a replica (or the dialect's query answered no number).
     #[error("the server given as a replica is not one: it is not replaying a primary's log")]
     NotAReplica,
+
+    /// A server answered a replication position the dialect cannot order
+    /// (MariaDB: several GTID domains; MySQL's GTID sets): no replica serves
+    /// reads by it.
+    #[error("the replication position could not be read: {0}")]
+    ReplicationPosition(String),
 
     /// None of the primary hosts accepted writes within the failover wait.
     #[error(

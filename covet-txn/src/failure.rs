@@ -30,17 +30,25 @@ pub enum FailureKind {
     Busy,
     /// The connection was lost before COMMIT was sent, so nothing committed.
     ConnectionLost,
+    /// The server refused a read-write transaction's write because it is no
+    /// longer the primary (a demoted primary still up: PostgreSQL 25006,
+    /// MariaDB 1290 under `read_only`): nothing committed. Only a manager
+    /// with several primary hosts reports it, which finds the new primary
+    /// before the next attempt; a `read_only` transaction's own write is the
+    /// caller's error, never this kind.
+    NotPrimary,
 }
 
 impl FailureKind {
     /// Every kind.
-    pub const ALL: [FailureKind; 6] = [
+    pub const ALL: [FailureKind; 7] = [
         FailureKind::SerializationFailure,
         FailureKind::Deadlock,
         FailureKind::LockTimeout,
         FailureKind::SnapshotConflict,
         FailureKind::Busy,
         FailureKind::ConnectionLost,
+        FailureKind::NotPrimary,
     ];
 
     /// The kind's lower-case name, as metrics and logs write it.
@@ -52,6 +60,7 @@ impl FailureKind {
             FailureKind::SnapshotConflict => "snapshot_conflict",
             FailureKind::Busy => "busy",
             FailureKind::ConnectionLost => "connection_lost",
+            FailureKind::NotPrimary => "not_primary",
         }
     }
 }

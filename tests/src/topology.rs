@@ -1,5 +1,5 @@
-//! The replica, failover pair and PgBouncer that `.ci/topology` builds on
-//! loopback: connecting to them, skipping (or failing under
+//! The replica, failover pair, PgBouncer and MariaDB pair that
+//! `.ci/topology` builds on loopback: connecting to them, skipping (or failing under
 //! `COVET_REQUIRE_BACKENDS=1`) when they are missing, and running the
 //! script's commands that stop, start and rebuild servers.
 
@@ -8,8 +8,9 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, MySqlPool, PgPool, Pool};
 
 use crate::{backends_required, pool_options};
 
@@ -23,6 +24,25 @@ pub const PAIR_URLS: [&str; 2] = [
 /// PgBouncer's transaction-pooled database, with sqlx's statement cache off.
 pub const PGBOUNCER_URL: &str =
     "postgres://postgres@127.0.0.1:6432/test?statement-cache-capacity=0";
+
+/// The MariaDB pair's primary, as the tests' user (whom `read_only` binds).
+pub const MARIADB_PRIMARY_URL: &str = "mysql://covet@127.0.0.1:3307/test";
+/// The MariaDB pair's replica of [`MARIADB_PRIMARY_URL`].
+pub const MARIADB_REPLICA_URL: &str = "mysql://covet@127.0.0.1:3308/test";
+
+/// Connect options for the MariaDB server at `url`.
+pub fn mysql_options(url: &str) -> MySqlConnectOptions {
+    match MySqlConnectOptions::from_str(url) {
+        Ok(options) => options,
+        Err(error) => panic!("`{url}` is not a MySQL URL: {error}"),
+    }
+}
+
+/// A pool on the MariaDB server at `url`, part of the topology, or `None`
+/// after a notice.
+pub async fn mysql_pool(url: &str, max_connections: u32) -> Option<MySqlPool> {
+    pool_with(mysql_options(url), url, max_connections).await
+}
 
 /// Connect options for `url`.
 pub fn options(url: &str) -> PgConnectOptions {
@@ -38,11 +58,14 @@ pub async fn pool(url: &str, max_connections: u32) -> Option<PgPool> {
 }
 
 /// A pool with these options, or `None` after a notice.
-pub async fn pool_with(
-    options: PgConnectOptions,
+pub async fn pool_with<DB: sqlx::Database>(
+    options: <DB::Connection as Connection>::Options,
     url: &str,
     max_connections: u32,
-) -> Option<PgPool> {
+) -> Option<Pool<DB>>
+where
+    <DB::Connection as Connection>::Options: ConnectOptions<Connection = DB::Connection>,
+{
     let connected = pool_options(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
@@ -56,7 +79,7 @@ pub async fn pool_with(
             );
             eprintln!(
                 "notice: skipping: {url} is unreachable ({error}); `.ci/topology up` builds the \
-                 replica, failover pair and PgBouncer"
+                 replica, failover pair, PgBouncer and MariaDB pair"
             );
             None
         }

@@ -368,7 +368,7 @@ fn psql_on_replica(sql: &str) {
 
 #[tokio::test]
 async fn a_manager_whose_dialect_cannot_follow_replication_reads_from_the_primary_and_says_why() {
-    let Some(primary) = covet_txn_tests::mysql(2).await else {
+    let Some(primary) = covet_txn_tests::sqlite("replicas_unsupported", 2).await else {
         return;
     };
     let manager = TxManager::builder(primary.clone()).replica(primary).build();

@@ -2,6 +2,9 @@
 //! level is set by `SET TRANSACTION` in the same request; a deadline sets
 //! session timeouts in that request too, after keeping the session's own
 //! values, which the COMMIT or ROLLBACK request puts back.
+//!
+//! Replicas and failover follow MariaDB's GTIDs (one replication domain);
+//! MySQL's GTID sets are refused with an error that says so.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -18,7 +21,8 @@ use super::{
     text_rows,
 };
 use crate::dialect::{
-    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, SavepointAction, SavepointName,
+    Begin, BeginRequest, BranchId, Dialect, PreparedTransactions, Replication, SavepointAction,
+    SavepointName,
 };
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
@@ -89,6 +93,97 @@ impl Dialect<MySql> for MySqlDialect {
 
     fn prepared_transactions(&self) -> Option<&dyn PreparedTransactions> {
         Some(self)
+    }
+
+    fn replication(&self) -> Option<&dyn Replication> {
+        Some(self)
+    }
+}
+
+/// What the position queries answer on MySQL, which skips the `/*M!`
+/// comments that only MariaDB reads: MySQL's GTID sets (`uuid:1-5,...`)
+/// have no one number that grows, so its positions are refused.
+const MYSQL: &str = "mysql";
+
+// Positions are MariaDB GTID lists (`domain-server-sequence`, one per
+// domain), reduced in `parse_position` to the one domain's sequence number,
+// which grows across a failover too (the new primary continues it).
+impl Replication for MySqlDialect {
+    // The binary log's last GTIDs: a COMMIT is in it before it returns.
+    fn write_position(&self) -> &'static str {
+        "SELECT /*M! @@gtid_binlog_pos, */ 'mysql'"
+    }
+
+    // What the SQL thread has applied; NULL while no SQL thread runs (on a
+    // server that is not a replica, or one whose replication was stopped),
+    // since its position would not move while the primary's does.
+    fn replay_position(&self) -> &'static str {
+        "SELECT /*M! IF((SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+         WHERE VARIABLE_NAME = 'SLAVES_RUNNING') > 0, @@gtid_slave_pos, NULL), */ 'mysql'"
+    }
+
+    // A replica must run with read_only = ON; users with READ_ONLY ADMIN
+    // (SUPER before MariaDB 10.11) write through it regardless.
+    fn writable(&self) -> &'static str {
+        "SELECT IF(@@read_only = 0 AND @@innodb_read_only = 0, 'true', 'false')"
+    }
+
+    fn parse_position(&self, text: &str) -> Result<u64, String> {
+        gtid_sequence(text)
+    }
+
+    // 1290 ER_OPTION_PREVENTS_STATEMENT names the option: only read_only's
+    // counts (secure_file_priv's does not). 1792
+    // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: transactions made read-only
+    // by the server's default (transaction_read_only).
+    fn refuses_writes(&self, error: &(dyn DatabaseError + 'static)) -> bool {
+        error
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|database| match database.number() {
+                1290 => database.message().contains("read-only"),
+                1792 => true,
+                _ => false,
+            })
+    }
+}
+
+/// The sequence number of the one replication domain in a MariaDB GTID
+/// list; 0 for an empty one (nothing written or replayed yet). Several
+/// domains are refused: their sequences grow independently, and no one
+/// number says whether a replica has replayed past a write in each.
+fn gtid_sequence(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == MYSQL {
+        return Err(
+            "MySQL's GTID sets cannot be followed: replicas and failover support \
+                    MariaDB's GTIDs only"
+                .to_owned(),
+        );
+    }
+    let mut gtids = text
+        .split(',')
+        .map(str::trim)
+        .filter(|gtid| !gtid.is_empty());
+    let Some(gtid) = gtids.next() else {
+        return Ok(0);
+    };
+    if gtids.next().is_some() {
+        return Err(format!(
+            "the GTID position `{text}` has several replication domains; covet-txn follows \
+             one: give every server the same gtid_domain_id, and drop old domains with \
+             FLUSH BINARY LOGS DELETE_DOMAIN_ID"
+        ));
+    }
+    let mut parts = gtid.splitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(domain), Some(server), Some(sequence))
+            if domain.parse::<u32>().is_ok() && server.parse::<u32>().is_ok() =>
+        {
+            sequence
+                .parse()
+                .map_err(|_| format!("`{text}` is not a MariaDB GTID position"))
+        }
+        _ => Err(format!("`{text}` is not a MariaDB GTID position")),
     }
 }
 
@@ -324,5 +419,18 @@ mod tests {
             start_statement(Some(Isolation::Serializable), None),
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION"
         );
+    }
+
+    #[test]
+    fn a_gtid_position_is_its_one_domains_sequence_number() {
+        assert_eq!(gtid_sequence(""), Ok(0));
+        assert_eq!(gtid_sequence("0-1-5"), Ok(5));
+        assert_eq!(gtid_sequence(" 3-17-18446744073709551615 "), Ok(u64::MAX));
+        let several = gtid_sequence("0-1-5,1-2-9").expect_err("two domains");
+        assert!(several.contains("several replication domains"), "{several}");
+        let mysql = gtid_sequence("mysql").expect_err("MySQL");
+        assert!(mysql.contains("MySQL's GTID sets"), "{mysql}");
+        assert!(gtid_sequence("0-1").is_err());
+        assert!(gtid_sequence("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5").is_err());
     }
 }

@@ -110,6 +110,14 @@ impl Replication for PostgresDialect {
     fn writable(&self) -> &'static str {
         "SELECT (NOT pg_is_in_recovery())::text"
     }
+
+    // 25006 read_only_sql_transaction: a standby, or a server made
+    // read-only by default_transaction_read_only.
+    fn refuses_writes(&self, error: &(dyn DatabaseError + 'static)) -> bool {
+        error
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|database| database.code() == "25006")
+    }
 }
 
 /// A branch's PostgreSQL transaction id: `global/participant`, unique on the

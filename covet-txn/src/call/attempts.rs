@@ -250,7 +250,7 @@ fn decide<E: From<Error>>(
     };
     let failure = Failure {
         error: source,
-        kind: call.engine().classify(source),
+        kind: call.classify(source),
         database: backend::find_database_error(source),
         attempt,
     };
@@ -291,16 +291,20 @@ fn moved<E>(call: &Call<E>, epoch: Option<PrimaryEpoch>, error: &E) -> Option<Pr
     epoch.filter(|_| (call.inspect())(error).is_some_and(|source| lost(call, source)))
 }
 
-/// The connection was lost, or none could be had: the host may be gone.
+/// The connection was lost, or none could be had: the host may be gone; or
+/// the host refused a read-write transaction's write: it is not the primary
+/// any more.
 fn lost<E>(call: &Call<E>, error: &(dyn std::error::Error + 'static)) -> bool {
-    call.engine().classify(error) == Some(FailureKind::ConnectionLost)
-        || crate::failure::chain(error).any(|error| {
-            matches!(
-                error.downcast_ref::<Error>(),
-                Some(Error::Database {
-                    operation: Operation::Acquire,
-                    ..
-                })
-            )
-        })
+    matches!(
+        call.classify(error),
+        Some(FailureKind::ConnectionLost | FailureKind::NotPrimary)
+    ) || crate::failure::chain(error).any(|error| {
+        matches!(
+            error.downcast_ref::<Error>(),
+            Some(Error::Database {
+                operation: Operation::Acquire,
+                ..
+            })
+        )
+    })
 }

@@ -32,6 +32,7 @@ use crate::context::{self, ChildClaim, Frame};
 use crate::defaults;
 use crate::engine::EngineHandle;
 use crate::error::Error;
+use crate::failure::FailureKind;
 use crate::observe::Observer;
 use crate::request::CallOptions;
 
@@ -91,6 +92,17 @@ impl<E> Call<E> {
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The retryable failure inside `error`: the dialect's classification,
+    /// or, for a read-write transaction on a manager with several primary
+    /// hosts, a write refused by a primary demoted while still up. A
+    /// `read_only` transaction's refused write stays the caller's error.
+    pub(crate) fn classify(&self, error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+        self.engine.classify(error).or_else(|| {
+            (self.options.options.read_only != Some(true) && self.engine.demoted(error))
+                .then_some(FailureKind::NotPrimary)
+        })
     }
 
     /// Whether the function's error commits instead of rolling back.
@@ -213,8 +225,7 @@ impl<E: From<Error>> Call<E> {
         }
         if let Err(error) = &result
             && self.begins_transaction()
-            && let Some(kind) =
-                (self.inspect)(error).and_then(|source| self.engine.classify(source))
+            && let Some(kind) = (self.inspect)(error).and_then(|source| self.classify(source))
         {
             self.observer.failed_with(kind);
         }

@@ -180,6 +180,8 @@ counters! {
     busy: "failures", "kind" = "busy";
     /// Connections lost before COMMIT.
     connections_lost: "failures", "kind" = "connection_lost";
+    /// Attempts whose write a demoted primary refused.
+    not_primary: "failures", "kind" = "not_primary";
     /// Hooks that failed or panicked.
     hook_failures: "hook_failures";
     /// ROLLBACKs (and ROLLBACK TO SAVEPOINTs) that failed; the connection
@@ -212,6 +214,7 @@ impl Counter {
             FailureKind::SnapshotConflict => Counter::snapshot_conflicts,
             FailureKind::Busy => Counter::busy,
             FailureKind::ConnectionLost => Counter::connections_lost,
+            FailureKind::NotPrimary => Counter::not_primary,
         }
     }
 

@@ -1,7 +1,11 @@
 //! Several hosts for the primary: finding the one that accepts writes (as
 //! libpq's `target_session_attrs=read-write`), and finding it again after a
-//! connection failure, by pointing the manager's pool at it. Connections
-//! already open to the old host fail on their own and leave the pool.
+//! connection failure or a write refused by a primary demoted while still
+//! up, by pointing the manager's pool at it. The pool's idle connections
+//! are closed then: those of a demoted host still work, and would refuse
+//! every write they are lent for. A connection lent out at that moment goes
+//! back to the pool and fails its next write once, which finds the primary
+//! again and closes it with the other idle ones.
 //!
 //! Each move to another host starts a new epoch. A COMMIT whose connection
 //! was lost is resolved by transaction id only within the epoch it began
@@ -97,6 +101,7 @@ impl<DB: Driver> Failover<DB> {
                             "covet-txn: the primary moved to another host"
                         );
                     }
+                    close_idle(pool).await;
                     return Ok(());
                 }
             }
@@ -108,6 +113,18 @@ impl<DB: Driver> Failover<DB> {
             }
             tokio::time::sleep(PASS_PAUSE).await;
         }
+    }
+}
+
+/// Closes the connections idle in `pool` now. sqlx cannot tell which host
+/// a connection is open to, so those already on the writable host go too:
+/// this runs only after a failure, and they are made again on demand.
+async fn close_idle<DB: Driver>(pool: &sqlx::Pool<DB>) {
+    for _ in 0..pool.num_idle() {
+        let Some(conn) = pool.try_acquire() else {
+            return;
+        };
+        let _ = conn.close().await;
     }
 }
 

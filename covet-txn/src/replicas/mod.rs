@@ -227,7 +227,8 @@ impl<DB: Driver> ReplicaSet<DB> {
             Some(need) => match need.position {
                 Some(position) => Ok(Some(SessionToken(position))),
                 None => {
-                    probe::position(&self.primary, replication(&*self.dialect)?.write_position())
+                    let queries = replication(&*self.dialect)?;
+                    probe::position(&self.primary, queries, queries.write_position())
                         .await
                         .map(|position| Some(SessionToken(position)))
                 }
@@ -321,7 +322,9 @@ pub struct ReplicaStatus {
     pub serving: bool,
     /// It had everything the primary had this long before the last probe.
     pub lag: Option<Duration>,
-    /// How many bytes of the primary's log it had not replayed.
+    /// How far its replayed position was behind the primary's, in the
+    /// dialect's units: bytes of WAL on PostgreSQL, transactions (GTID
+    /// sequence numbers) on MariaDB.
     pub lag_bytes: Option<u64>,
     /// Read-only transactions it has served.
     pub reads: u64,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{Observed, ReplicaSet, first_value, replication};
 use crate::backend::Driver;
+use crate::dialect::Replication;
 use crate::error::{Error, Operation};
 
 /// A probe query that takes longer than this counts as a failure.
@@ -116,14 +117,23 @@ pub(super) async fn round<DB: Driver>(set: &ReplicaSet<DB>) {
     };
     let started = Instant::now();
     let keep = set.settings.max_lag + set.settings.freshness();
-    if let Ok(position) = position(&set.primary, queries.write_position()).await {
-        set.samples.push(started, position, keep);
-        set.writes.sampled(started, position, keep);
-    }
+    // A primary whose position cannot be read gives the replicas no lag,
+    // so none serves; a position it cannot order is the reason each
+    // replica shows. A failure to reach it is the primary's own business.
+    let primary = match position(&set.primary, queries, queries.write_position()).await {
+        Ok(position) => {
+            set.samples.push(started, position, keep);
+            set.writes.sampled(started, position, keep);
+            None
+        }
+        Err(error @ Error::ReplicationPosition(_)) => Some(format!("on the primary: {error}")),
+        Err(_) => None,
+    };
+    let primary = &primary;
     // Side by side, each recorded as it answers: a replica that hangs
     // until the probe's timeout holds up no other's answer.
     let probes = set.replicas.iter().map(|replica| async move {
-        let replayed = position(&replica.pool, queries.replay_position()).await;
+        let replayed = position(&replica.pool, queries, queries.replay_position()).await;
         let now = Instant::now();
         replica.set(match replayed {
             Ok(replayed) => Observed {
@@ -135,7 +145,7 @@ pub(super) async fn round<DB: Driver>(set: &ReplicaSet<DB>) {
                     .samples
                     .latest()
                     .map(|latest| latest.saturating_sub(replayed)),
-                error: None,
+                error: primary.clone(),
             },
             Err(error) => Observed {
                 probed_at: Some(now),
@@ -147,9 +157,10 @@ pub(super) async fn round<DB: Driver>(set: &ReplicaSet<DB>) {
     futures_util::future::join_all(probes).await;
 }
 
-/// Runs a position query on a connection of `pool`.
+/// Runs a position query of `queries` on a connection of `pool`.
 pub(super) async fn position<DB: Driver>(
     pool: &sqlx::Pool<DB>,
+    queries: &dyn Replication,
     sql: &'static str,
 ) -> Result<u64, Error> {
     let query = async {
@@ -157,10 +168,12 @@ pub(super) async fn position<DB: Driver>(
             .acquire()
             .await
             .map_err(|source| Error::database(Operation::Replication, source))?;
-        first_value::<DB>(&mut conn, sql)
+        let text = first_value::<DB>(&mut conn, sql)
             .await?
-            .and_then(|text| text.parse().ok())
-            .ok_or(Error::NotAReplica)
+            .ok_or(Error::NotAReplica)?;
+        queries
+            .parse_position(&text)
+            .map_err(Error::ReplicationPosition)
     };
     tokio::time::timeout(PROBE_TIMEOUT, query)
         .await
