@@ -5,9 +5,13 @@
 //! so) or failed with an error that says what is known; calls after the
 //! failover run on the new primary. The old primary is then rebuilt as the
 //! new one's standby, so the pair has swapped roles for the next run.
+//!
+//! A primary demoted while still up (made read-only, its standby promoted)
+//! refuses writes: a read-write call finds the new primary and runs again
+//! there, and the pool lends no connection to the old host after that.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use covet_txn::{CommitOutcome, Error, TxManager, TxOptions};
@@ -294,4 +298,108 @@ async fn a_pool_pointed_at_a_dead_host_finds_the_primary_after_its_first_failure
     );
     assert!(writable().await.expect("the second call, on the primary"));
     assert_eq!(manager.replicas().primary_changes, 1);
+}
+
+/// The pair's primary and standby now, as (pool, URL, port) each.
+async fn roles() -> Option<(
+    (PgPool, &'static str, &'static str),
+    (PgPool, &'static str, &'static str),
+)> {
+    let first = topology::pool(PAIR_URLS[0], 1).await?;
+    let second = topology::pool(PAIR_URLS[1], 1).await?;
+    Some(if standby(&first).await {
+        (
+            (second, PAIR_URLS[1], "5435"),
+            (first, PAIR_URLS[0], "5434"),
+        )
+    } else {
+        (
+            (first, PAIR_URLS[0], "5434"),
+            (second, PAIR_URLS[1], "5435"),
+        )
+    })
+}
+
+/// Inserts a row with `retry`, counting attempts; returns the port of the
+/// server the last attempt ran on.
+async fn write_counted(manager: &TxManager<Postgres>, attempts: &AtomicU32) -> Result<i32, Error> {
+    manager
+        .transaction_with_retry(TxOptions::new().retries(3), || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let port: i32 = sqlx::query_scalar(
+                "INSERT INTO mdbrep_demoted (port) VALUES (inet_server_port()) RETURNING port",
+            )
+            .fetch_one(&mut *manager.conn()?)
+            .await?;
+            Ok::<_, Error>(port)
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_by_a_primary_demoted_in_place_runs_again_on_the_new_one() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(((old_primary, old_url, old_port), (_, _, new_port))) = roles().await else {
+        return;
+    };
+    sqlx::raw_sql("DROP TABLE IF EXISTS mdbrep_demoted; CREATE TABLE mdbrep_demoted (port int4)")
+        .execute(&old_primary)
+        .await
+        .expect("the table");
+    let pool = covet_txn_tests::pool_options(4)
+        .connect_with(topology::options(old_url))
+        .await
+        .expect("a pool on the primary");
+    let manager = TxManager::builder(pool)
+        .primary_hosts(PAIR_URLS.map(topology::options))
+        .failover_wait(Duration::from_secs(20))
+        .build();
+    let attempts = AtomicU32::new(0);
+    let before = write_counted(&manager, &attempts).await;
+    assert_eq!(
+        before.expect("a write before the demotion").to_string(),
+        old_port
+    );
+
+    // Demoted in place: still up, its pooled connections still open, but
+    // every new transaction read-only; its standby becomes the primary. The
+    // rebuild makes it the new primary's standby again (and drops the
+    // setting with its data folder).
+    // One statement a request: ALTER SYSTEM runs outside any transaction.
+    for sql in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sql)
+            .execute(&old_primary)
+            .await
+            .expect("demoting the primary");
+    }
+    let rebuild = Rebuild {
+        old: old_port,
+        new: new_port,
+    };
+    tokio::task::spawn_blocking(move || topology::run(&["promote", new_port]))
+        .await
+        .expect("promoting");
+
+    attempts.store(0, Ordering::Relaxed);
+    let after = write_counted(&manager, &attempts).await;
+    assert_eq!(after.expect("the write, run again").to_string(), new_port);
+    assert_eq!(attempts.load(Ordering::Relaxed), 2);
+    assert!(manager.replicas().primary_changes >= 1);
+    for _ in 0..4 {
+        attempts.store(0, Ordering::Relaxed);
+        let next = write_counted(&manager, &attempts).await;
+        assert_eq!(next.expect("a later write").to_string(), new_port);
+        assert_eq!(
+            attempts.load(Ordering::Relaxed),
+            1,
+            "a connection to the old host was lent"
+        );
+    }
+    drop(old_primary);
+    tokio::task::spawn_blocking(move || drop(rebuild))
+        .await
+        .expect("rebuilding the pair");
 }

@@ -107,8 +107,12 @@ impl Replication for PostgresDialect {
         "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8::text"
     }
 
+    // As libpq's target_session_attrs=read-write: neither a standby nor a
+    // server whose transactions are read-only by default (a primary
+    // demoted in place by default_transaction_read_only).
     fn writable(&self) -> &'static str {
-        "SELECT (NOT pg_is_in_recovery())::text"
+        "SELECT (NOT pg_is_in_recovery() \
+         AND current_setting('default_transaction_read_only') = 'off')::text"
     }
 
     // 25006 read_only_sql_transaction: a standby, or a server made
