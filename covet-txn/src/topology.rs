@@ -62,7 +62,7 @@ impl<DB: Backend> TxManagerBuilder<DB> {
     /// gives no connection goes to the primary once it times out.
     ///
     /// Needs a dialect with [replication queries](crate::dialect::Replication)
-    /// (PostgreSQL's); with another, no replica serves and
+    /// (PostgreSQL's, MariaDB's); with another, no replica serves and
     /// [`TxManager::replicas`] says why.
     pub fn replica(mut self, pool: Pool<DB>) -> Self {
         self.replicas.push(pool);
@@ -90,8 +90,10 @@ impl<DB: Backend> TxManagerBuilder<DB> {
     /// pool's own options are the first guess). A call that loses its
     /// connection, or gets none, waits for the host that accepts writes and
     /// points the pool at it, before its next attempt (with `retry`) or
-    /// before it returns its error. Needs a dialect with replication
-    /// queries.
+    /// before it returns its error; so does a read-write call whose write a
+    /// primary demoted while still up refused
+    /// ([`FailureKind::NotPrimary`](crate::FailureKind::NotPrimary)). Needs
+    /// a dialect with replication queries.
     pub fn primary_hosts(mut self, hosts: impl IntoIterator<Item = Options<DB>>) -> Self {
         self.primary_hosts.extend(hosts);
         self
