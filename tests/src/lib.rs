@@ -4,6 +4,7 @@
 //! MariaDB and SQLite.
 
 pub mod proxy;
+pub mod replica_scenarios;
 pub mod topology;
 
 use std::path::PathBuf;

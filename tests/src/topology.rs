@@ -5,12 +5,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::MySqlConnectOptions;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, MySqlPool, PgPool, Pool};
+use sqlx::{ConnectOptions, Connection, Pool};
 
 use crate::{backends_required, pool_options};
 
@@ -30,31 +27,20 @@ pub const MARIADB_PRIMARY_URL: &str = "mysql://covet@127.0.0.1:3307/test";
 /// The MariaDB pair's replica of [`MARIADB_PRIMARY_URL`].
 pub const MARIADB_REPLICA_URL: &str = "mysql://covet@127.0.0.1:3308/test";
 
-/// Connect options for the MariaDB server at `url`.
-pub fn mysql_options(url: &str) -> MySqlConnectOptions {
-    match MySqlConnectOptions::from_str(url) {
+/// Connect options for `url`, of the backend the caller asks for.
+pub fn options<O: ConnectOptions>(url: &str) -> O {
+    match O::from_str(url) {
         Ok(options) => options,
-        Err(error) => panic!("`{url}` is not a MySQL URL: {error}"),
-    }
-}
-
-/// A pool on the MariaDB server at `url`, part of the topology, or `None`
-/// after a notice.
-pub async fn mysql_pool(url: &str, max_connections: u32) -> Option<MySqlPool> {
-    pool_with(mysql_options(url), url, max_connections).await
-}
-
-/// Connect options for `url`.
-pub fn options(url: &str) -> PgConnectOptions {
-    match PgConnectOptions::from_str(url) {
-        Ok(options) => options,
-        Err(error) => panic!("`{url}` is not a PostgreSQL URL: {error}"),
+        Err(error) => panic!("`{url}` is not a URL sqlx can connect to: {error}"),
     }
 }
 
 /// A pool on `url`, part of the topology, or `None` after a notice.
-pub async fn pool(url: &str, max_connections: u32) -> Option<PgPool> {
-    pool_with(options(url), url, max_connections).await
+pub async fn pool<DB: sqlx::Database>(url: &str, max_connections: u32) -> Option<Pool<DB>>
+where
+    <DB::Connection as Connection>::Options: ConnectOptions<Connection = DB::Connection>,
+{
+    pool_with::<DB>(options(url), url, max_connections).await
 }
 
 /// A pool with these options, or `None` after a notice.
@@ -93,5 +79,25 @@ pub fn run(arguments: &[&str]) {
     match status {
         Ok(status) if status.success() => {}
         other => panic!("{} {arguments:?} failed: {other:?}", script.display()),
+    }
+}
+
+/// A change to the topology, undone when dropped, even if the test fails:
+/// the servers are put back for the next test.
+pub struct Changed {
+    undo: fn(),
+}
+
+impl Changed {
+    /// Makes `change` now, and `undo` when the guard goes.
+    pub fn start(change: fn(), undo: fn()) -> Changed {
+        change();
+        Changed { undo }
+    }
+}
+
+impl Drop for Changed {
+    fn drop(&mut self) {
+        (self.undo)();
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use covet_txn::{CommitOutcome, Error, TxManager, TxOptions};
 use covet_txn_tests::topology::{self, PAIR_URLS};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
 const ACCOUNTS: i64 = 10;
@@ -46,6 +47,19 @@ struct Call {
 struct Rebuild {
     old: &'static str,
     new: &'static str,
+}
+
+impl Rebuild {
+    /// Promotes the pair's standby on port `new`; the old primary on `old`
+    /// is rebuilt as its standby when the guard goes, even if promoting
+    /// fails.
+    async fn promote(old: &'static str, new: &'static str) -> Rebuild {
+        let rebuild = Rebuild { old, new };
+        tokio::task::spawn_blocking(move || topology::run(&["promote", new]))
+            .await
+            .expect("promoting");
+        rebuild
+    }
 }
 
 impl Drop for Rebuild {
@@ -109,25 +123,16 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(first) = topology::pool(PAIR_URLS[0], 1).await else {
+    let Some(((old_primary, old_url, old_port), (_, new_url, new_port))) = roles().await else {
         return;
     };
-    let Some(second) = topology::pool(PAIR_URLS[1], 1).await else {
-        return;
-    };
-    let ((old_url, old_port), (new_url, new_port)) = if standby(&first).await {
-        ((PAIR_URLS[1], "5435"), (PAIR_URLS[0], "5434"))
-    } else {
-        ((PAIR_URLS[0], "5434"), (PAIR_URLS[1], "5435"))
-    };
-    let old_primary = if old_port == "5434" { &first } else { &second };
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS replica_failover_accounts, replica_failover_log;
          CREATE TABLE replica_failover_accounts (id int8 PRIMARY KEY, balance int8 NOT NULL);
          CREATE TABLE replica_failover_log (call_id int8 PRIMARY KEY, from_id int8 NOT NULL,
                                             to_id int8 NOT NULL, amount int8 NOT NULL);",
     )
-    .execute(old_primary)
+    .execute(&old_primary)
     .await
     .expect("the tables");
     sqlx::query(
@@ -135,19 +140,13 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
     )
     .bind(OPENING_BALANCE)
     .bind(ACCOUNTS)
-    .execute(old_primary)
+    .execute(&old_primary)
     .await
     .expect("the accounts");
+    drop(old_primary);
 
-    let pool = covet_txn_tests::pool_options(TASKS as u32)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(topology::options(old_url))
-        .await
-        .expect("a pool on the primary");
-    let manager = TxManager::builder(pool)
-        .primary_hosts(PAIR_URLS.map(topology::options))
-        .failover_wait(Duration::from_secs(20))
-        .build();
+    let pool = covet_txn_tests::pool_options(TASKS as u32).acquire_timeout(Duration::from_secs(30));
+    let manager = pair_manager(pool, old_url).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -180,13 +179,7 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rebuild = Rebuild {
-        old: old_port,
-        new: new_port,
-    };
-    tokio::task::spawn_blocking(move || topology::run(&["promote", new_port]))
-        .await
-        .expect("promoting");
+    let rebuild = Rebuild::promote(old_port, new_port).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     tokio::task::spawn_blocking(move || topology::run(&["stop", old_port]))
         .await
@@ -199,7 +192,9 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
         calls.extend(task.await.expect("a transfer task"));
     }
 
-    let new_primary = topology::pool(new_url, 1).await.expect("the new primary");
+    let new_primary = topology::pool::<Postgres>(new_url, 1)
+        .await
+        .expect("the new primary");
     let logged: Vec<i64> = sqlx::query_scalar("SELECT call_id FROM replica_failover_log")
         .fetch_all(&new_primary)
         .await
@@ -260,11 +255,11 @@ async fn transfers_through_a_failover_commit_once_or_say_they_may_have() {
 #[tokio::test]
 async fn a_pool_pointed_at_a_dead_host_finds_the_primary_after_its_first_failure() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    if topology::pool(PAIR_URLS[0], 1).await.is_none() {
+    if topology::pool::<Postgres>(PAIR_URLS[0], 1).await.is_none() {
         return;
     }
     // Nothing listens on 5436.
-    let dead = topology::options("postgres://postgres@127.0.0.1:5436/test");
+    let dead: PgConnectOptions = topology::options("postgres://postgres@127.0.0.1:5436/test");
     let pool = covet_txn_tests::pool_options::<Postgres>(2)
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy_with(dead.clone());
@@ -298,6 +293,19 @@ async fn a_pool_pointed_at_a_dead_host_finds_the_primary_after_its_first_failure
     );
     assert!(writable().await.expect("the second call, on the primary"));
     assert_eq!(manager.replicas().primary_changes, 1);
+}
+
+/// A manager whose pool is built from `pool` on the pair's host at
+/// `primary_url`, and which knows both hosts.
+async fn pair_manager(pool: PgPoolOptions, primary_url: &str) -> TxManager<Postgres> {
+    let pool = pool
+        .connect_with(topology::options(primary_url))
+        .await
+        .expect("a pool on the primary");
+    TxManager::builder(pool)
+        .primary_hosts(PAIR_URLS.map(topology::options))
+        .failover_wait(Duration::from_secs(20))
+        .build()
 }
 
 /// The pair's primary and standby now, as (pool, URL, port) each.
@@ -346,14 +354,7 @@ async fn a_write_refused_by_a_primary_demoted_in_place_runs_again_on_the_new_one
         .execute(&old_primary)
         .await
         .expect("the table");
-    let pool = covet_txn_tests::pool_options(4)
-        .connect_with(topology::options(old_url))
-        .await
-        .expect("a pool on the primary");
-    let manager = TxManager::builder(pool)
-        .primary_hosts(PAIR_URLS.map(topology::options))
-        .failover_wait(Duration::from_secs(20))
-        .build();
+    let manager = pair_manager(covet_txn_tests::pool_options(4), old_url).await;
     let attempts = AtomicU32::new(0);
     let before = write_counted(&manager, &attempts).await;
     assert_eq!(
@@ -375,13 +376,7 @@ async fn a_write_refused_by_a_primary_demoted_in_place_runs_again_on_the_new_one
             .await
             .expect("demoting the primary");
     }
-    let rebuild = Rebuild {
-        old: old_port,
-        new: new_port,
-    };
-    tokio::task::spawn_blocking(move || topology::run(&["promote", new_port]))
-        .await
-        .expect("promoting");
+    let rebuild = Rebuild::promote(old_port, new_port).await;
 
     attempts.store(0, Ordering::Relaxed);
     let after = write_counted(&manager, &attempts).await;

@@ -91,7 +91,7 @@ async fn in_transaction_pooling_transactions_work_without_the_statement_cache() 
 
 #[tokio::test]
 async fn in_transaction_pooling_prepared_statements_outside_a_transaction_break() {
-    let Some(pool) = topology::pool(SINGLE, 1).await else {
+    let Some(pool) = topology::pool::<Postgres>(SINGLE, 1).await else {
         return;
     };
     let prepared = sqlx::query_scalar::<_, i64>("SELECT $1::int8")
