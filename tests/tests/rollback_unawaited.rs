@@ -13,11 +13,12 @@
 //! borrow the very connection the ROLLBACK was left on.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use covet_txn::{Backend, TxManager, transactional};
-use covet_txn_tests::AppError;
+use covet_txn_tests::{
+    AppError, RollbacksSeen, kill_mysql_session, kill_postgres_backend, rollback_watcher,
+    rollbacks_seen,
+};
 use sqlx::{MySql, Postgres};
 
 const PG_SERIALIZATION_FAILURE: &str = "DO $$ BEGIN RAISE EXCEPTION 'rollback_unawaited' USING ERRCODE = 'serialization_failure'; END $$";
@@ -25,31 +26,20 @@ const PG_SERIALIZATION_FAILURE: &str = "DO $$ BEGIN RAISE EXCEPTION 'rollback_un
 const MARIADB_DEADLOCK: &str =
     "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'rollback_unawaited'";
 
-/// What each on_rollback hook saw of the ROLLBACK's failure.
-type Seen = Arc<Mutex<Vec<Option<String>>>>;
-
-fn watching<DB: Backend>(pool: sqlx::Pool<DB>) -> (TxManager<DB>, Seen) {
-    let seen = Seen::default();
-    let recorded = Arc::clone(&seen);
-    let manager = TxManager::builder(pool)
-        .on_rollback(move |event| {
-            let recorded = Arc::clone(&recorded);
-            async move {
-                let failure = event.rollback_error.as_ref().map(|error| error.to_string());
-                recorded
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(failure);
-            }
-        })
-        .build();
-    (manager, seen)
-}
-
-fn seen(seen: &Seen) -> Vec<Option<String>> {
-    seen.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+/// After a call that failed once and then committed: one rollback, whose
+/// hooks saw no failure, one retry, no failed rollback.
+fn one_clean_rollback<DB: Backend>(manager: &TxManager<DB>, seen: &RollbacksSeen) {
+    assert_eq!(
+        rollbacks_seen(seen),
+        [None],
+        "one rollback, which did not fail"
+    );
+    let total = manager.metrics().total;
+    assert_eq!(
+        (total.retries, total.rollback_failures),
+        (1, 0),
+        "{total:?}"
+    );
 }
 
 /// The SQLSTATE of the database error a call returned.
@@ -102,11 +92,7 @@ mod postgres {
             .execute(&mut *manager.conn()?)
             .await
             .expect_err("the server raises the failure");
-        sqlx::query("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(admin)
-            .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill_postgres_backend(admin, pid).await?;
         Err(failed.into())
     }
 
@@ -138,7 +124,7 @@ mod postgres {
         .execute(&admin)
         .await
         .expect("setup");
-        let (manager, seen_by_hooks) = watching(pool.clone());
+        let (manager, seen_by_hooks) = rollback_watcher(pool.clone());
         let attempts = AtomicU32::new(0);
         let first_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&pool)
@@ -154,17 +140,7 @@ mod postgres {
             .expect("reads");
         assert_eq!(ids, [2], "the failed attempt's insert is gone");
         assert!(idle(&pool).await, "no transaction is left open");
-        assert_eq!(
-            seen(&seen_by_hooks),
-            [None],
-            "one rollback, which did not fail"
-        );
-        let total = manager.metrics().total;
-        assert_eq!(
-            (total.retries, total.rollback_failures),
-            (1, 0),
-            "{total:?}"
-        );
+        one_clean_rollback(&manager, &seen_by_hooks);
     }
 
     #[tokio::test]
@@ -175,11 +151,11 @@ mod postgres {
         ) else {
             return;
         };
-        let (manager, seen_by_hooks) = watching(pool.clone());
+        let (manager, seen_by_hooks) = rollback_watcher(pool.clone());
         let result = fail_and_lose_the_connection(&manager, &admin).await;
         assert_eq!(sqlstate(&result).as_deref(), Some("40001"), "{result:?}");
         // The hooks ran at once: the server had ended the transaction.
-        assert_eq!(seen(&seen_by_hooks), [None]);
+        assert_eq!(rollbacks_seen(&seen_by_hooks), [None]);
         // The pool's check read the ROLLBACK's failure and closed the
         // connection: the next borrower gets a fresh one, outside any
         // transaction.
@@ -222,17 +198,12 @@ mod mariadb {
         manager: &TxManager<MySql>,
         admin: &sqlx::MySqlPool,
     ) -> Result<(), AppError> {
-        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(&mut *manager.conn()?)
-            .await?;
         let failed = sqlx::raw_sql(MARIADB_DEADLOCK)
             .execute(&mut *manager.conn()?)
             .await
             .expect_err("the server raises the failure");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-            .execute(admin)
-            .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The signalled deadlock leaves the connection usable for this.
+        kill_mysql_session(manager, admin).await?;
         Err(failed.into())
     }
 
@@ -258,7 +229,7 @@ mod mariadb {
         .execute(&admin)
         .await
         .expect("setup");
-        let (manager, seen_by_hooks) = watching(pool.clone());
+        let (manager, seen_by_hooks) = rollback_watcher(pool.clone());
         let attempts = AtomicU32::new(0);
         let first_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
             .fetch_one(&pool)
@@ -278,17 +249,7 @@ mod mariadb {
             0,
             "no transaction is left open"
         );
-        assert_eq!(
-            seen(&seen_by_hooks),
-            [None],
-            "one rollback, which did not fail"
-        );
-        let total = manager.metrics().total;
-        assert_eq!(
-            (total.retries, total.rollback_failures),
-            (1, 0),
-            "{total:?}"
-        );
+        one_clean_rollback(&manager, &seen_by_hooks);
     }
 
     #[tokio::test]
@@ -299,10 +260,10 @@ mod mariadb {
         ) else {
             return;
         };
-        let (manager, seen_by_hooks) = watching(pool.clone());
+        let (manager, seen_by_hooks) = rollback_watcher(pool.clone());
         let result = fail_and_lose_the_connection(&manager, &admin).await;
         assert_eq!(sqlstate(&result).as_deref(), Some("40001"), "{result:?}");
-        assert_eq!(seen(&seen_by_hooks), [None]);
+        assert_eq!(rollbacks_seen(&seen_by_hooks), [None]);
         // The next borrower waits for the background task, which closed
         // the killed connection; it gets a fresh one.
         assert_eq!(in_transaction(&pool).await, 0);
