@@ -1,11 +1,12 @@
 //! One function's adaptive admission limit and its retry lane.
 //!
 //! First attempts wait for one of `limit` permits; the limit halves when an
-//! attempt fails with a conflict and grows by `1 / limit` when one commits (additive increase, multiplicative decrease), between 1
-//! and the pool's size. Retries do not compete with first attempts: they go
-//! through one lane, one at a time, instead of sleeping their backoff. Both
-//! queues are tokio semaphores, which hand permits out first come, first
-//! served, and forget a waiter whose future is dropped.
+//! attempt fails with a conflict and grows by `1 / limit` when one commits
+//! (additive increase, multiplicative decrease), between 1 and the pool's
+//! size. Retries do not compete with first attempts: they go through one
+//! lane, one at a time, instead of sleeping their backoff. Both queues are
+//! tokio semaphores, which hand permits out first come, first served, and
+//! forget a waiter whose future is dropped.
 //!
 //! Measured on the contended-transfer benchmark (see the README's
 //! performance section): the lane keeps retries from colliding again with
