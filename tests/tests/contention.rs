@@ -244,9 +244,9 @@ each_backend! {
         let metrics = manager.metrics();
         let [status] = metrics.admission.as_slice() else { panic!("{:?}", metrics.admission) };
         assert!(status.function.ends_with("conflicting_once"), "{}", status.function);
-        // 4 (the pool's size) × 0.5 on the conflict, + 1/2 on the commit.
+        // 4 (the pool's size) × 0.75 on the conflict, + 1/3 on the commit.
         let limit = status.limit.unwrap_or_default();
-        assert!((limit - 2.5).abs() < 1e-9, "{limit}");
+        assert!((limit - (3.0 + 1.0 / 3.0)).abs() < 1e-9, "{limit}");
         assert_eq!(status.waiting, 0);
     }
 

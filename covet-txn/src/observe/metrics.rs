@@ -342,7 +342,7 @@ pub struct AdmissionStatus {
     /// The function's path.
     pub function: String,
     /// How many of its first attempts may run at once under contention
-    /// management: halves on each conflict, grows by one over
+    /// management: shrinks by a quarter on each conflict, grows by one over
     /// itself on each commit. `None` for a function that only declares
     /// conflict keys.
     pub limit: Option<f64>,
