@@ -87,10 +87,13 @@ struct Contention {
     gave_up: u64,
     latencies: Vec<Duration>,
     wall: Duration,
+    /// Committed per second in each round, in order.
+    round_rates: Vec<f64>,
 }
 
 impl Contention {
     fn absorb(&mut self, other: Contention) {
+        self.round_rates.push(other.per_second());
         self.committed += other.committed;
         self.retries += other.retries;
         self.gave_up += other.gave_up;
@@ -115,11 +118,25 @@ impl Contention {
         } else {
             "covet-txn, contention = \"adaptive\""
         };
+        let hand_rounds = sides[0].round_rates.clone();
         for (index, side) in sides.iter_mut().enumerate() {
+            if side.latencies.is_empty() {
+                continue;
+            }
             let name = if index == 2 { managed } else { SIDES[index] };
             let (rate, p99) = (side.per_second(), side.p99_ms());
+            // The ratio of each round to the hand-written round run next to
+            // it: how far one round's noise moves the ratio.
+            let round_ratios: Vec<f64> = side
+                .round_rates
+                .iter()
+                .zip(&hand_rounds)
+                .map(|(side, hand)| side / hand)
+                .collect();
+            let low = round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = round_ratios.iter().copied().fold(0.0, f64::max);
             println!(
-                "| {backend} | {} × {} | {name} | {rate:.0} | {:.2} | {} | {} | {p99:.1} | {:.2} |",
+                "| {backend} | {} × {} | {name} | {rate:.0} | {:.2} | {low:.2}–{high:.2} | {} | {} | {p99:.1} | {:.2} |",
                 cell.rows,
                 cell.tasks,
                 rate / hand_rate,
@@ -135,7 +152,21 @@ const TRANSFERS_PER_TASK: usize = 100;
 const MAX_RETRIES: u32 = 10;
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
-const CONTENDED_ROUNDS: usize = 6;
+
+/// Rounds per side of each contended cell (`COVET_BENCH_CONTENDED_ROUNDS`,
+/// default 6): fewer for a quick A/B run of one cell.
+fn contended_rounds() -> usize {
+    std::env::var("COVET_BENCH_CONTENDED_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(6)
+}
+
+/// Whether the contended side `side` runs: `COVET_BENCH_SIDES` takes `off`
+/// and `managed` (the hand-written loop always runs: the ratios are to it).
+fn side_wanted(side: usize) -> bool {
+    side == 0 || wanted("COVET_BENCH_SIDES", ["hand", "off", "managed"][side])
+}
 
 /// One cell of the contended scenario: transfers among `rows` hot rows by
 /// `tasks` tasks at once, the managed side admitting attempts adaptively or
@@ -145,6 +176,18 @@ struct Cell {
     rows: i64,
     tasks: usize,
     keyed: bool,
+}
+
+impl Cell {
+    /// Whether the cell runs: `COVET_BENCH_CELLS` takes names such as
+    /// `10x8`, `10x8-keys`, `10x16`, `100x8`.
+    fn wanted(&self) -> bool {
+        let keys = if self.keyed { "-keys" } else { "" };
+        wanted(
+            "COVET_BENCH_CELLS",
+            &format!("{}x{}{keys}", self.rows, self.tasks),
+        )
+    }
 }
 
 /// The sides of a contended cell, in the order they are printed.
@@ -157,7 +200,7 @@ const SIDES: [&str; 3] = [
 /// The scenarios, written once per backend; `$begins` is the module with
 /// a careful hand's serializable and read-only transactions there.
 macro_rules! backend {
-    ($module:ident, $db:ty, $p1:literal, $p2:literal, $begins:ident, $conn:path) => {
+    ($module:ident, $db:ty, $p1:literal, $p2:literal, $begins:ident, $conn:path, $failure:expr) => {
         #[allow(dead_code)]
         mod $module {
             use super::*;
@@ -203,6 +246,39 @@ macro_rules! backend {
             pub async fn covet_serializable(id: i64) -> Result<(), Error> {
                 sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
                 Ok(())
+            }
+
+            /// A statement the server answers with a serialization
+            /// failure or a deadlock, where there is one to raise.
+            const FAILURE: Option<&str> = $failure;
+
+            /// An attempt that fails with a serialization failure after an
+            /// UPDATE, not retried: dropping the transaction queues its
+            /// ROLLBACK.
+            pub async fn hand_failed(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
+                let mut tx = $begins::serializable(pool).await?;
+                sqlx::query(UPDATE).bind(id).execute(&mut *tx).await?;
+                match sqlx::raw_sql(FAILURE.unwrap_or("SELECT 1")).execute(&mut *tx).await {
+                    Err(error) if retry::retryable(&error) => Ok(()),
+                    Err(error) => Err(error),
+                    Ok(_) => panic!("the failure was not raised"),
+                }
+            }
+
+            #[transactional(isolation = "serializable")]
+            async fn covet_failing(id: i64) -> Result<(), Error> {
+                sqlx::query(UPDATE).bind(id).execute(&mut *$conn()?).await?;
+                sqlx::raw_sql(FAILURE.unwrap_or("SELECT 1")).execute(&mut *$conn()?).await?;
+                Ok(())
+            }
+
+            /// The same attempt through covet-txn.
+            pub async fn covet_failed(id: i64) -> Result<(), Error> {
+                match covet_failing(id).await {
+                    Err(error) if error.as_sqlx_error().is_some_and(retry::retryable) => Ok(()),
+                    Err(error) => Err(error),
+                    Ok(()) => panic!("the failure was not raised"),
+                }
             }
 
             pub async fn hand_read_only(pool: &Pool<Db>, id: i64) -> Result<(), sqlx::Error> {
@@ -371,18 +447,24 @@ macro_rules! backend {
                 compare!(rows, label, "3 nested levels, UPDATE innermost", hand_nested3, covet_nested3, pool, manager, counted);
                 compare!(rows, label, "4 nested levels, UPDATE innermost", hand_nested4, covet_nested4, pool, manager, counted);
                 compare!(rows, label, "UPDATE in 2 joined scopes (required) of 1 transaction", hand_one, covet_joined3, pool, manager, counted);
+                if FAILURE.is_some() {
+                    compare!(rows, label, "SERIALIZABLE UPDATE, then a serialization failure (no retry)", hand_failed, covet_failed, pool, manager, counted);
+                }
                 rows
             }
 
-            /// One cell: the three sides, `CONTENDED_ROUNDS` rounds each,
+            /// One cell: the three sides, `contended_rounds()` rounds each,
             /// interleaved with the side that goes first rotating.
             pub async fn contended(pool: Pool<Db>, label: &'static str, cell: Cell) {
                 setup_hot_rows(&pool).await;
                 let manager = TxManager::new(pool.clone());
                 let mut totals: [Contention; 3] = Default::default();
-                for round in 0..CONTENDED_ROUNDS {
+                for round in 0..contended_rounds() {
                     for offset in 0..SIDES.len() {
                         let side = (round + offset) % SIDES.len();
+                        if !side_wanted(side) {
+                            continue;
+                        }
                         let outcome = contended_round(&pool, &manager, cell, side).await;
                         totals[side].absorb(outcome);
                     }
@@ -596,7 +678,8 @@ backend!(
     "$1",
     "$2",
     postgres_begins,
-    covet_txn::postgres::conn
+    covet_txn::postgres::conn,
+    Some("DO $$ BEGIN RAISE EXCEPTION 'bench' USING ERRCODE = 'serialization_failure'; END $$")
 );
 backend!(
     mariadb,
@@ -604,7 +687,8 @@ backend!(
     "?",
     "?",
     mariadb_begins,
-    covet_txn::mysql::conn
+    covet_txn::mysql::conn,
+    Some("SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213")
 );
 backend!(
     sqlite,
@@ -612,7 +696,8 @@ backend!(
     "?",
     "?",
     sqlite_begins,
-    covet_txn::sqlite::conn
+    covet_txn::sqlite::conn,
+    None
 );
 
 /// Re-executes the benchmark pinned to CPU 0, where `taskset` exists: on
@@ -787,12 +872,13 @@ async fn run_all() {
 
     if scenario("contended") {
         println!(
-            "\nContended transfers: each task makes {TRANSFERS_PER_TASK} transfers between hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {CONTENDED_ROUNDS} rounds per side, interleaved, the first side rotating; ratios are to the hand-written loop\n"
+            "\nContended transfers: each task makes {TRANSFERS_PER_TASK} transfers between hot rows, SERIALIZABLE, up to {MAX_RETRIES} retries with the same jittered backoff; {} rounds per side, interleaved, the first side rotating; ratios are to the hand-written loop\n",
+            contended_rounds()
         );
         println!(
-            "| backend | hot rows × tasks | side | committed/s | ratio | retries | gave up | p99 ms | p99 ratio |"
+            "| backend | hot rows × tasks | side | committed/s | ratio | round ratios | retries | gave up | p99 ms | p99 ratio |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         let cell = |rows, tasks, keyed| Cell { rows, tasks, keyed };
         let server_cells = [
             cell(10, 8, false),
@@ -800,7 +886,7 @@ async fn run_all() {
             cell(10, 16, false),
             cell(100, 8, false),
         ];
-        for cell in server_cells {
+        for cell in server_cells.into_iter().filter(Cell::wanted) {
             if backend("postgres")
                 && let Some(pool) = postgres_pool(cell.tasks as u32).await
             {
@@ -813,7 +899,8 @@ async fn run_all() {
             }
         }
         if backend("sqlite") {
-            for cell in [cell(10, 8, false), cell(10, 16, false), cell(100, 8, false)] {
+            let cells = [cell(10, 8, false), cell(10, 16, false), cell(100, 8, false)];
+            for cell in cells.into_iter().filter(Cell::wanted) {
                 sqlite::contended(sqlite_file(cell.tasks as u32).await, "SQLite (file)", cell)
                     .await;
             }

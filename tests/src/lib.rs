@@ -25,6 +25,66 @@ pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Where MariaDB is, unless `COVET_MYSQL_URL` says otherwise.
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
+/// What each on_rollback hook of a [`rollback_watcher`] manager saw of the
+/// ROLLBACK's failure: its message, or `None` when it did not fail.
+pub type RollbacksSeen = Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A manager on `pool` whose on_rollback hook records what it saw of each
+/// ROLLBACK's failure.
+pub fn rollback_watcher<DB: covet_txn::Backend>(
+    pool: sqlx::Pool<DB>,
+) -> (covet_txn::TxManager<DB>, RollbacksSeen) {
+    let seen = RollbacksSeen::default();
+    let recorded = Arc::clone(&seen);
+    let manager = covet_txn::TxManager::builder(pool)
+        .on_rollback(move |event| {
+            let recorded = Arc::clone(&recorded);
+            async move {
+                let failure = event.rollback_error.as_ref().map(|error| error.to_string());
+                recorded
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(failure);
+            }
+        })
+        .build();
+    (manager, seen)
+}
+
+/// What the hooks of a [`rollback_watcher`] manager have seen so far.
+pub fn rollbacks_seen(seen: &RollbacksSeen) -> Vec<Option<String>> {
+    seen.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+/// Ends, from `admin`, the PostgreSQL backend `pid`, and gives the server a
+/// moment to close its connection.
+pub async fn kill_postgres_backend(admin: &PgPool, pid: i32) -> Result<(), AppError> {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(admin)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// Kills, from `admin`, the MySQL connection of the transaction running on
+/// `manager`, and gives the server a moment to close it.
+pub async fn kill_mysql_session(
+    manager: &covet_txn::TxManager<sqlx::MySql>,
+    admin: &MySqlPool,
+) -> Result<(), AppError> {
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut *manager.conn()?)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+        .execute(admin)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
 /// A manager on `pool`, with contention management on when
 /// `COVET_CONTENTION=adaptive` (CI runs the bank and cancellation tests
 /// once more that way).

@@ -272,6 +272,123 @@ each_backend! {
         let waits = manager.metrics().total.admission_waits;
         assert_eq!(waits, 4, "the calls past the limit waited for it, not for the pool");
     }
+
+    #[transactional(contention = "adaptive", retry = 3, backoff = "400ms", max_backoff = "400ms")]
+    async fn conflicting_once_in_the_lane(failing: &FailOnce) -> Result<(), AppError> {
+        Ok(failing.step().await?)
+    }
+
+    #[transactional(retry = 3, backoff = "400ms", max_backoff = "400ms")]
+    async fn conflicting_once_with_backoff(failing: &FailOnce) -> Result<(), AppError> {
+        Ok(failing.step().await?)
+    }
+
+    #[tokio::test]
+    async fn a_retry_in_the_lane_sleeps_no_backoff_and_logs_none() {
+        let Some(manager) = manager("pipeline_lane_log", 4).await else { return };
+        let failing = FailOnce::arm(&manager, "pipeline_lane_log", "40001").await;
+        let started = Instant::now();
+        let (result, retries) = retries_logged(manager.scope(conflicting_once_in_the_lane(&failing))).await;
+        result.expect("the retry commits");
+        // SQLite's first attempt waits out the busy timeout of a connection
+        // before it fails; the servers fail at once.
+        if BACKEND != "sqlite" {
+            assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+        }
+        assert_eq!(retries, [Retried { wait_ms: 0.0, in_lane: true }]);
+
+        let failing = FailOnce::arm(&manager, "pipeline_lane_log", "40001").await;
+        let (result, retries) = retries_logged(manager.scope(conflicting_once_with_backoff(&failing))).await;
+        result.expect("the retry commits");
+        let [Retried { wait_ms, in_lane: false }] = retries.as_slice() else { panic!("{retries:?}") };
+        // The backoff is drawn from half to one and a half times 400 ms,
+        // capped at 400 ms.
+        assert!((200.0..=400.0).contains(wait_ms), "{wait_ms}");
+    }
+}
+
+/// What a `retrying the transaction` event said.
+#[derive(Debug, Default, PartialEq)]
+struct Retried {
+    wait_ms: f64,
+    in_lane: bool,
+}
+
+/// Collects the retry events of the thread it is the default subscriber of
+/// (a `#[tokio::test]` runs every task of its runtime on its one thread).
+#[derive(Default)]
+struct RetryLog(std::sync::Mutex<Vec<Retried>>);
+
+/// One event's fields, of which only a retry's are kept.
+#[derive(Default)]
+struct RetryFields {
+    retrying: bool,
+    retried: Retried,
+}
+
+impl tracing::field::Visit for RetryFields {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "wait_ms" {
+            self.retried.wait_ms = value;
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if field.name() == "in_lane" {
+            self.retried.in_lane = value;
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.retrying = format!("{value:?}") == "retrying the transaction";
+        }
+    }
+}
+
+impl tracing::Subscriber for RetryLog {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "covet_txn" && metadata.is_event()
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = RetryFields::default();
+        event.record(&mut fields);
+        if fields.retrying {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(fields.retried);
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// `work`'s output and the retry events it logged on this thread.
+async fn retries_logged<F: std::future::Future>(work: F) -> (F::Output, Vec<Retried>) {
+    let log = Arc::new(RetryLog::default());
+    let output = {
+        let _default = tracing::subscriber::set_default(Arc::clone(&log));
+        work.await
+    };
+    let logged = std::mem::take(
+        &mut *log
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    (output, logged)
 }
 
 mod sqlite_writers {

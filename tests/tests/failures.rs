@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use covet_txn::{CommitOutcome, Error, TxManager, transactional};
-use covet_txn_tests::AppError;
 use covet_txn_tests::proxy::CommitCutter;
+use covet_txn_tests::{AppError, kill_mysql_session, kill_postgres_backend};
 use sqlx::{MySql, Postgres};
 
 fn upstream(host: &str, port: u16) -> SocketAddr {
@@ -98,13 +98,7 @@ mod killed_backend {
             .execute(&mut *manager.conn()?)
             .await?;
         if attempt == 1 {
-            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut *manager.conn()?)
-                .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-                .execute(admin)
-                .await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            kill_mysql_session(manager, admin).await?;
         }
         sqlx::query("INSERT INTO killed_my (id) VALUES (?)")
             .bind(100 + i64::from(attempt))
@@ -165,11 +159,7 @@ mod killed_during_savepoint_rollback {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *manager.conn()?)
             .await?;
-        sqlx::query("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(admin)
-            .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill_postgres_backend(admin, pid).await?;
         Ok(())
     }
 
@@ -244,13 +234,7 @@ mod killed_during_savepoint_rollback {
         kill: bool,
     ) -> Result<(), AppError> {
         if kill {
-            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut *manager.conn()?)
-                .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-                .execute(admin)
-                .await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            kill_mysql_session(manager, admin).await?;
         }
         Err(AppError::Refused("the optional step failed"))
     }
@@ -371,13 +355,7 @@ mod killed_in_before_commit_hook {
         let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
         covet_txn::before_commit(move || async move {
             if attempt == 1 {
-                let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                    .fetch_one(&mut *manager.conn()?)
-                    .await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-                    .execute(admin)
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                kill_mysql_session(manager, admin).await?;
             }
             sqlx::query("INSERT INTO hook_killed_my (id) VALUES (?)")
                 .bind(i64::from(attempt))
@@ -423,7 +401,7 @@ mod killed_in_before_commit_hook {
 /// A ROLLBACK that fails (its connection was killed) is counted, and the
 /// on_rollback hooks see its error.
 mod failed_rollback {
-    use std::sync::{Arc, Mutex};
+    use covet_txn_tests::{RollbacksSeen, rollback_watcher, rollbacks_seen};
 
     use super::*;
 
@@ -441,40 +419,13 @@ mod failed_rollback {
         manager: &TxManager<MySql>,
         admin: &sqlx::MySqlPool,
     ) -> Result<(), AppError> {
-        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(&mut *manager.conn()?)
-            .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
-            .execute(admin)
-            .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill_mysql_session(manager, admin).await?;
         Err(AppError::Refused("the body failed"))
-    }
-
-    /// What the on_rollback hook saw of the ROLLBACK's failure.
-    type Seen = Arc<Mutex<Vec<Option<String>>>>;
-
-    fn watching<DB: covet_txn::Backend>(pool: sqlx::Pool<DB>) -> (TxManager<DB>, Seen) {
-        let seen = Seen::default();
-        let recorded = Arc::clone(&seen);
-        let manager = TxManager::builder(pool)
-            .on_rollback(move |event| {
-                let recorded = Arc::clone(&recorded);
-                async move {
-                    let failure = event.rollback_error.as_ref().map(|error| error.to_string());
-                    recorded
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .push(failure);
-                }
-            })
-            .build();
-        (manager, seen)
     }
 
     fn check<DB: covet_txn::Backend>(
         manager: &TxManager<DB>,
-        seen: &Seen,
+        seen: &RollbacksSeen,
         result: Result<(), AppError>,
     ) {
         assert!(
@@ -482,10 +433,7 @@ mod failed_rollback {
             "the body's own error comes back: {result:?}"
         );
         assert_eq!(manager.metrics().total.rollback_failures, 1);
-        let seen = seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let seen = rollbacks_seen(seen);
         assert_eq!(seen.len(), 1, "{seen:?}");
         let failure = seen[0].clone().unwrap_or_default();
         assert!(failure.starts_with("ROLLBACK failed"), "{failure}");
@@ -499,7 +447,7 @@ mod failed_rollback {
         ) else {
             return;
         };
-        let (manager, seen) = watching(pool);
+        let (manager, seen) = rollback_watcher(pool);
         let result = postgres_fails_after_losing_its_connection(&manager, &admin).await;
         check(&manager, &seen, result);
     }
@@ -512,7 +460,7 @@ mod failed_rollback {
         ) else {
             return;
         };
-        let (manager, seen) = watching(pool);
+        let (manager, seen) = rollback_watcher(pool);
         let result = mariadb_fails_after_losing_its_connection(&manager, &admin).await;
         check(&manager, &seen, result);
     }

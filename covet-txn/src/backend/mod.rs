@@ -101,6 +101,14 @@ pub trait Driver: sqlx::Database + Sized + OutboxSupport {
         }
     }
 
+    /// Queues ROLLBACK in the connection's write buffer, to go out with
+    /// whatever uses the connection next (the pool's check when it is given
+    /// back), as sqlx's `start_rollback` does for a dropped `Transaction`;
+    /// `false` if the driver cannot, and the caller must send it itself.
+    fn queue_rollback(_conn: &mut Self::Connection, _restore: Restore) -> bool {
+        false
+    }
+
     /// Puts back the session settings a BEGIN changed; `false` if that
     /// failed and the connection's settings are unknown.
     fn restore<'c>(

@@ -271,6 +271,19 @@ impl Driver for Postgres {
         Ok(Self::restore(conn, restore).await)
     }
 
+    // sqlx counts the transaction (BEGIN went through its manager), so its
+    // own queued ROLLBACK ends it: the pool's check at release sends it
+    // with its Sync in one write, reads both answers, and closes the
+    // connection if either is an error. Not with a savepoint still open
+    // (that ROLLBACK would only undo the savepoint) or a setting to put back.
+    fn queue_rollback(conn: &mut PgConnection, restore: Restore) -> bool {
+        let queued = restore.is_none() && PgTransactionManager::get_transaction_depth(conn) == 1;
+        if queued {
+            PgTransactionManager::start_rollback(conn);
+        }
+        queued
+    }
+
     // Nested scopes use sqlx's numbered savepoints: SAVEPOINT is queued as
     // BEGIN is. A rolled-back savepoint stays until the transaction ends, as
     // with sqlx's own nested transactions.

@@ -6,7 +6,7 @@
 //! transaction a retryable error goes up to the outermost call.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::{Either, ready};
 
@@ -17,6 +17,7 @@ use crate::backend;
 use crate::engine::EngineHandle;
 use crate::error::{self, Error, Operation};
 use crate::failure::{Failure, FailureKind, LastFailure};
+use crate::observe::RetryWait;
 use crate::request::CallOptions;
 use crate::retry::RetryPolicy;
 use crate::session::PrimaryEpoch;
@@ -199,7 +200,7 @@ where
         return Some(Err(error));
     }
     let moved = moved(call, epoch, &error);
-    let wait = match decide(call, policy, error, attempt) {
+    let wait = match decide(call, policy, error, attempt, in_lane) {
         Decision::Retry(wait) => {
             if let Some(epoch) = moved
                 && let Err(error) = call.engine().rediscover(&epoch).await
@@ -219,8 +220,8 @@ where
             return Some(Err(error));
         }
     };
-    if !in_lane {
-        tokio::time::sleep(wait).await;
+    if let RetryWait::Backoff(backoff) = wait {
+        tokio::time::sleep(backoff).await;
     }
     None
 }
@@ -228,19 +229,21 @@ where
 /// What to do after a failed attempt.
 enum Decision<E> {
     /// Run again after this wait.
-    Retry(Duration),
+    Retry(RetryWait),
     /// Return this error.
     GiveUp(E),
 }
 
 /// Decides, without awaiting anything (the error is borrowed throughout, and
 /// a borrowed `dyn Error` must not live across an await point of a future
-/// that is to be `Send`).
+/// that is to be `Send`). A retry `in_lane` waits for its turn in its
+/// function's lane instead of sleeping a backoff.
 fn decide<E: From<Error>>(
     call: &Call<E>,
     policy: &RetryPolicy,
     error: E,
     attempt: u32,
+    in_lane: bool,
 ) -> Decision<E> {
     if call.commits_on(&error) {
         return Decision::GiveUp(error);
@@ -268,12 +271,17 @@ fn decide<E: From<Error>>(
             .into(),
         );
     }
-    let wait = policy.delay(attempt);
-    if call.deadline().is_some_and(|deadline| {
-        Instant::now()
-            .checked_add(wait)
+    let wait = if in_lane {
+        RetryWait::InLane
+    } else {
+        RetryWait::Backoff(policy.delay(attempt))
+    };
+    // A wait in the lane counts against the deadline while it lasts.
+    if let (RetryWait::Backoff(backoff), Some(deadline)) = (wait, call.deadline())
+        && Instant::now()
+            .checked_add(backoff)
             .is_none_or(|resumed| resumed >= deadline)
-    }) {
+    {
         return Decision::GiveUp(call.timeout_error(attempt).into());
     }
     call.observer().retrying(

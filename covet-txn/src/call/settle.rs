@@ -15,7 +15,7 @@ use crate::context::{self, Frame, FrameKind};
 use crate::dialect::{SavepointAction, SavepointName};
 use crate::error::{Error, Operation};
 use crate::event::{Phase, RollbackCause, TxEvent, TxOutcome};
-use crate::failure::CommitOutcome;
+use crate::failure::{CommitOutcome, FailureKind};
 use crate::hooks::list::ManagerHooks;
 use crate::hooks::run::{self, PhaseRun};
 use crate::observe::Observer;
@@ -72,12 +72,13 @@ pub(crate) fn refusal(verdict: Verdict) -> Option<(Error, RollbackCause)> {
     }
 }
 
-/// Why the body's error rolled the transaction back, for hooks.
-fn cause_of<E>(call: &Call<E>, error: &E) -> RollbackCause {
+/// Why the body's error rolled the transaction back, for hooks; `kind` is
+/// the error's failure kind.
+fn cause_of<E>(call: &Call<E>, error: &E, kind: Option<FailureKind>) -> RollbackCause {
     match (call.inspect())(error) {
         Some(source) => RollbackCause::Error {
             message: source.to_string(),
-            kind: call.engine().classify(source),
+            kind,
         },
         None => RollbackCause::Error {
             message: "the function returned an error".to_owned(),
@@ -108,11 +109,13 @@ async fn settle_transaction<T, E: From<Error>>(
             return Err(panic);
         }
         BodyOutcome::Returned(Err(error)) if !call.commits_on(&error) => {
-            // Described before awaiting: a borrow of the error held across
-            // an await would make the call's future `Send` only for `Sync`
-            // error types.
-            let cause = ending.describe(|| cause_of(call, &error));
-            ending.roll_back_described(cause).await;
+            // Described and classified before awaiting: a borrow of the
+            // error held across an await would make the call's future
+            // `Send` only for `Sync` error types.
+            let failure =
+                (call.inspect())(&error).and_then(|source| call.engine().classify(source));
+            let cause = ending.describe(|| cause_of(call, &error, failure));
+            ending.roll_back_described(cause, failure).await;
             return Ok(Err(error));
         }
         BodyOutcome::Returned(result) => result,
@@ -243,11 +246,16 @@ impl Ending<'_> {
 
     /// before_rollback hooks, ROLLBACK, on_rollback hooks.
     async fn roll_back(&self, cause: impl FnOnce() -> RollbackCause) {
-        self.roll_back_described(self.describe(cause)).await;
+        self.roll_back_described(self.describe(cause), None).await;
     }
 
-    /// Like `roll_back`, with the cause from `describe`.
-    async fn roll_back_described(&self, cause: Option<RollbackCause>) {
+    /// Like `roll_back`, with the cause from `describe`, after the body
+    /// failed with `failure`.
+    async fn roll_back_described(
+        &self,
+        cause: Option<RollbackCause>,
+        failure: Option<FailureKind>,
+    ) {
         if let Some(cause) = &cause {
             let before = self.phase(TxOutcome::RolledBack, Some(cause.clone()));
             let _ = context::enter(
@@ -256,7 +264,7 @@ impl Ending<'_> {
             )
             .await;
         }
-        let failed = roll_back_quietly(self.session(), self.observer).await;
+        let failed = roll_back_quietly(self.session(), self.observer, failure).await;
         if let Some(cause) = cause {
             self.after_rollback(cause, failed).await;
         }
@@ -288,9 +296,14 @@ impl Ending<'_> {
 /// Rolls back after the body failed. A failure to roll back must not hide
 /// the body's own error; the connection is recovered or closed either way.
 /// A ROLLBACK that failed is reported and returned, for the on_rollback
-/// hooks.
-async fn roll_back_quietly(session: &SessionHandle, observer: &Observer) -> Option<Arc<Error>> {
-    let error = session.rollback().await.err()?;
+/// hooks. After a `failure` that has already ended the transaction on the
+/// server, the session may not wait for the ROLLBACK's answer.
+async fn roll_back_quietly(
+    session: &SessionHandle,
+    observer: &Observer,
+    failure: Option<FailureKind>,
+) -> Option<Arc<Error>> {
+    let error = session.rollback(failure).await.err()?;
     let statement_failed = matches!(
         error,
         Error::Database {
@@ -333,7 +346,7 @@ async fn settle_savepoint<T, E: From<Error>>(
                 // serialization failure: leave it to the outermost call.
                 Some(kind) => session.core().machine.doom(kind),
                 None => {
-                    let cause = scope.describe(|| cause_of(call, &error));
+                    let cause = scope.describe(|| cause_of(call, &error, None));
                     scope.roll_back(cause).await;
                 }
             }

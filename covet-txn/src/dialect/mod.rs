@@ -184,6 +184,23 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
         false
     }
 
+    /// Whether a statement that failed with `kind` has already ended the
+    /// whole transaction on the server, its work undone and its locks
+    /// released, so that the ROLLBACK after it only tells the server that
+    /// the client knows: then the runtime sends it without waiting for the
+    /// answer (as sqlx does when a `Transaction` is dropped). By default a
+    /// serialization failure, a deadlock and a snapshot conflict, which
+    /// PostgreSQL, MySQL and MariaDB all end the transaction for; a lock
+    /// wait timeout is not among them (MySQL undoes only the statement).
+    fn failure_ends_transaction(&self, kind: FailureKind) -> bool {
+        matches!(
+            kind,
+            FailureKind::SerializationFailure
+                | FailureKind::Deadlock
+                | FailureKind::SnapshotConflict
+        )
+    }
+
     /// A query returning the transaction's server-side id as text, run just
     /// before COMMIT when a call asks to resolve ambiguous commits.
     fn commit_token(&self) -> Option<&'static str> {

@@ -26,6 +26,15 @@ use crate::failure::{CommitOutcome, FailureKind};
 use crate::options::Isolation;
 use crate::state::TxId;
 
+/// How a retry waits before its attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryWait {
+    /// It sleeps its backoff.
+    Backoff(Duration),
+    /// It waits in its function's lane for its turn, and sleeps nothing.
+    InLane,
+}
+
 /// What one function's calls report to.
 #[derive(Clone)]
 pub(crate) struct Observer {
@@ -83,14 +92,21 @@ impl Observer {
         self.series.add(Counter::failure(kind));
     }
 
-    /// The call will run again after `wait`.
-    pub(crate) fn retrying(&self, attempt: u32, cause: &'static str, wait: Duration) {
+    /// The call will run again after `wait`: what `wait_ms` logs is the
+    /// backoff it sleeps, none for a retry that waits in its function's lane
+    /// instead (that wait is logged when the retry is admitted).
+    pub(crate) fn retrying(&self, attempt: u32, cause: &'static str, wait: RetryWait) {
+        let (slept, in_lane) = match wait {
+            RetryWait::Backoff(backoff) => (backoff, false),
+            RetryWait::InLane => (Duration::ZERO, true),
+        };
         tracing::info!(
             target: "covet_txn",
             transaction = self.name,
             attempt,
             cause,
-            wait_ms = wait.as_secs_f64() * 1000.0,
+            wait_ms = slept.as_secs_f64() * 1000.0,
+            in_lane,
             "retrying the transaction"
         );
         self.series.add(Counter::retries);

@@ -8,6 +8,7 @@ use super::{CommitError, Session, SessionCore};
 use crate::backend::Driver;
 use crate::dialect::{SavepointAction, SavepointName};
 use crate::error::Error;
+use crate::failure::FailureKind;
 use crate::hooks::run::HookHolder;
 
 /// A session of any compiled-in driver.
@@ -76,8 +77,8 @@ impl SessionHandle {
         dispatch!(self, session => session.finish_prepared(commit).await)
     }
 
-    pub(crate) async fn rollback(&self) -> Result<(), Error> {
-        dispatch!(self, session => session.rollback().await)
+    pub(crate) async fn rollback(&self, failure: Option<FailureKind>) -> Result<(), Error> {
+        dispatch!(self, session => session.rollback(failure).await)
     }
 
     pub(crate) fn release(&self) -> Result<(), Error> {

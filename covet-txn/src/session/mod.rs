@@ -9,6 +9,7 @@
 //! that no statement pays for a boxed future.
 
 mod branch;
+mod ended;
 mod epoch;
 mod handle;
 mod probes;
@@ -394,11 +395,18 @@ impl<DB: Driver> Session<DB> {
 
     /// Rolls the transaction back and gives the connection back to where it
     /// came from (if ROLLBACK fails, the connection is recovered or closed,
-    /// and the server rolls back).
-    pub(crate) async fn rollback(&self) -> Result<(), Error> {
+    /// and the server rolls back). After a `failure` that has already ended
+    /// the transaction on the server, without waiting for the ROLLBACK's
+    /// answer where it can.
+    pub(crate) async fn rollback(&self, failure: Option<FailureKind>) -> Result<(), Error> {
         let mut held = self.take_for_end()?;
         self.core.machine.begin_rollback();
         self.core.finish(CommitOutcome::Aborted);
+        if self.rolls_back_unawaited(failure) {
+            self.roll_back_unawaited(held);
+            self.core.machine.end(TxState::RolledBack);
+            return Ok(());
+        }
         let ended = self.roll_back_held(&mut held).await;
         match ended {
             Ok(restored) => {

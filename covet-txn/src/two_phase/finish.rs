@@ -32,7 +32,7 @@ pub(super) async fn roll_back_all(branches: &mut Branches, cause: RollbackCause)
         let _ = context::enter(Arc::clone(frame), before.run(Phase::BeforeRollback, false)).await;
         let failed = match session.core().machine.state() {
             TxState::Prepared => session.finish_prepared(false).await.err(),
-            TxState::Active => session.rollback().await.err(),
+            TxState::Active => session.rollback(None).await.err(),
             _ => None,
         };
         let mut event = TxEvent::new(&frame.info(), TxOutcome::RolledBack, Some(cause.clone()));
