@@ -12,25 +12,27 @@ mod branch;
 mod ended;
 mod epoch;
 mod handle;
+mod open;
 mod probes;
 mod recovery;
 mod slot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
 
 pub(crate) use self::branch::finish_on;
 pub(crate) use self::epoch::PrimaryEpoch;
 pub use self::handle::{SessionErase, SessionHandle};
+pub(crate) use self::open::{Opening, Source};
 pub(crate) use self::probes::ProbeCache;
 use self::recovery::{Cutoff, Held, Origin, abandon};
 pub use self::slot::TxConn;
 use self::slot::{ConnectionSlot, Lease, Slot};
 use crate::backend::{Driver, Restore};
-use crate::dialect::{BeginRequest, BranchId, Dialect, SavepointAction, SavepointName};
+use crate::dialect::{BranchId, Dialect, SavepointAction, SavepointName};
 use crate::error::{Error, Operation};
 use crate::failure::{CommitOutcome, FailureKind};
 use crate::hooks::list::HookList;
@@ -38,7 +40,6 @@ use crate::hooks::run::HookHolder;
 use crate::observe::metrics::{ActiveTransaction, ActiveTx};
 use crate::observe::{Observer, TxAccount};
 use crate::options::Isolation;
-use crate::request::TxOptions;
 use crate::state::{Machine, TxId, TxState, Verdict};
 
 /// The driver-independent part of a session: identity, what it began with,
@@ -123,38 +124,6 @@ pub struct Session<DB: Driver> {
     prepared_conn: std::sync::Mutex<Option<PoolConnection<DB>>>,
 }
 
-/// Where a new session's connection comes from.
-pub(crate) enum Source<DB: Driver> {
-    /// Taken from the pool now.
-    Pool,
-    /// Already taken from the pool.
-    Acquired(PoolConnection<DB>),
-    /// Borrowed from an autocommit session of the same manager.
-    Lent(Arc<Session<DB>>),
-}
-
-/// What a new session is opened with.
-pub(crate) struct Opening<'a, DB: Driver> {
-    pub(crate) manager_id: u64,
-    pub(crate) name: &'static str,
-    pub(crate) options: TxOptions,
-    pub(crate) transactional: bool,
-    pub(crate) source: Source<DB>,
-    pub(crate) attempt: u32,
-    /// Bound the server's statements by this time, if set.
-    pub(crate) server_timeout: Option<Duration>,
-    /// Where to count a transaction.
-    pub(crate) observer: Option<Observer>,
-    pub(crate) pool: sqlx::Pool<DB>,
-    pub(crate) dialect: Arc<dyn Dialect<DB>>,
-    /// The manager's answers to the dialect's probes.
-    pub(crate) probes: &'a ProbeCache,
-    /// Begin this branch of a two-phase commit.
-    pub(crate) branch: Option<BranchId>,
-    /// The primary's epoch now, when the manager follows a failover.
-    pub(crate) epoch: Option<PrimaryEpoch>,
-}
-
 /// Why COMMIT did not happen.
 #[derive(Debug)]
 pub(crate) enum CommitError {
@@ -166,113 +135,6 @@ pub(crate) enum CommitError {
 }
 
 impl<DB: Driver> Session<DB> {
-    /// Takes a connection (from `pool`, or as `source` says), begins the
-    /// transaction if there is to be one, and returns the session.
-    pub(crate) async fn open(opening: Opening<'_, DB>) -> Result<Arc<Session<DB>>, Error> {
-        let Opening {
-            manager_id,
-            name,
-            options,
-            transactional,
-            source,
-            attempt,
-            server_timeout,
-            observer,
-            pool,
-            dialect,
-            probes,
-            branch,
-            epoch,
-        } = opening;
-        let prepared =
-            match &branch {
-                Some(_) => Some(dialect.prepared_transactions().ok_or(
-                    Error::TwoPhaseUnsupported {
-                        system: dialect.system(),
-                    },
-                )?),
-                None => None,
-            };
-        let (conn, origin) = match source {
-            Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
-            Source::Acquired(conn) => (conn, Origin::Pool),
-            // Boxed where it is made, as `pool.begin()` boxes it: sqlx's wait
-            // for a connection is kilobytes of state, which every future
-            // awaiting it would otherwise carry and copy.
-            Source::Pool => (
-                Box::pin(pool.acquire())
-                    .await
-                    .map_err(|source| Error::database(Operation::Acquire, source))?,
-                Origin::Pool,
-            ),
-        };
-        let access = options.access();
-        let mut held = Held::new(conn, None, &dialect, &origin);
-        if transactional {
-            let request = BeginRequest {
-                access,
-                server_timeout,
-            };
-            let probed = match dialect.probe(&request) {
-                Some(sql) => match probes.read::<DB>(held.conn(), sql).await {
-                    Ok(row) => Some(row),
-                    Err(source) => {
-                        held.roll_back_and_release().await;
-                        return Err(Error::database(Operation::Begin, source));
-                    }
-                },
-                None => None,
-            };
-            let probed = probed.as_deref().unwrap_or_default();
-            let begin = match (prepared, &branch) {
-                (Some(prepared), Some(branch)) => prepared.begin(&request, probed, branch),
-                _ => dialect.begin(&request, probed),
-            };
-            held.restore = begin.restore;
-            if let Err(source) = DB::begin(held.conn(), begin.statement).await {
-                held.roll_back_and_release().await;
-                return Err(Error::database(Operation::Begin, source));
-            }
-        }
-        let restore = held.restore;
-        let conn = held.disarm();
-        let id = TxId::next();
-        let started_at = Instant::now();
-        let session = Arc::new(Session {
-            core: SessionCore {
-                id,
-                manager_id,
-                name,
-                system: dialect.system(),
-                isolation: access.isolation,
-                read_only: access.read_only == Some(true),
-                transactional,
-                borrows_connection: matches!(origin, Origin::Lent(_)),
-                attempt,
-                started_at,
-                machine: Machine::active(),
-                depth: AtomicU32::new(u32::from(transactional)),
-                hooks: HookList::default(),
-                account: observer
-                    .filter(|_| transactional)
-                    .map(|observer| TxAccount::new(observer, id, started_at)),
-            },
-            resolve_ambiguous_commit: options.resolve_ambiguous_commit,
-            restore,
-            slot: ConnectionSlot::new(conn),
-            origin,
-            dialect,
-            pool,
-            epoch,
-            branch,
-            prepared_conn: std::sync::Mutex::new(None),
-        });
-        if let Some(observer) = session.core.observer() {
-            observer.begun(id, Arc::clone(&session) as Arc<dyn ActiveTx>);
-        }
-        Ok(session)
-    }
-
     /// Takes the connection out of the slot for one use.
     pub(crate) fn lend(&self) -> Result<PoolConnection<DB>, Error> {
         let mut slot = self.slot.lock();
