@@ -69,6 +69,18 @@ pub async fn kill_postgres_backend(admin: &PgPool, pid: i32) -> Result<(), AppEr
     Ok(())
 }
 
+/// Kills, from `admin`, the PostgreSQL backend of the transaction running
+/// on `manager`, and gives the server a moment to close it.
+pub async fn kill_postgres_session(
+    manager: &covet_txn::TxManager<sqlx::Postgres>,
+    admin: &PgPool,
+) -> Result<(), AppError> {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *manager.conn()?)
+        .await?;
+    kill_postgres_backend(admin, pid).await
+}
+
 /// Kills, from `admin`, the MySQL connection of the transaction running on
 /// `manager`, and gives the server a moment to close it.
 pub async fn kill_mysql_session(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use covet_txn::{CommitOutcome, Error, TxManager, transactional};
 use covet_txn_tests::proxy::CommitCutter;
-use covet_txn_tests::{AppError, kill_mysql_session, kill_postgres_backend};
+use covet_txn_tests::{AppError, kill_mysql_session, kill_postgres_session};
 use sqlx::{MySql, Postgres};
 
 fn upstream(host: &str, port: u16) -> SocketAddr {
@@ -151,18 +151,6 @@ mod killed_backend {
 mod killed_during_savepoint_rollback {
     use super::*;
 
-    /// Kills the connection of the running transaction from `admin`.
-    pub(super) async fn kill_postgres(
-        manager: &TxManager<Postgres>,
-        admin: &sqlx::PgPool,
-    ) -> Result<(), AppError> {
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *manager.conn()?)
-            .await?;
-        kill_postgres_backend(admin, pid).await?;
-        Ok(())
-    }
-
     #[transactional(manager = manager)]
     async fn postgres_nested_fails_and_dies(
         manager: &TxManager<Postgres>,
@@ -170,7 +158,7 @@ mod killed_during_savepoint_rollback {
         kill: bool,
     ) -> Result<(), AppError> {
         if kill {
-            kill_postgres(manager, admin).await?;
+            kill_postgres_session(manager, admin).await?;
         }
         Err(AppError::Refused("the optional step failed"))
     }
@@ -304,7 +292,7 @@ mod killed_in_before_commit_hook {
         let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
         covet_txn::before_commit(move || async move {
             if attempt == 1 {
-                killed_during_savepoint_rollback::kill_postgres(manager, admin).await?;
+                kill_postgres_session(manager, admin).await?;
             }
             sqlx::query("INSERT INTO hook_killed_pg (id) VALUES ($1)")
                 .bind(i64::from(attempt))
@@ -410,7 +398,7 @@ mod failed_rollback {
         manager: &TxManager<Postgres>,
         admin: &sqlx::PgPool,
     ) -> Result<(), AppError> {
-        killed_during_savepoint_rollback::kill_postgres(manager, admin).await?;
+        kill_postgres_session(manager, admin).await?;
         Err(AppError::Refused("the body failed"))
     }
 
