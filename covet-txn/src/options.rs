@@ -250,9 +250,10 @@ mod tests {
     }
 }
 
-/// Whether a manager, or one function, manages contention: admits each
-/// function's first attempts under an adaptive limit, sends its retries
-/// through a lane of their own instead of sleeping their backoff, and on
+/// Whether a manager, or one function, manages contention: runs at most a
+/// limit of each function's attempts at once, the limit tuned to what the
+/// function yields, gives a retry the function's next turn instead of
+/// sleeping its backoff, and on
 /// SQLite admits one write transaction per database file at a time (see the
 /// README's "Contention" section).
 ///

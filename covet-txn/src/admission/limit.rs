@@ -1,34 +1,31 @@
-//! One function's adaptive admission limit and its retry lane.
+//! One function's admission limit: at most `limit` of its attempts run at
+//! once, the limit being the one at which the function has measured the
+//! most useful attempts per second (`tuner`), between 1 and the pool's size.
 //!
-//! First attempts wait for one of `limit` permits; the limit shrinks by a
-//! quarter when an attempt fails with a conflict and grows by `1 / limit`
-//! when one commits (additive increase, multiplicative decrease), between 1
-//! and the pool's size. Retries do not compete with first attempts: they go
-//! through one lane, one at a time, instead of sleeping their backoff. Both
-//! queues are tokio semaphores, which hand permits out first come, first
-//! served, and forget a waiter whose future is dropped.
-//!
-//! Measured on the contended-transfer benchmark (see the README's
-//! performance section): the lane keeps retries from colliding again with
-//! everyone else, and the limit adapts to zero cost when nothing conflicts.
-//! Halving it instead cut retries by 10–25 % and p99 in most contended
-//! cells, with committed/s level within the noise of a loaded machine, but
-//! MariaDB at 100 rows × 8 tasks measured 0.89–1.00× against 0.95–1.01×
-//! (each rare conflict throttles longer), so a quarter stays.
+//! A retry does not sleep its backoff and compete again: it waits for the
+//! next turn ahead of first attempts, which pass one at a time through a
+//! door before they queue for a turn, so that a retry waits behind at most
+//! one of them. Retries count within the limit: at a limit of 1 the
+//! function's attempts never run beside one another, not even a retry
+//! beside a first attempt. The queues are tokio semaphores, which hand
+//! permits out first come, first served, and forget a waiter whose future
+//! is dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// What a conflict leaves of the limit.
-const DECREASE: f64 = 0.75;
+use super::tuner::Tuner;
 
 /// A function's admission state.
 #[derive(Debug)]
 pub(crate) struct FunctionGate {
     attempts: Arc<Semaphore>,
-    lane: Arc<Semaphore>,
+    /// First attempts queue for a turn one at a time, so that retries go
+    /// ahead of all but one of them.
+    door: Semaphore,
     limit: Mutex<Limit>,
     /// Whether any attempt went through the limit (a function whose calls
     /// only declare keys has none).
@@ -40,8 +37,7 @@ pub(crate) struct FunctionGate {
 /// The limit and the permits that stand for it.
 #[derive(Debug)]
 struct Limit {
-    current: f64,
-    ceiling: f64,
+    tuner: Tuner,
     /// Permits that exist, handed out or not.
     granted: u32,
     /// Permits to destroy as they come back, because the limit fell below
@@ -53,30 +49,26 @@ impl Limit {
     fn effective(&self) -> u32 {
         self.granted - self.debt
     }
-
-    /// The whole number of attempts the limit admits at once.
-    fn target(&self) -> u32 {
-        // The limit stays within 1..=ceiling, so the cast cannot truncate
-        // more than its fraction.
-        self.current.floor().max(1.0) as u32
-    }
 }
 
 /// Which queue an attempt waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Queue {
-    /// A first attempt, under the adaptive limit.
+    /// A first attempt, through the door.
     First,
-    /// A retry, through the one-at-a-time lane.
+    /// A retry, ahead of first attempts.
     Retry,
 }
 
-/// A permit of a [`FunctionGate`], given back when dropped.
+/// A turn of a [`FunctionGate`], given back when dropped.
 #[derive(Debug)]
 pub(crate) struct GatePermit {
     gate: Arc<FunctionGate>,
     permit: Option<OwnedSemaphorePermit>,
-    queue: Queue,
+    /// How the attempt ended, once known: in a conflict or not. An attempt
+    /// dropped before it said (cancelled, panicked) teaches the tuner
+    /// nothing.
+    conflict: Option<bool>,
 }
 
 impl FunctionGate {
@@ -86,10 +78,9 @@ impl FunctionGate {
         let ceiling = ceiling.max(1);
         FunctionGate {
             attempts: Arc::new(Semaphore::new(ceiling as usize)),
-            lane: Arc::new(Semaphore::new(1)),
+            door: Semaphore::new(1),
             limit: Mutex::new(Limit {
-                current: f64::from(ceiling),
-                ceiling: f64::from(ceiling),
+                tuner: Tuner::new(ceiling, Instant::now()),
                 granted: ceiling,
                 debt: 0,
             }),
@@ -98,39 +89,36 @@ impl FunctionGate {
         }
     }
 
-    /// Waits for a permit in `queue`, first come, first served. Dropping
-    /// the future leaves the queue and takes nothing.
+    /// Waits for a turn, first come, first served within `queue`, retries
+    /// ahead. Dropping the future leaves the queue and takes nothing.
     pub(crate) async fn admit(self: &Arc<Self>, queue: Queue) -> GatePermit {
-        let semaphore = match queue {
-            Queue::First => &self.attempts,
-            Queue::Retry => &self.lane,
-        };
         self.limited.store(true, Ordering::Relaxed);
-        let permit = match Arc::clone(semaphore).acquire_owned().await {
+        let door = match queue {
+            Queue::First => Some(self.door.acquire().await),
+            Queue::Retry => None,
+        };
+        let permit = match Arc::clone(&self.attempts).acquire_owned().await {
             Ok(permit) => permit,
-            // The semaphores are never closed.
             Err(_) => unreachable!("admission semaphores are never closed"),
         };
+        drop(door);
+        lock(&self.limit).tuner.attempt_started(Instant::now());
         GatePermit {
             gate: Arc::clone(self),
             permit: Some(permit),
-            queue,
+            conflict: None,
         }
     }
 
     /// Whether an attempt in `queue` would wait now.
     pub(crate) fn would_wait(&self, queue: Queue) -> bool {
-        match queue {
-            Queue::First => self.attempts.available_permits() == 0,
-            Queue::Retry => self.lane.available_permits() == 0,
-        }
+        self.attempts.available_permits() == 0
+            || (queue == Queue::First && self.door.available_permits() == 0)
     }
 
-    /// An attempt committed: the limit grows by `1 / limit`.
-    pub(crate) fn committed(&self) {
-        let mut limit = lock(&self.limit);
-        limit.current = (limit.current + 1.0 / limit.current).min(limit.ceiling);
-        while limit.effective() < limit.target() {
+    /// Adds or destroys permits until `target` stand for the limit.
+    fn follow(&self, limit: &mut Limit, target: u32) {
+        while limit.effective() < target {
             if limit.debt > 0 {
                 limit.debt -= 1;
             } else {
@@ -138,13 +126,7 @@ impl FunctionGate {
                 limit.granted += 1;
             }
         }
-    }
-
-    /// An attempt failed with a conflict: the limit shrinks by a quarter.
-    pub(crate) fn conflicted(&self) {
-        let mut limit = lock(&self.limit);
-        limit.current = (limit.current * DECREASE).max(1.0);
-        while limit.effective() > limit.target() {
+        while limit.effective() > target {
             if self.attempts.forget_permits(1) == 1 {
                 limit.granted -= 1;
             } else {
@@ -157,7 +139,7 @@ impl FunctionGate {
     pub(crate) fn limit(&self) -> Option<f64> {
         self.limited
             .load(Ordering::Relaxed)
-            .then(|| lock(&self.limit).current)
+            .then(|| f64::from(lock(&self.limit).tuner.limit()))
     }
 
     /// Counts an attempt of the function as waiting until the guard drops.
@@ -166,16 +148,18 @@ impl FunctionGate {
         Waiting(&self.waiting)
     }
 
-    /// Attempts waiting in either queue now.
+    /// Attempts waiting for a turn now.
     pub(crate) fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed)
     }
 }
 
 impl GatePermit {
-    /// The gate the permit belongs to.
-    pub(crate) fn gate(&self) -> &FunctionGate {
-        &self.gate
+    /// The attempt ended, in a conflict with another transaction or not
+    /// (a commit, or a rollback of its own); the tuner learns it when the
+    /// turn is given back.
+    pub(crate) fn ended(&mut self, conflict: bool) {
+        self.conflict = Some(conflict);
     }
 }
 
@@ -184,16 +168,17 @@ impl Drop for GatePermit {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        if self.queue == Queue::First {
-            let mut limit = lock(&self.gate.limit);
-            if limit.debt > 0 {
-                limit.debt -= 1;
-                limit.granted -= 1;
-                permit.forget();
-                return;
-            }
+        let mut limit = lock(&self.gate.limit);
+        if limit.debt > 0 {
+            limit.debt -= 1;
+            limit.granted -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
         }
-        drop(permit);
+        if let Some(target) = limit.tuner.attempt_finished(self.conflict, Instant::now()) {
+            self.gate.follow(&mut limit, target);
+        }
     }
 }
 
@@ -216,24 +201,6 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn conflicts_shrink_the_limit_and_commits_grow_it_back_to_the_ceiling() {
-        let gate = FunctionGate::new(8);
-        gate.conflicted();
-        assert_eq!(lock(&gate.limit).current, 6.0);
-        assert_eq!(gate.attempts.available_permits(), 6);
-        for _ in 0..20 {
-            gate.conflicted();
-        }
-        assert_eq!(lock(&gate.limit).current, 1.0);
-        assert_eq!(gate.attempts.available_permits(), 1);
-        for _ in 0..200 {
-            gate.committed();
-        }
-        assert_eq!(lock(&gate.limit).current, 8.0);
-        assert_eq!(gate.attempts.available_permits(), 8);
-    }
-
     #[tokio::test]
     async fn a_limit_that_falls_below_the_permits_out_destroys_them_as_they_return() {
         let gate = Arc::new(FunctionGate::new(4));
@@ -241,13 +208,13 @@ mod tests {
         for _ in 0..4 {
             held.push(gate.admit(Queue::First).await);
         }
-        gate.conflicted();
-        gate.conflicted();
-        assert_eq!(gate.limit(), Some(2.25));
+        gate.follow(&mut lock(&gate.limit), 2);
         held.truncate(1);
         assert_eq!(gate.attempts.available_permits(), 1);
         drop(held);
         assert_eq!(gate.attempts.available_permits(), 2);
+        gate.follow(&mut lock(&gate.limit), 3);
+        assert_eq!(gate.attempts.available_permits(), 3);
     }
 
     #[tokio::test]

@@ -4,8 +4,9 @@
 //! dropped:
 //!
 //! - its declared conflict keys (`keys`), always when declared;
-//! - with contention management on, its function's adaptive limit, or for a
-//!   retry the function's one-at-a-time lane (`limit`);
+//! - with contention management on, one of its function's `limit` turns,
+//!   a retry ahead of first attempts; the limit is tuned to what the
+//!   function yields (`tuner`);
 //! - with contention management on, on SQLite, the database file's one
 //!   writer turn for a read-write transaction (`writers`).
 //!
@@ -17,6 +18,7 @@
 
 pub(crate) mod keys;
 pub(crate) mod limit;
+mod tuner;
 pub(crate) mod writers;
 
 use std::collections::HashMap;
@@ -158,17 +160,11 @@ impl Ticket {
     pub(crate) fn managed(&self) -> bool {
         self.gate.is_some()
     }
-    /// The attempt committed: its function admits a little more.
-    pub(crate) fn committed(&self) {
-        if let Some(gate) = &self.gate {
-            gate.gate().committed();
-        }
-    }
-
-    /// The attempt failed with a conflict: its function admits less.
-    pub(crate) fn conflicted(&self) {
-        if let Some(gate) = &self.gate {
-            gate.gate().conflicted();
+    /// The attempt ended, in a conflict with another transaction or not:
+    /// its function's limit learns from it.
+    pub(crate) fn ended(&mut self, conflict: bool) {
+        if let Some(gate) = &mut self.gate {
+            gate.ended(conflict);
         }
     }
 }

@@ -50,27 +50,23 @@ impl<E: From<Error>> Call<E> {
         Ok(Some(ticket))
     }
 
-    /// Tells the attempt's function how it ended: a commit, or a conflict
-    /// with another transaction.
-    pub(crate) fn report_to(&self, ticket: &Ticket, error: Option<&E>) {
-        let Some(error) = error else {
-            ticket.committed();
-            return;
-        };
-        let conflict = (self.inspect)(error)
-            .and_then(|source| self.engine.classify(source))
-            .is_some_and(|kind| {
-                matches!(
-                    kind,
-                    FailureKind::SerializationFailure
-                        | FailureKind::Deadlock
-                        | FailureKind::SnapshotConflict
-                        | FailureKind::LockTimeout
-                        | FailureKind::Busy
-                )
-            });
-        if conflict {
-            ticket.conflicted();
-        }
+    /// Tells the attempt's function how it ended: in a conflict with
+    /// another transaction, or not (a commit, or a rollback of its own).
+    pub(crate) fn report_to(&self, ticket: &mut Ticket, error: Option<&E>) {
+        let conflict = error.is_some_and(|error| {
+            (self.inspect)(error)
+                .and_then(|source| self.engine.classify(source))
+                .is_some_and(|kind| {
+                    matches!(
+                        kind,
+                        FailureKind::SerializationFailure
+                            | FailureKind::Deadlock
+                            | FailureKind::SnapshotConflict
+                            | FailureKind::LockTimeout
+                            | FailureKind::Busy
+                    )
+                })
+        });
+        ticket.ended(conflict);
     }
 }

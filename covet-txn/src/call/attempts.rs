@@ -54,7 +54,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let ticket = match call.admit(1).await {
+    let mut ticket = match call.admit(1).await {
         Ok(ticket) => ticket,
         Err(error) => {
             call.observer().call_failed();
@@ -63,7 +63,7 @@ where
     };
     let epoch = call.engine().primary_epoch();
     let result = call.run(own, body, 1).await;
-    if let Some(ticket) = &ticket {
+    if let Some(ticket) = &mut ticket {
         call.report_to(ticket, result.as_ref().err());
     }
     drop(ticket);
@@ -164,7 +164,7 @@ impl<E: From<Error>> Attempts<E> {
 
 /// One attempt of a call that opens its own session, admitted first, and
 /// the wait after it if it is to be retried: its backoff, or nothing when
-/// the retry will wait in its function's lane instead.
+/// the retry will wait for its function's next turn instead.
 async fn attempt_own<T, E, Fut>(
     call: &Call<E>,
     policy: &RetryPolicy,
@@ -176,7 +176,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let ticket = match call.admit(attempt).await {
+    let mut ticket = match call.admit(attempt).await {
         Ok(ticket) => ticket,
         Err(error) => {
             call.observer().call_failed();
@@ -185,11 +185,11 @@ where
     };
     let epoch = call.engine().primary_epoch();
     let result = call.run(own, body, attempt).await;
-    if let Some(ticket) = &ticket {
+    if let Some(ticket) = &mut ticket {
         call.report_to(ticket, result.as_ref().err());
     }
-    // A retry of a call under contention management waits in its
-    // function's lane instead of sleeping.
+    // A retry of a call under contention management waits for its turn,
+    // ahead of first attempts, instead of sleeping.
     let in_lane = ticket.as_ref().is_some_and(Ticket::managed);
     drop(ticket);
     let error = match result {
@@ -236,8 +236,8 @@ enum Decision<E> {
 
 /// Decides, without awaiting anything (the error is borrowed throughout, and
 /// a borrowed `dyn Error` must not live across an await point of a future
-/// that is to be `Send`). A retry `in_lane` waits for its turn in its
-/// function's lane instead of sleeping a backoff.
+/// that is to be `Send`). A retry `in_lane` waits for its function's next
+/// turn, ahead of first attempts, instead of sleeping a backoff.
 fn decide<E: From<Error>>(
     call: &Call<E>,
     policy: &RetryPolicy,
@@ -276,7 +276,7 @@ fn decide<E: From<Error>>(
     } else {
         RetryWait::Backoff(policy.delay(attempt))
     };
-    // A wait in the lane counts against the deadline while it lasts.
+    // A wait for a turn counts against the deadline while it lasts.
     if let (RetryWait::Backoff(backoff), Some(deadline)) = (wait, call.deadline())
         && Instant::now()
             .checked_add(backoff)

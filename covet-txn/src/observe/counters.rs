@@ -197,7 +197,7 @@ counters! {
     /// answer did not come before the deadline: the connection was closed.
     cancelled_commits_unknown: "cancelled_commits", "outcome" = "unknown";
     /// Attempts that waited for their turn (conflict keys, the function's
-    /// admission limit or retry lane, SQLite's one writer) before reaching
+    /// admission limit, SQLite's one writer) before reaching
     /// the database.
     admission_waits: "admission_waits";
     /// Microseconds attempts spent waiting for their turn, in all.

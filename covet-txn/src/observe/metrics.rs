@@ -341,12 +341,13 @@ pub struct MetricsSnapshot {
 pub struct AdmissionStatus {
     /// The function's path.
     pub function: String,
-    /// How many of its first attempts may run at once under contention
-    /// management: shrinks by a quarter on each conflict, grows by one over
-    /// itself on each commit. `None` for a function that only declares
-    /// conflict keys.
+    /// How many of its attempts (retries included) may run at once under
+    /// contention management: the limit at which the function has measured
+    /// the most attempts per second that did not end in a conflict, a whole
+    /// number between 1 and the pool's size. `None` for a function that
+    /// only declares conflict keys.
     pub limit: Option<f64>,
-    /// Its attempts waiting for their turn now (keys, limit, lane or
+    /// Its attempts waiting for their turn now (keys, limit or
     /// SQLite's writer turn).
     pub waiting: u32,
 }

@@ -31,7 +31,8 @@ use crate::state::TxId;
 pub(crate) enum RetryWait {
     /// It sleeps its backoff.
     Backoff(Duration),
-    /// It waits in its function's lane for its turn, and sleeps nothing.
+    /// It waits for its function's next turn, ahead of first attempts, and
+    /// sleeps nothing.
     InLane,
 }
 
@@ -93,8 +94,8 @@ impl Observer {
     }
 
     /// The call will run again after `wait`: what `wait_ms` logs is the
-    /// backoff it sleeps, none for a retry that waits in its function's lane
-    /// instead (that wait is logged when the retry is admitted).
+    /// backoff it sleeps, none for a retry that waits for its function's
+    /// next turn instead (that wait is logged when the retry is admitted).
     pub(crate) fn retrying(&self, attempt: u32, cause: &'static str, wait: RetryWait) {
         let (slept, in_lane) = match wait {
             RetryWait::Backoff(backoff) => (backoff, false),
