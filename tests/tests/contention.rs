@@ -232,11 +232,6 @@ each_backend! {
         assert_eq!(manager.metrics().total.admission_waits, 0);
     }
 
-    #[transactional(contention = "adaptive", retry = 3, backoff = "1ms")]
-    async fn conflicting_once(failing: &FailOnce) -> Result<(), AppError> {
-        Ok(failing.step().await?)
-    }
-
     /// Holds its turn for 40 ms, counting how many run together; with
     /// `failing`, its first attempt fails with a real conflict at once.
     #[transactional(contention = "adaptive", retry = 3, backoff = "1ms")]
