@@ -69,6 +69,7 @@ pub(crate) struct GatePermit {
     /// dropped before it said (cancelled, panicked) teaches the tuner
     /// nothing.
     conflict: Option<bool>,
+    admitted: Instant,
 }
 
 impl FunctionGate {
@@ -102,11 +103,13 @@ impl FunctionGate {
             Err(_) => unreachable!("admission semaphores are never closed"),
         };
         drop(door);
-        lock(&self.limit).tuner.attempt_started(Instant::now());
+        let admitted = Instant::now();
+        lock(&self.limit).tuner.attempt_started(admitted);
         GatePermit {
             gate: Arc::clone(self),
             permit: Some(permit),
             conflict: None,
+            admitted,
         }
     }
 
@@ -176,7 +179,9 @@ impl Drop for GatePermit {
         } else {
             drop(permit);
         }
-        if let Some(target) = limit.tuner.attempt_finished(self.conflict, Instant::now()) {
+        let now = Instant::now();
+        let ran = now.saturating_duration_since(self.admitted);
+        if let Some(target) = limit.tuner.attempt_finished(self.conflict, ran, now) {
             self.gate.follow(&mut limit, target);
         }
     }

@@ -41,9 +41,11 @@ const YIELD_HORIZON_SECONDS: f64 = 10.0;
 /// neighbours yielded.
 const YIELD_MEMORY: Duration = Duration::from_secs(30);
 
-/// The share of home's goodput a lower limit on trial must reach to
-/// become home.
-const LOWER_LIMIT_TOLERANCE: f64 = 0.97;
+/// The share of a window's attempt time that attempts ending in a conflict
+/// must take for a lower limit to be worth a trial: below it, conflicts
+/// are too rare for fewer attempts at once to gain, and a trial would
+/// only measure noise.
+const CONFLICT_TIME_SHARE: f64 = 0.1;
 
 /// A function's limit and what the tuner has measured of it.
 #[derive(Debug)]
@@ -61,8 +63,9 @@ pub(crate) struct Tuner {
     spacing: u32,
     /// Windows at home before the next trial.
     countdown: u32,
-    /// Whether the next trial, in a window that saw conflicts, lowers the
-    /// limit (trials alternate); a window without conflicts only raises it.
+    /// Whether the next trial lowers the limit, when both ways are open:
+    /// trials alternate, and a trial that won is followed at once by one
+    /// further the same way.
     lower_next: bool,
     window: Window,
     /// Attempts admitted and not yet ended.
@@ -117,6 +120,10 @@ struct Window {
     busy: Duration,
     useful: u32,
     conflicts: u32,
+    /// The time attempts ran, all of them and those that ended in a
+    /// conflict.
+    attempt_time: Duration,
+    conflict_time: Duration,
 }
 
 impl Tuner {
@@ -149,23 +156,34 @@ impl Tuner {
         self.in_flight += 1;
     }
 
-    /// An attempt ended: in a conflict or not (a commit, or a rollback that
-    /// no other transaction caused), or unknown (it was dropped). Returns
-    /// the new limit when it changes.
-    pub(crate) fn attempt_finished(&mut self, conflict: Option<bool>, now: Instant) -> Option<u32> {
+    /// An attempt that `ran` for so long ended: in a conflict or not (a
+    /// commit, or a rollback that no other transaction caused), or unknown
+    /// (it was dropped). Returns the new limit when it changes.
+    pub(crate) fn attempt_finished(
+        &mut self,
+        conflict: Option<bool>,
+        ran: Duration,
+        now: Instant,
+    ) -> Option<u32> {
         self.count_busy(now);
         self.in_flight = self.in_flight.saturating_sub(1);
         match conflict {
-            Some(true) => self.window.conflicts += 1,
+            Some(true) => {
+                self.window.conflicts += 1;
+                self.window.conflict_time += ran;
+            }
             Some(false) => self.window.useful += 1,
             None => return None,
         }
+        self.window.attempt_time += ran;
         let ended = self.window.useful + self.window.conflicts;
         if ended < WINDOW_ATTEMPTS.max(WINDOW_ATTEMPTS_PER_LIMIT * self.current) {
             return None;
         }
         let elapsed = self.window.busy.max(Duration::from_micros(1));
-        let conflicted = self.window.conflicts > 0;
+        let conflicted = self.window.conflict_time.as_secs_f64()
+            >= CONFLICT_TIME_SHARE * self.window.attempt_time.as_secs_f64()
+            && self.window.conflicts > 0;
         let useful = self.window.useful;
         self.yield_at(self.current).add(useful, elapsed, now);
         self.window = Window::default();
@@ -173,7 +191,7 @@ impl Tuner {
         if self.current == self.home {
             self.judge_home(conflicted, now);
         } else {
-            self.judge_trial(now);
+            self.judge_trial(conflicted, now);
         }
         (self.current != before).then_some(self.current)
     }
@@ -193,27 +211,25 @@ impl Tuner {
         self.yields[limit as usize - 1].rate(now)
     }
 
-    /// A window at home: when it is time, a limit goes on trial. A trial
-    /// lowers the limit only in a window that saw conflicts (with none,
-    /// fewer attempts at once cannot gain), and trials alternate between
-    /// lower and higher. A limit that measured clearly worse than home
-    /// lately is passed over for the next one beyond it: a limit of 1,
-    /// where attempts of the function cannot deadlock one another, is
-    /// tried even when 2 and 3 stalled.
+    /// A window at home: when it is time, a limit goes on trial.
     fn judge_home(&mut self, conflicted: bool, now: Instant) {
         self.countdown = self.countdown.saturating_sub(1);
-        if self.countdown > 0 {
-            return;
+        if self.countdown == 0 {
+            self.start_trial(conflicted, now);
         }
+    }
+
+    /// Puts a limit on trial, if one is worth it. A lower limit only after
+    /// a window whose conflicts took a real share of its time (without
+    /// them, fewer attempts at once cannot gain). A limit that measured no
+    /// better than home lately is passed over for the next one beyond it:
+    /// a limit of 1, where attempts of the function cannot deadlock one
+    /// another, is tried even when 2 and 3 stalled.
+    fn start_trial(&mut self, conflicted: bool, now: Instant) {
         let home_rate = self.rate_at(self.home, now).unwrap_or(0.0);
         let promising = |limit: &u32| {
-            let needed = if *limit < self.home {
-                LOWER_LIMIT_TOLERANCE
-            } else {
-                1.0
-            };
             self.rate_at(*limit, now)
-                .is_none_or(|rate| rate > home_rate * needed)
+                .is_none_or(|rate| rate > home_rate)
         };
         let lower = (1..=lowered(self.home).min(self.home - 1))
             .rev()
@@ -234,29 +250,21 @@ impl Tuner {
         }
     }
 
-    /// A window at a neighbour on trial: the neighbour becomes home if it
-    /// has yielded more, or for a lower limit nearly as much (fewer
-    /// attempts at once conflict less and wait less, and a plateau of equal
-    /// limits is crossed downwards); otherwise home is kept and tried away
-    /// from more rarely.
-    fn judge_trial(&mut self, now: Instant) {
-        let needed = if self.current < self.home {
-            LOWER_LIMIT_TOLERANCE
-        } else {
-            1.0
-        };
+    /// A window at a limit on trial: it becomes home if it has yielded
+    /// more, and the next limit the same way goes on trial at once;
+    /// otherwise home is kept and tried away from more rarely.
+    fn judge_trial(&mut self, conflicted: bool, now: Instant) {
         let trial = self.rate_at(self.current, now).unwrap_or(0.0);
-        if self
-            .rate_at(self.home, now)
-            .is_none_or(|home| trial > home * needed)
-        {
+        if self.rate_at(self.home, now).is_none_or(|home| trial > home) {
+            self.lower_next = self.current < self.home;
             self.home = self.current;
             self.spacing = 1;
+            self.start_trial(conflicted, now);
         } else {
             self.current = self.home;
             self.spacing = (self.spacing * 2).min(MAX_TRIAL_SPACING);
+            self.countdown = self.spacing;
         }
-        self.countdown = self.spacing;
     }
 }
 
@@ -281,7 +289,7 @@ mod tests {
         for n in 0..count {
             tuner.attempt_started(*clock);
             *clock += each;
-            tuner.attempt_finished(Some(n < conflicts), *clock);
+            tuner.attempt_finished(Some(n < conflicts), each, *clock);
         }
         tuner.limit()
     }
@@ -300,15 +308,15 @@ mod tests {
     fn a_lower_limit_that_yields_more_becomes_home() {
         let mut clock = Instant::now();
         let mut tuner = Tuner::new(8, clock);
-        // One attempt in 16 conflicts; at 2 or fewer at once, attempts
-        // end twice as often.
+        // One attempt in 4 conflicts; at 2 or fewer at once, attempts end
+        // twice as often.
         for n in 0..10_000 {
             let each = if tuner.limit() <= 2 { 1 } else { 2 };
             run(
                 &mut tuner,
                 &mut clock,
                 1,
-                u32::from(n % 16 == 0),
+                u32::from(n % 4 == 0),
                 Duration::from_millis(each),
             );
         }
@@ -332,6 +340,24 @@ mod tests {
         }
         assert_eq!(tuner.home, 1);
         assert!((2..=5).contains(&trial_windows), "{trial_windows} trials");
+    }
+
+    #[test]
+    fn rare_conflicts_never_put_a_lower_limit_on_trial() {
+        let mut clock = Instant::now();
+        let mut tuner = Tuner::new(8, clock);
+        for n in 0..10_000 {
+            let each = if tuner.limit() < 8 { 1 } else { 2 };
+            let conflicts = u32::from(n % 16 == 0);
+            run(
+                &mut tuner,
+                &mut clock,
+                1,
+                conflicts,
+                Duration::from_millis(each),
+            );
+            assert_eq!(tuner.limit(), 8);
+        }
     }
 
     #[test]
