@@ -71,7 +71,7 @@ async fn record_transfer(from: i64, to: i64, amount: i64) -> Result<(), AppError
 }
 
 /// Two transfers touching an account take turns in this process before they
-/// reach the database; retries wait in the function's lane.
+/// reach the database; a retry waits for the function's next turn.
 #[transactional(isolation = "serializable", retry = 10, conflict_key = [from, to], contention = "adaptive")]
 async fn transfer_between(from: i64, to: i64, amount: i64) -> Result<(), AppError> {
     transfer(from, to, amount).await

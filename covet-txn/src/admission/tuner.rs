@@ -47,6 +47,10 @@ const YIELD_MEMORY: Duration = Duration::from_secs(30);
 /// only measure noise.
 const CONFLICT_TIME_SHARE: f64 = 0.1;
 
+/// The share of a window's attempt time lost to conflicts past which the
+/// next lower trial is a limit of 1.
+const MOSTLY_CONFLICTS: f64 = 0.5;
+
 /// A function's limit and what the tuner has measured of it.
 #[derive(Debug)]
 pub(crate) struct Tuner {
@@ -181,17 +185,19 @@ impl Tuner {
             return None;
         }
         let elapsed = self.window.busy.max(Duration::from_micros(1));
-        let conflicted = self.window.conflict_time.as_secs_f64()
-            >= CONFLICT_TIME_SHARE * self.window.attempt_time.as_secs_f64()
-            && self.window.conflicts > 0;
+        let conflict_share = if self.window.attempt_time.is_zero() {
+            0.0
+        } else {
+            self.window.conflict_time.as_secs_f64() / self.window.attempt_time.as_secs_f64()
+        };
         let useful = self.window.useful;
         self.yield_at(self.current).add(useful, elapsed, now);
         self.window = Window::default();
         let before = self.current;
         if self.current == self.home {
-            self.judge_home(conflicted, now);
+            self.judge_home(conflict_share, now);
         } else {
-            self.judge_trial(conflicted, now);
+            self.judge_trial(conflict_share, now);
         }
         (self.current != before).then_some(self.current)
     }
@@ -212,29 +218,34 @@ impl Tuner {
     }
 
     /// A window at home: when it is time, a limit goes on trial.
-    fn judge_home(&mut self, conflicted: bool, now: Instant) {
+    fn judge_home(&mut self, conflict_share: f64, now: Instant) {
         self.countdown = self.countdown.saturating_sub(1);
         if self.countdown == 0 {
-            self.start_trial(conflicted, now);
+            self.start_trial(conflict_share, now);
         }
     }
 
     /// Puts a limit on trial, if one is worth it. A lower limit only after
     /// a window whose conflicts took a real share of its time (without
-    /// them, fewer attempts at once cannot gain). A limit that measured no
-    /// better than home lately is passed over for the next one beyond it:
-    /// a limit of 1, where attempts of the function cannot deadlock one
-    /// another, is tried even when 2 and 3 stalled.
-    fn start_trial(&mut self, conflicted: bool, now: Instant) {
+    /// them, fewer attempts at once cannot gain); after one that lost most
+    /// of its time to them, a limit of 1 first, where attempts of the
+    /// function cannot conflict with one another at all (on PostgreSQL,
+    /// where a deadlock stalls for a second, every limit above 1 may
+    /// stall, and stepping down through them costs a stall each). A limit
+    /// that measured no better than home lately is passed over for the
+    /// next one beyond it.
+    fn start_trial(&mut self, conflict_share: f64, now: Instant) {
         let home_rate = self.rate_at(self.home, now).unwrap_or(0.0);
         let promising = |limit: &u32| {
             self.rate_at(*limit, now)
                 .is_none_or(|rate| rate > home_rate)
         };
+        let serial_first = conflict_share >= MOSTLY_CONFLICTS && promising(&1);
         let lower = (1..=lowered(self.home).min(self.home - 1))
             .rev()
             .find(promising)
-            .filter(|_| conflicted);
+            .map(|lower| if serial_first { 1 } else { lower })
+            .filter(|_| conflict_share >= CONFLICT_TIME_SHARE);
         let higher = (self.home + 1..=self.ceiling).find(promising);
         let trial = match (lower, higher) {
             (Some(lower), Some(_)) if self.lower_next => Some(lower),
@@ -253,13 +264,13 @@ impl Tuner {
     /// A window at a limit on trial: it becomes home if it has yielded
     /// more, and the next limit the same way goes on trial at once;
     /// otherwise home is kept and tried away from more rarely.
-    fn judge_trial(&mut self, conflicted: bool, now: Instant) {
+    fn judge_trial(&mut self, conflict_share: f64, now: Instant) {
         let trial = self.rate_at(self.current, now).unwrap_or(0.0);
         if self.rate_at(self.home, now).is_none_or(|home| trial > home) {
             self.lower_next = self.current < self.home;
             self.home = self.current;
             self.spacing = 1;
-            self.start_trial(conflicted, now);
+            self.start_trial(conflict_share, now);
         } else {
             self.current = self.home;
             self.spacing = (self.spacing * 2).min(MAX_TRIAL_SPACING);
@@ -358,6 +369,25 @@ mod tests {
             );
             assert_eq!(tuner.limit(), 8);
         }
+    }
+
+    #[test]
+    fn a_window_mostly_lost_to_conflicts_tries_one_at_a_time_next() {
+        let mut clock = Instant::now();
+        let mut tuner = Tuner::new(8, clock);
+        // Above 1, three attempts in four conflict after a long wait.
+        let mut windows = 0;
+        while tuner.home != 1 && windows < 4 {
+            if tuner.limit() == 1 {
+                run(&mut tuner, &mut clock, 16, 0, Duration::from_millis(1));
+            } else {
+                run(&mut tuner, &mut clock, 24, 24, Duration::from_millis(20));
+                run(&mut tuner, &mut clock, 8, 0, Duration::from_millis(1));
+            }
+            windows += 1;
+        }
+        assert_eq!(tuner.home, 1, "after {windows} windows");
+        assert_eq!(windows, 2);
     }
 
     #[test]
