@@ -35,10 +35,11 @@ const MAX_TRIAL_SPACING: u32 = 256;
 /// count half.
 const YIELD_HORIZON_SECONDS: f64 = 10.0;
 
-/// How long a limit's yield is remembered after its last window: a limit
-/// that measured worse is tried again after this, however rarely trials
-/// come, and a limit never measured is worth a trial whatever its
-/// neighbours yielded.
+/// How long a limit's yield is remembered after its last window, in the
+/// function's busy time (time with none of its attempts running changes
+/// nothing it could measure): a limit that measured worse is tried again
+/// after this, however rarely trials come, and a limit never measured is
+/// worth a trial whatever its neighbours yielded.
 const YIELD_MEMORY: Duration = Duration::from_secs(30);
 
 /// The share of a window's attempt time that attempts ending in a conflict
@@ -76,6 +77,8 @@ pub(crate) struct Tuner {
     in_flight: u32,
     /// When the last attempt started or ended.
     last_event: Instant,
+    /// All the time any attempt of the function ran.
+    busy_total: Duration,
 }
 
 /// Useful attempts and the time they took, at one limit.
@@ -83,13 +86,14 @@ pub(crate) struct Tuner {
 struct Yield {
     useful: f64,
     seconds: f64,
-    /// When a window last added to it; `None` for a limit never measured.
-    measured: Option<Instant>,
+    /// The function's busy time when a window last added to it; `None` for
+    /// a limit never measured.
+    measured: Option<Duration>,
 }
 
 impl Yield {
-    fn add(&mut self, useful: u32, elapsed: Duration, now: Instant) {
-        if self.is_stale(now) {
+    fn add(&mut self, useful: u32, elapsed: Duration, busy: Duration) {
+        if self.is_stale(busy) {
             *self = Yield::default();
         }
         // Halving what was before keeps the average recent without
@@ -100,19 +104,19 @@ impl Yield {
         }
         self.useful += f64::from(useful);
         self.seconds += elapsed.as_secs_f64();
-        self.measured = Some(now);
+        self.measured = Some(busy);
     }
 
     /// Whether what it says is too old to go by: the workload may have
     /// changed since.
-    fn is_stale(&self, now: Instant) -> bool {
+    fn is_stale(&self, busy: Duration) -> bool {
         self.measured
-            .is_none_or(|measured| now.saturating_duration_since(measured) > YIELD_MEMORY)
+            .is_none_or(|measured| busy.saturating_sub(measured) > YIELD_MEMORY)
     }
 
     /// Useful attempts per second; `None` when nothing was measured lately.
-    fn rate(&self, now: Instant) -> Option<f64> {
-        (!self.is_stale(now) && self.seconds > 0.0).then(|| self.useful / self.seconds)
+    fn rate(&self, busy: Duration) -> Option<f64> {
+        (!self.is_stale(busy) && self.seconds > 0.0).then(|| self.useful / self.seconds)
     }
 }
 
@@ -146,6 +150,7 @@ impl Tuner {
             window: Window::default(),
             in_flight: 0,
             last_event: now,
+            busy_total: Duration::ZERO,
         }
     }
 
@@ -191,20 +196,23 @@ impl Tuner {
             self.window.conflict_time.as_secs_f64() / self.window.attempt_time.as_secs_f64()
         };
         let useful = self.window.useful;
-        self.yield_at(self.current).add(useful, elapsed, now);
+        let busy = self.busy_total;
+        self.yield_at(self.current).add(useful, elapsed, busy);
         self.window = Window::default();
         let before = self.current;
         if self.current == self.home {
-            self.judge_home(conflict_share, now);
+            self.judge_home(conflict_share, busy);
         } else {
-            self.judge_trial(conflict_share, now);
+            self.judge_trial(conflict_share, busy);
         }
         (self.current != before).then_some(self.current)
     }
 
     fn count_busy(&mut self, now: Instant) {
         if self.in_flight > 0 {
-            self.window.busy += now.saturating_duration_since(self.last_event);
+            let busy = now.saturating_duration_since(self.last_event);
+            self.window.busy += busy;
+            self.busy_total += busy;
         }
         self.last_event = now;
     }
@@ -213,15 +221,15 @@ impl Tuner {
         &mut self.yields[limit as usize - 1]
     }
 
-    fn rate_at(&self, limit: u32, now: Instant) -> Option<f64> {
-        self.yields[limit as usize - 1].rate(now)
+    fn rate_at(&self, limit: u32, busy: Duration) -> Option<f64> {
+        self.yields[limit as usize - 1].rate(busy)
     }
 
     /// A window at home: when it is time, a limit goes on trial.
-    fn judge_home(&mut self, conflict_share: f64, now: Instant) {
+    fn judge_home(&mut self, conflict_share: f64, busy: Duration) {
         self.countdown = self.countdown.saturating_sub(1);
         if self.countdown == 0 {
-            self.start_trial(conflict_share, now);
+            self.start_trial(conflict_share, busy);
         }
     }
 
@@ -234,10 +242,10 @@ impl Tuner {
     /// stall, and stepping down through them costs a stall each). A limit
     /// that measured no better than home lately is passed over for the
     /// next one beyond it.
-    fn start_trial(&mut self, conflict_share: f64, now: Instant) {
-        let home_rate = self.rate_at(self.home, now).unwrap_or(0.0);
+    fn start_trial(&mut self, conflict_share: f64, busy: Duration) {
+        let home_rate = self.rate_at(self.home, busy).unwrap_or(0.0);
         let promising = |limit: &u32| {
-            self.rate_at(*limit, now)
+            self.rate_at(*limit, busy)
                 .is_none_or(|rate| rate > home_rate)
         };
         let serial_first = conflict_share >= MOSTLY_CONFLICTS && promising(&1);
@@ -264,13 +272,16 @@ impl Tuner {
     /// A window at a limit on trial: it becomes home if it has yielded
     /// more, and the next limit the same way goes on trial at once;
     /// otherwise home is kept and tried away from more rarely.
-    fn judge_trial(&mut self, conflict_share: f64, now: Instant) {
-        let trial = self.rate_at(self.current, now).unwrap_or(0.0);
-        if self.rate_at(self.home, now).is_none_or(|home| trial > home) {
+    fn judge_trial(&mut self, conflict_share: f64, busy: Duration) {
+        let trial = self.rate_at(self.current, busy).unwrap_or(0.0);
+        if self
+            .rate_at(self.home, busy)
+            .is_none_or(|home| trial > home)
+        {
             self.lower_next = self.current < self.home;
             self.home = self.current;
             self.spacing = 1;
-            self.start_trial(conflict_share, now);
+            self.start_trial(conflict_share, busy);
         } else {
             self.current = self.home;
             self.spacing = (self.spacing * 2).min(MAX_TRIAL_SPACING);
