@@ -14,8 +14,9 @@
 //! time committed 17 times what the hand-written loop did on PostgreSQL and
 //! 0.72 times on MariaDB.
 //!
-//! The tuner is pure bookkeeping: it is told when each attempt ends and
-//! answers with the limit to admit at; the permits are `limit`'s business.
+//! The tuner is pure bookkeeping: it is told when each attempt starts and
+//! ends, and answers with the limit to admit at; the permits are `limit`'s
+//! business.
 
 use std::time::{Duration, Instant};
 
