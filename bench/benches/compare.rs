@@ -4,6 +4,7 @@
 //! an open transaction holds. The harness and what makes it fair are in the
 //! crate's `src/` (see its docs).
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -748,12 +749,21 @@ async fn postgres_pool(max: u32) -> Option<Pool<sqlx::Postgres>> {
 }
 
 /// A PostgreSQL pool at the URL in `variable` (`default` without it), or
-/// `None` after a notice.
+/// `None` after a notice. Its sessions detect deadlocks after PostgreSQL's
+/// default `deadlock_timeout` of 1 s, whatever the database was set to:
+/// the contended scenario's PostgreSQL figures depend on it.
 async fn postgres_pool_at(variable: &str, default: &str, max: u32) -> Option<Pool<sqlx::Postgres>> {
     let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
+    let options = match sqlx::postgres::PgConnectOptions::from_str(&url) {
+        Ok(options) => options.options([("deadlock_timeout", "1s")]),
+        Err(error) => {
+            eprintln!("notice: skipping PostgreSQL at {url}: {error}");
+            return None;
+        }
+    };
     match sqlx::postgres::PgPoolOptions::new()
         .max_connections(max)
-        .connect(&url)
+        .connect_with(options)
         .await
     {
         Ok(pool) => Some(pool),

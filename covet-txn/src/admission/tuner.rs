@@ -240,9 +240,9 @@ impl Tuner {
     /// of its time to them, a limit of 1 first, where attempts of the
     /// function cannot conflict with one another at all (on PostgreSQL,
     /// where a deadlock stalls for a second, every limit above 1 may
-    /// stall, and stepping down through them costs a stall each). A limit
-    /// that measured no better than home lately is passed over for the
-    /// next one beyond it.
+    /// stall, and stepping down through them costs a stall each). Going
+    /// down, a limit that measured no better than home lately is passed
+    /// over for the next one beyond it; going up, it ends the search.
     fn start_trial(&mut self, conflict_share: f64, busy: Duration) {
         let home_rate = self.rate_at(self.home, busy).unwrap_or(0.0);
         let promising = |limit: &u32| {
@@ -255,7 +255,11 @@ impl Tuner {
             .find(promising)
             .map(|lower| if serial_first { 1 } else { lower })
             .filter(|_| conflict_share >= CONFLICT_TIME_SHARE);
-        let higher = (self.home + 1..=self.ceiling).find(promising);
+        // Upwards only the next limit: past one that measured worse, more
+        // at once is no likelier to gain, and every try of a limit that
+        // stalls costs a stall.
+        let higher =
+            Some(self.home + 1).filter(|higher| *higher <= self.ceiling && promising(higher));
         let trial = match (lower, higher) {
             (Some(lower), Some(_)) if self.lower_next => Some(lower),
             (Some(lower), None) => Some(lower),
@@ -349,15 +353,16 @@ mod tests {
     #[test]
     fn a_limit_that_measured_worse_is_tried_again_only_once_its_yield_is_stale() {
         let mut clock = Instant::now();
-        let mut tuner = Tuner::new(2, clock);
+        let mut tuner = Tuner::new(8, clock);
         tuner.home = 1;
         tuner.current = 1;
         let mut trial_windows = 0;
-        // About 100 s of attempts: at 2 at once, they stall.
+        // About 100 s of attempts: at 2 or more at once, they stall; once 2
+        // has, nothing higher is tried either.
         for _ in 0..6_000 {
-            let each = if tuner.limit() == 2 { 50 } else { 1 };
+            let each = if tuner.limit() > 1 { 50 } else { 1 };
             run(&mut tuner, &mut clock, 16, 0, Duration::from_millis(each));
-            if tuner.limit() == 2 {
+            if tuner.limit() > 1 {
                 trial_windows += 1;
             }
         }
