@@ -226,10 +226,22 @@ impl Tuner {
         self.yields[limit as usize - 1].rate(busy)
     }
 
-    /// A window at home: when it is time, a limit goes on trial.
+    /// A window at home: when it is time, a limit goes on trial, and at
+    /// once when another limit has measured better than home now does (a
+    /// stall at home, after a trial of that limit lost to home's good
+    /// windows).
     fn judge_home(&mut self, conflict_share: f64, busy: Duration) {
         self.countdown = self.countdown.saturating_sub(1);
-        if self.countdown == 0 {
+        let home_rate = self.rate_at(self.home, busy).unwrap_or(0.0);
+        let outdone = (1..=self.ceiling)
+            .filter(|limit| *limit != self.home)
+            .any(|limit| {
+                self.rate_at(limit, busy)
+                    .is_some_and(|rate| rate > home_rate)
+            });
+        if outdone {
+            self.start_trial(conflict_share.max(CONFLICT_TIME_SHARE), busy);
+        } else if self.countdown == 0 {
             self.start_trial(conflict_share, busy);
         }
     }
@@ -405,6 +417,23 @@ mod tests {
         }
         assert_eq!(tuner.home, 1, "after {windows} windows");
         assert_eq!(windows, 2);
+    }
+
+    #[test]
+    fn a_stall_at_home_sends_the_limit_back_to_one_that_measured_better() {
+        let mut clock = Instant::now();
+        let mut tuner = Tuner::new(2, clock);
+        // 1 measured 1 attempt per ms, then 2 measured faster and is home…
+        tuner.current = 1;
+        run(&mut tuner, &mut clock, 16, 0, Duration::from_millis(1));
+        tuner.current = 2;
+        run(&mut tuner, &mut clock, 16, 4, Duration::from_micros(500));
+        assert_eq!((tuner.home, tuner.limit()), (2, 2));
+        tuner.countdown = MAX_TRIAL_SPACING;
+        // …until a stall, after which 1 goes on trial at once, long before
+        // the next trial was due.
+        run(&mut tuner, &mut clock, 16, 4, Duration::from_millis(100));
+        assert_eq!(tuner.limit(), 1);
     }
 
     #[test]
