@@ -53,6 +53,12 @@ const CONFLICT_TIME_SHARE: f64 = 0.1;
 /// next lower trial is a limit of 1.
 const MOSTLY_CONFLICTS: f64 = 0.5;
 
+/// How many times home's goodput another limit must have measured for a
+/// trial to come at once: far past a window's noise (±20 % on the
+/// benchmark), so that only a collapse at home, such as a deadlock stall,
+/// hurries a trial.
+const OUTDONE: f64 = 1.5;
+
 /// A function's limit and what the tuner has measured of it.
 #[derive(Debug)]
 pub(crate) struct Tuner {
@@ -227,8 +233,8 @@ impl Tuner {
     }
 
     /// A window at home: when it is time, a limit goes on trial, and at
-    /// once when another limit has measured better than home now does (a
-    /// stall at home, after a trial of that limit lost to home's good
+    /// once when another limit has measured far better than home now does
+    /// (a stall at home, after a trial of that limit lost to home's good
     /// windows).
     fn judge_home(&mut self, conflict_share: f64, busy: Duration) {
         self.countdown = self.countdown.saturating_sub(1);
@@ -237,11 +243,9 @@ impl Tuner {
             .filter(|limit| *limit != self.home)
             .any(|limit| {
                 self.rate_at(limit, busy)
-                    .is_some_and(|rate| rate > home_rate)
+                    .is_some_and(|rate| rate > home_rate * OUTDONE)
             });
-        if outdone {
-            self.start_trial(conflict_share.max(CONFLICT_TIME_SHARE), busy);
-        } else if self.countdown == 0 {
+        if outdone || self.countdown == 0 {
             self.start_trial(conflict_share, busy);
         }
     }
@@ -282,7 +286,8 @@ impl Tuner {
                 self.lower_next = trial > self.home;
                 self.current = trial;
             }
-            None => self.countdown = self.spacing,
+            None if self.countdown == 0 => self.countdown = self.spacing,
+            None => {}
         }
     }
 
@@ -298,6 +303,7 @@ impl Tuner {
             self.lower_next = self.current < self.home;
             self.home = self.current;
             self.spacing = 1;
+            self.countdown = 0;
             self.start_trial(conflict_share, busy);
         } else {
             self.current = self.home;
