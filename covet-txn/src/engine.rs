@@ -116,7 +116,7 @@ impl<DB: Backend> Engine<DB> {
             )?)),
             None if request.holding > 0 => {
                 let acquire = async {
-                    Box::pin(self.pool.acquire())
+                    crate::boxed::pinned(|| self.pool.acquire())
                         .await
                         .map_err(|source| Error::database(Operation::Acquire, source))
                 };
@@ -179,7 +179,7 @@ impl<DB: Backend> Engine<DB> {
     }
 
     async fn connection(&self) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
-        Box::pin(self.pool.acquire())
+        crate::boxed::pinned(|| self.pool.acquire())
             .await
             .map_err(|source| Error::database(Operation::Acquire, source))
     }

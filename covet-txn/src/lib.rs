@@ -107,6 +107,7 @@ extern crate self as covet_txn;
 
 mod admission;
 mod backend;
+mod boxed;
 mod call;
 mod context;
 mod defaults;

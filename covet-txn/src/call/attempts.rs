@@ -14,6 +14,7 @@ use super::Call;
 use super::enter::{Entry, Own, Way};
 use crate::admission::Ticket;
 use crate::backend;
+use crate::boxed;
 use crate::engine::EngineHandle;
 use crate::error::{self, Error, Operation};
 use crate::failure::{Failure, FailureKind, LastFailure};
@@ -43,8 +44,10 @@ where
         Err(error) => return Either::Right(Either::Right(ready(Err(error.into())))),
     };
     match call.way() {
-        Way::Own(own) => Either::Left(Box::pin(finish_own(call, own, body))),
-        Way::Within(within) => Either::Right(Either::Left(finish(call, within, Box::pin(body)))),
+        Way::Own(own) => Either::Left(boxed::pinned(|| finish_own(call, own, body))),
+        Way::Within(within) => {
+            Either::Right(Either::Left(finish(call, within, boxed::pinned(|| body))))
+        }
     }
 }
 
@@ -152,11 +155,13 @@ impl<E: From<Error>> Attempts<E> {
         self.attempts += 1;
         let attempt = self.attempts;
         match call.way() {
-            Way::Own(own) => Either::Left(Box::pin(attempt_own(call, policy, own, body, attempt))),
+            Way::Own(own) => Either::Left(boxed::pinned(|| {
+                attempt_own(call, policy, own, body, attempt)
+            })),
             // Inside a running transaction only the outermost call retries: a
             // retryable error goes up to it.
             Way::Within(within) => Either::Right(Either::Left(async move {
-                Some(call.run(within, Box::pin(body), attempt).await)
+                Some(call.run(within, boxed::pinned(|| body), attempt).await)
             })),
         }
     }

@@ -140,7 +140,7 @@ impl<DB: Driver> Session<DB> {
                 finished
             }
             None => {
-                let mut conn = Box::pin(self.pool.acquire())
+                let mut conn = crate::boxed::pinned(|| self.pool.acquire())
                     .await
                     .map_err(|source| Error::database(Operation::Acquire, source))?;
                 finish_on::<DB>(&mut conn, prepared, branch, commit).await

@@ -83,11 +83,11 @@ impl<DB: Driver> Session<DB> {
         let (conn, origin) = match source {
             Source::Lent(parent) => (parent.lend()?, Origin::Lent(parent)),
             Source::Acquired(conn) => (conn, Origin::Pool),
-            // Boxed where it is made, as `pool.begin()` boxes it: sqlx's wait
-            // for a connection is kilobytes of state, which every future
-            // awaiting it would otherwise carry and copy.
+            // Boxed, and built in its box: sqlx's wait for a connection is
+            // kilobytes of state, which every future awaiting it would
+            // otherwise carry, and `Box::pin` would copy.
             Source::Pool => (
-                Box::pin(pool.acquire())
+                crate::boxed::pinned(|| pool.acquire())
                     .await
                     .map_err(|source| Error::database(Operation::Acquire, source))?,
                 Origin::Pool,
