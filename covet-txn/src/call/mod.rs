@@ -211,9 +211,18 @@ impl<E: From<Error>> Call<E> {
                 .savepoint_span(self.running.as_ref().map_or(1, |frame| frame.depth) + 1),
             Plan::Autocommit { .. } | Plan::Join => tracing::Span::none(),
         };
+        // A span no subscriber wants is still entered and left on every
+        // poll, and with tracing's `log` feature (which sqlx turns on) each
+        // of those asks `log` whether to print it: a call polls a disabled
+        // span as `Span::none()`, which skips both.
+        let entered = if span.is_disabled() {
+            tracing::Span::none()
+        } else {
+            span.clone()
+        };
         let result = self
             .run_in_scope(way, body, attempt)
-            .instrument(span.clone())
+            .instrument(entered)
             .await;
         if !span.is_none() {
             let outcome = match (&result, self.plan) {
