@@ -125,6 +125,7 @@ mod observe;
 mod options;
 #[cfg(feature = "outbox")]
 pub mod outbox;
+mod quick_map;
 mod replicas;
 mod request;
 mod retry;

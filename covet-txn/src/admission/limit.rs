@@ -94,15 +94,21 @@ impl FunctionGate {
     /// ahead. Dropping the future leaves the queue and takes nothing.
     pub(crate) async fn admit(self: &Arc<Self>, queue: Queue) -> GatePermit {
         self.limited.store(true, Ordering::Relaxed);
-        let door = match queue {
-            Queue::First => Some(self.door.acquire().await),
-            Queue::Retry => None,
+        let permit = match self.try_admit(queue) {
+            Some(permit) => permit,
+            None => {
+                let door = match queue {
+                    Queue::First => Some(self.door.acquire().await),
+                    Queue::Retry => None,
+                };
+                let permit = match Arc::clone(&self.attempts).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => unreachable!("admission semaphores are never closed"),
+                };
+                drop(door);
+                permit
+            }
         };
-        let permit = match Arc::clone(&self.attempts).acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => unreachable!("admission semaphores are never closed"),
-        };
-        drop(door);
         let admitted = Instant::now();
         lock(&self.limit).tuner.attempt_started(admitted);
         GatePermit {
@@ -111,6 +117,20 @@ impl FunctionGate {
             conflict: None,
             admitted,
         }
+    }
+
+    /// A turn at once, when one is free: without building the futures of
+    /// a wait, which most attempts of a function below its limit never
+    /// need. As fair as waiting: tokio hands a returned permit to the
+    /// first waiter, so a permit is free only while nobody waits for it.
+    fn try_admit(&self, queue: Queue) -> Option<OwnedSemaphorePermit> {
+        let door = match queue {
+            Queue::First => Some(self.door.try_acquire().ok()?),
+            Queue::Retry => None,
+        };
+        let permit = Arc::clone(&self.attempts).try_acquire_owned().ok();
+        drop(door);
+        permit
     }
 
     /// Whether an attempt in `queue` would wait now.

@@ -21,7 +21,6 @@ pub(crate) mod limit;
 mod tuner;
 pub(crate) mod writers;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use self::keys::{ConflictKeys, HeldKeys, KeyTable};
 use self::limit::{FunctionGate, GatePermit, Queue, lock};
 use self::writers::WriterGate;
 use crate::options::Contention;
+use crate::quick_map::QuickMap;
 
 /// A manager's admission state.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub(crate) struct Admission {
     mode: Contention,
     /// The most attempts a function's limit admits: the pool's size.
     ceiling: u32,
-    functions: Mutex<HashMap<&'static str, Arc<FunctionGate>>>,
+    functions: Mutex<QuickMap<&'static str, Arc<FunctionGate>>>,
     keys: KeyTable,
     /// The database file's writer gate (SQLite files only).
     writers: Option<WriterGate>,

@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::two_phase::{TwoPhaseStats, TwoPhaseViews};
+use crate::quick_map::QuickMap;
 
 use super::counters::{Counter, DURATION_BUCKETS, FunctionMetrics, HistogramCounts};
 
@@ -122,34 +122,6 @@ impl std::fmt::Debug for Metrics {
         f.debug_struct("Metrics").field("id", &self.id).finish()
     }
 }
-
-/// A multiply-and-rotate hash for small keys of our own (ids, addresses):
-/// the default SipHash guards against hostile keys these cannot be, at
-/// several times the cost, on every transaction.
-#[derive(Default)]
-struct QuickHasher(u64);
-
-impl Hasher for QuickHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64(u64::from(*byte));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-}
-
-type QuickMap<K, V> = HashMap<K, V, BuildHasherDefault<QuickHasher>>;
 
 thread_local! {
     /// Series this thread has looked up: (manager, address and length of the
