@@ -71,6 +71,7 @@
 //!
 //! | layer | modules | what they own |
 //! |---|---|---|
+//! | tools | `boxed`, `quick_map` | boxing a future in its allocation; a hash map for the runtime's own small keys |
 //! | vocabulary | `options`, `failure` | isolation levels, propagation, failure kinds: data only |
 //! | state | `state`, `error` | a transaction's state machine; the runtime's one error type |
 //! | events and rules | `event`, `retry`, `nested_acquire`, `admission/` | what hooks see; retry policy and backoff; pool waits of `requires_new`; the queues, limits and key table attempts are admitted through |
