@@ -45,9 +45,7 @@ where
     };
     match call.way() {
         Way::Own(own) => Either::Left(boxed::pinned(|| finish_own(call, own, body))),
-        Way::Within(within) => {
-            Either::Right(Either::Left(finish(call, within, boxed::pinned(|| body))))
-        }
+        Way::Within(within) => Either::Right(Either::Left(finish(call, within, Box::pin(body)))),
     }
 }
 
@@ -161,7 +159,7 @@ impl<E: From<Error>> Attempts<E> {
             // Inside a running transaction only the outermost call retries: a
             // retryable error goes up to it.
             Way::Within(within) => Either::Right(Either::Left(async move {
-                Some(call.run(within, boxed::pinned(|| body), attempt).await)
+                Some(call.run(within, Box::pin(body), attempt).await)
             })),
         }
     }
