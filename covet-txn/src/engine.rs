@@ -310,6 +310,11 @@ impl EngineHandle {
         dispatch!(self, engine => engine.dialect.default_isolation())
     }
 
+    /// The dialect's [`reads_wait_for_commit`](crate::dialect::Dialect::reads_wait_for_commit).
+    pub(crate) fn reads_wait_for_commit(&self, isolation: Isolation) -> bool {
+        dispatch!(self, engine => engine.dialect.reads_wait_for_commit(isolation))
+    }
+
     pub(crate) fn max_connections(&self) -> u32 {
         dispatch!(self, engine => engine.pool.options().get_max_connections())
     }

@@ -470,3 +470,118 @@ mod sqlite_writers {
         assert_eq!(total, 8);
     }
 }
+
+/// Declared keys keep read-modify-write increments of one row from losing an
+/// update or conflicting, at REPEATABLE READ and at SERIALIZABLE. On MySQL
+/// and MariaDB at SERIALIZABLE, where every read waits for a committing
+/// transaction's locks, the next call with the key begins while the COMMIT
+/// before it is in flight; at REPEATABLE READ, where a read takes a
+/// snapshot, it must begin only once that COMMIT is answered, or it would
+/// read the value before it and write it back plus one, losing an
+/// increment. PostgreSQL's reads never wait for a writer, so there every
+/// call waits for the answer, or it would fail with a serialization failure.
+macro_rules! keyed_increments {
+    ($module:ident, $pool:path, $conn:path, $first:literal, $second:literal) => {
+        mod $module {
+            use super::*;
+
+            #[transactional(isolation = "serializable", retry = 5, conflict_key = counter)]
+            async fn increment_serializable(table: &str, counter: i64) -> Result<u32, AppError> {
+                increment(table, counter).await
+            }
+
+            #[transactional(isolation = "repeatable_read", retry = 5, conflict_key = counter)]
+            async fn increment_repeatable_read(table: &str, counter: i64) -> Result<u32, AppError> {
+                increment(table, counter).await
+            }
+
+            /// Reads the counter, lets the other tasks run, writes it plus
+            /// one; returns the attempt it took.
+            async fn increment(table: &str, counter: i64) -> Result<u32, AppError> {
+                let read = format!(concat!("SELECT value FROM {} WHERE id = ", $first), table);
+                let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(read))
+                    .bind(counter)
+                    .fetch_one(&mut *$conn()?)
+                    .await?;
+                tokio::task::yield_now().await;
+                let write = format!(
+                    concat!("UPDATE {} SET value = ", $first, " WHERE id = ", $second),
+                    table
+                );
+                sqlx::query(sqlx::AssertSqlSafe(write))
+                    .bind(value + 1)
+                    .bind(counter)
+                    .execute(&mut *$conn()?)
+                    .await?;
+                Ok(covet_txn::current().map_or(0, |info| info.attempt))
+            }
+
+            async fn run(table: &'static str, serializable: bool) {
+                let Some(pool) = $pool(4).await else { return };
+                let setup = [
+                    format!("DROP TABLE IF EXISTS {table}"),
+                    format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, value BIGINT NOT NULL)"),
+                    format!("INSERT INTO {table} (id, value) VALUES (1, 0)"),
+                ];
+                for sql in setup {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&pool)
+                        .await
+                        .expect("sets up");
+                }
+                let manager = TxManager::new(pool.clone());
+                let tasks = (0..4).map(|_| {
+                    manager.scope(async move {
+                        let mut attempts = Vec::new();
+                        for _ in 0..25 {
+                            let attempt = if serializable {
+                                increment_serializable(table, 1).await
+                            } else {
+                                increment_repeatable_read(table, 1).await
+                            };
+                            attempts.push(attempt.expect("increments"));
+                        }
+                        attempts
+                    })
+                });
+                let attempts: Vec<u32> = futures_util::future::join_all(tasks).await.concat();
+                assert!(
+                    attempts.iter().all(|attempt| *attempt == 1),
+                    "an increment was retried: {attempts:?}"
+                );
+                let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT value FROM {table} WHERE id = 1"
+                )))
+                .fetch_one(&pool)
+                .await
+                .expect("reads");
+                assert_eq!(value, 100, "an increment was lost");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keyed_increments_at_serializable_lose_nothing_and_never_conflict() {
+                run(concat!("keyed_serializable_", stringify!($module)), true).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keyed_increments_at_repeatable_read_lose_nothing_and_never_conflict() {
+                run(concat!("keyed_repeatable_", stringify!($module)), false).await;
+            }
+        }
+    };
+}
+
+keyed_increments!(
+    on_postgres,
+    covet_txn_tests::postgres,
+    covet_txn::postgres::conn,
+    "$1",
+    "$2"
+);
+keyed_increments!(
+    on_mariadb,
+    covet_txn_tests::mysql,
+    covet_txn::mysql::conn,
+    "?",
+    "?"
+);

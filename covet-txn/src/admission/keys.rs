@@ -5,7 +5,17 @@
 //!
 //! A key is hashed to one of [`KEY_SLOTS`] slots, each a first-come,
 //! first-served lock; a call never waits while holding a slot, so that two
-//! calls never wait for each other in a circle. Different keys that share a
+//! calls never wait for each other in a circle.
+//!
+//! A slot is two locks: its turn, held while a call runs, and its settling
+//! lock, held while a call that gave its turn on as its COMMIT went out
+//! waits for the answer. A call whose every read waits for a committing
+//! transaction's locks (the dialect says when) takes only the turn, so that
+//! its BEGIN overlaps the flush of the previous COMMIT; any other call takes
+//! both, and so begins only once that COMMIT has been answered. Only the
+//! first kind gives its turn on early, and takes the settling locks to do
+//! it (waiting, if need be, for a predecessor's COMMIT, whose holder waits
+//! for nothing in the table). Different keys that share a
 //! slot take turns too (rarely: one chance in [`KEY_SLOTS`] per pair). Keys
 //! are a way to avoid conflicts, not a guarantee of isolation: the database
 //! still isolates every transaction, so a key past the [`MAX_KEYS`]th is
@@ -82,13 +92,47 @@ impl ConflictKeys {
 /// A manager's key table, made on the first call that declares a key.
 #[derive(Debug, Default)]
 pub(crate) struct KeyTable {
-    slots: OnceLock<Box<[Arc<Mutex<()>>]>>,
+    slots: OnceLock<Box<[Slot]>>,
+}
+
+/// One slot: its turn and its settling lock.
+#[derive(Debug, Default)]
+struct Slot {
+    turn: Arc<Mutex<()>>,
+    settling: Arc<Mutex<()>>,
 }
 
 /// The slots a call holds, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct HeldKeys {
-    _guards: Vec<OwnedMutexGuard<()>>,
+    /// The turns (and, for a call that does not give its turn on early, the
+    /// settling locks).
+    guards: Vec<OwnedMutexGuard<()>>,
+    /// The settling locks to take when giving the turns on: empty for a call
+    /// that holds them already.
+    to_settle: Vec<Arc<Mutex<()>>>,
+    /// The settling locks taken, held until the COMMIT is answered.
+    settling: Vec<OwnedMutexGuard<()>>,
+}
+
+impl HeldKeys {
+    /// Gives the turns on as the COMMIT goes out, keeping the slots'
+    /// settling locks until it is answered; nothing for a call that may not
+    /// give its turn on early.
+    pub(crate) async fn pass_on(&mut self) {
+        if self.to_settle.is_empty() {
+            return;
+        }
+        for settling in std::mem::take(&mut self.to_settle) {
+            self.settling.push(settling.lock_owned().await);
+        }
+        self.guards.clear();
+    }
+
+    /// The COMMIT was answered: whoever waits for it may begin.
+    pub(crate) fn settled(&mut self) {
+        self.settling.clear();
+    }
 }
 
 impl KeyTable {
@@ -100,15 +144,27 @@ impl KeyTable {
     /// that needs one of them wait too (convoys, measured on the contended
     /// benchmark). Dropping the future gives back what it took and leaves
     /// the queue it was in.
-    pub(crate) async fn hold(&self, keys: &ConflictKeys) -> (HeldKeys, bool) {
+    ///
+    /// `overlaps`: the call's reads all wait for a committing transaction's
+    /// locks, so it takes only the turns, and gives them on early.
+    pub(crate) async fn hold(&self, keys: &ConflictKeys, overlaps: bool) -> (HeldKeys, bool) {
         let table = self
             .slots
-            .get_or_init(|| (0..KEY_SLOTS).map(|_| Arc::new(Mutex::new(()))).collect());
-        let locks: Vec<&Arc<Mutex<()>>> = keys
-            .slots()
-            .iter()
-            .map(|slot| &table[usize::from(*slot)])
-            .collect();
+            .get_or_init(|| (0..KEY_SLOTS).map(|_| Slot::default()).collect());
+        let slots = keys.slots().iter().map(|slot| &table[usize::from(*slot)]);
+        let locks: Vec<&Arc<Mutex<()>>> = if overlaps {
+            slots.clone().map(|slot| &slot.turn).collect()
+        } else {
+            slots
+                .clone()
+                .flat_map(|slot| [&slot.turn, &slot.settling])
+                .collect()
+        };
+        let to_settle: Vec<Arc<Mutex<()>>> = if overlaps {
+            slots.map(|slot| Arc::clone(&slot.settling)).collect()
+        } else {
+            Vec::new()
+        };
         let mut queued = false;
         let mut waited_for: Option<(usize, OwnedMutexGuard<()>)> = None;
         loop {
@@ -131,7 +187,12 @@ impl KeyTable {
             }
             let Some(index) = blocked else {
                 held.extend(waited_for.map(|(_, guard)| guard));
-                return (HeldKeys { _guards: held }, queued);
+                let held = HeldKeys {
+                    guards: held,
+                    to_settle,
+                    settling: Vec::new(),
+                };
+                return (held, queued);
             };
             drop(held);
             drop(waited_for.take());
@@ -169,21 +230,62 @@ mod tests {
             ConflictKeys::new().with(&2_i64),
         );
         assert_ne!(first, second);
-        let (holding_first, _) = table.hold(&first).await;
+        let (holding_first, _) = table.hold(&first, false).await;
         let waiting = tokio::spawn({
             let table = Arc::clone(&table);
-            async move { table.hold(&first.with(&2_i64)).await.1 }
+            async move { table.hold(&first.with(&2_i64), false).await.1 }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !waiting.is_finished(),
             "both keys were taken while one was held"
         );
-        let (_, queued) = tokio::time::timeout(Duration::from_millis(20), table.hold(&second))
-            .await
-            .expect("the free key is not held by the waiting call");
+        let (_, queued) =
+            tokio::time::timeout(Duration::from_millis(20), table.hold(&second, false))
+                .await
+                .expect("the free key is not held by the waiting call");
         assert!(!queued);
         drop(holding_first);
         assert!(waiting.await.expect("no panic"), "the call waited");
+    }
+
+    #[tokio::test]
+    async fn a_turn_given_on_at_commit_lets_in_only_calls_whose_reads_wait() {
+        let table = Arc::new(KeyTable::default());
+        let key = ConflictKeys::new().with(&7_i64);
+        let (mut committing, _) = table.hold(&key, true).await;
+        committing.pass_on().await;
+        let (mut next, queued) =
+            tokio::time::timeout(Duration::from_millis(20), table.hold(&key, true))
+                .await
+                .expect("a call whose reads wait begins during the COMMIT");
+        assert!(!queued);
+        let snapshot_reader = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.hold(&key, false).await.1 }
+        });
+        let next_passes_on = tokio::spawn(async move {
+            next.pass_on().await;
+            next
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !snapshot_reader.is_finished(),
+            "a call reading a snapshot began before the COMMIT was answered"
+        );
+        assert!(
+            !next_passes_on.is_finished(),
+            "the next call gave its turn on before the COMMIT it follows was answered"
+        );
+        committing.settled();
+        let mut next = next_passes_on.await.expect("no panic");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !snapshot_reader.is_finished(),
+            "a call reading a snapshot began during the next call's COMMIT"
+        );
+        next.settled();
+        drop(next);
+        assert!(snapshot_reader.await.expect("no panic"), "it waited");
     }
 }

@@ -54,13 +54,17 @@ pub(crate) struct Ask<'a> {
     pub(crate) keys: &'a ConflictKeys,
     /// Whether the transaction may write.
     pub(crate) writes: bool,
+    /// Whether every read of the transaction waits for the locks of one
+    /// whose COMMIT is in flight, so that it may begin during that COMMIT
+    /// and give its own keys on as its COMMIT goes out.
+    pub(crate) overlaps: bool,
 }
 
 /// An admitted attempt's turns, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     gate: Option<GatePermit>,
-    _keys: Option<HeldKeys>,
+    keys: Option<HeldKeys>,
     _writer: Option<OwnedSemaphorePermit>,
     /// How long the attempt waited, if it waited at all.
     pub(crate) waited: Option<Duration>,
@@ -100,7 +104,7 @@ impl Admission {
         let keys = if ask.keys.is_empty() {
             None
         } else {
-            let (held, queued) = self.keys.hold(ask.keys).await;
+            let (held, queued) = self.keys.hold(ask.keys, ask.overlaps).await;
             waited |= queued;
             Some(held)
         };
@@ -122,7 +126,7 @@ impl Admission {
         drop(waiting);
         Ticket {
             gate: permit,
-            _keys: keys,
+            keys,
             _writer: writer,
             waited: waited.then(|| started.elapsed()),
         }
@@ -165,6 +169,21 @@ impl Ticket {
     pub(crate) fn ended(&mut self, conflict: bool) {
         if let Some(gate) = &mut self.gate {
             gate.ended(conflict);
+        }
+    }
+
+    /// The attempt's COMMIT is about to go out: its keys go on to the next
+    /// call now, where its admission allowed it (see `keys`).
+    pub(crate) async fn commit_going_out(&mut self) {
+        if let Some(keys) = &mut self.keys {
+            keys.pass_on().await;
+        }
+    }
+
+    /// The attempt's COMMIT was answered.
+    pub(crate) fn commit_answered(&mut self) {
+        if let Some(keys) = &mut self.keys {
+            keys.settled();
         }
     }
 }

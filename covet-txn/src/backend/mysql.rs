@@ -78,6 +78,14 @@ impl Dialect<MySql> for MySqlDialect {
         crate::dialect::standard_savepoint(action, name)
     }
 
+    // At SERIALIZABLE InnoDB takes every plain SELECT of a transaction as a
+    // locking read (`FOR SHARE`), which waits for the row locks a committing
+    // transaction holds until its commit is done; at REPEATABLE READ and
+    // below a plain SELECT reads a snapshot without waiting.
+    fn reads_wait_for_commit(&self, isolation: Isolation) -> bool {
+        isolation == Isolation::Serializable
+    }
+
     fn classify(&self, error: &(dyn DatabaseError + 'static)) -> Option<FailureKind> {
         let database = error.try_downcast_ref::<MySqlDatabaseError>()?;
         match database.number() {

@@ -5,23 +5,30 @@
 //! perhaps the very turn it waits for). The wait counts against the call's
 //! deadline. What the queues are is `admission`'s business.
 
+use std::sync::Mutex;
+
 use tokio::time::timeout_at;
 
 use super::Call;
 use super::enter::{Own, Way};
-use crate::admission::limit::Queue;
+use crate::admission::limit::{Queue, lock};
 use crate::admission::{Ask, Ticket};
 use crate::error::Error;
 use crate::failure::FailureKind;
 
 impl<E: From<Error>> Call<E> {
-    /// Waits for the attempt's turn, if it has one to wait for: `Ok(None)`
-    /// when nothing gates it.
-    pub(crate) async fn admit(&self, attempt: u32) -> Result<Option<Ticket>, Error> {
+    /// Waits for the attempt's turns, if it has any to wait for, and holds
+    /// them for it until [`Call::end_turns`]. `Ok(true)`: its function's
+    /// limit admitted it (contention management is on for it).
+    pub(crate) async fn admit(&self, attempt: u32) -> Result<bool, Error> {
         let options = &self.options.options;
         if options.test || !matches!(self.way(), Way::Own(Own::Begin { holding: 0 })) {
-            return Ok(None);
+            return Ok(false);
         }
+        let writes = options.read_only != Some(true);
+        let isolation = options
+            .isolation
+            .unwrap_or_else(|| self.engine.default_isolation());
         let ask = Ask {
             function: self.name,
             contention: options.contention,
@@ -31,11 +38,12 @@ impl<E: From<Error>> Call<E> {
                 Queue::First
             },
             keys: &options.conflict_keys,
-            writes: options.read_only != Some(true),
+            writes,
+            overlaps: writes && self.engine.reads_wait_for_commit(isolation),
         };
         let admission = self.engine.admission();
         if !admission.applies(&ask) {
-            return Ok(None);
+            return Ok(false);
         }
         let admitted = admission.admit(ask);
         let ticket = match self.deadline {
@@ -47,12 +55,18 @@ impl<E: From<Error>> Call<E> {
         if let Some(waited) = ticket.waited {
             self.observer.admitted_after(attempt, waited);
         }
-        Ok(Some(ticket))
+        let managed = ticket.managed();
+        *lock(&self.turns.0) = Some(ticket);
+        Ok(managed)
     }
 
-    /// Tells the attempt's function how it ended: in a conflict with
-    /// another transaction, or not (a commit, or a rollback of its own).
-    pub(crate) fn report_to(&self, ticket: &mut Ticket, error: Option<&E>) {
+    /// Gives back the attempt's turns, telling its function how it ended:
+    /// in a conflict with another transaction, or not (a commit, or a
+    /// rollback of its own).
+    pub(crate) fn end_turns(&self, error: Option<&E>) {
+        let Some(mut ticket) = self.turns.take() else {
+            return;
+        };
         let conflict = error.is_some_and(|error| {
             (self.inspect)(error)
                 .and_then(|source| self.engine.classify(source))
@@ -68,5 +82,34 @@ impl<E: From<Error>> Call<E> {
                 })
         });
         ticket.ended(conflict);
+    }
+}
+
+/// The admission turns of the attempt that is running, where settling
+/// reaches them: its COMMIT going out may give its keys on.
+#[derive(Debug, Default)]
+pub(crate) struct Turns(Mutex<Option<Ticket>>);
+
+impl Turns {
+    fn take(&self) -> Option<Ticket> {
+        lock(&self.0).take()
+    }
+
+    /// The attempt's COMMIT is about to go out.
+    pub(crate) async fn commit_going_out(&self) {
+        // Taken out across the wait: a guard must not be held over an
+        // await, and a cancelled wait drops the turns with the attempt.
+        let Some(mut ticket) = self.take() else {
+            return;
+        };
+        ticket.commit_going_out().await;
+        *lock(&self.0) = Some(ticket);
+    }
+
+    /// The attempt's COMMIT was answered.
+    pub(crate) fn commit_answered(&self) {
+        if let Some(ticket) = lock(&self.0).as_mut() {
+            ticket.commit_answered();
+        }
     }
 }

@@ -12,7 +12,6 @@ use futures_util::future::{Either, ready};
 
 use super::Call;
 use super::enter::{Entry, Own, Way};
-use crate::admission::Ticket;
 use crate::backend;
 use crate::boxed;
 use crate::engine::EngineHandle;
@@ -55,19 +54,13 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let mut ticket = match call.admit(1).await {
-        Ok(ticket) => ticket,
-        Err(error) => {
-            call.observer().call_failed();
-            return Err(error.into());
-        }
-    };
+    if let Err(error) = call.admit(1).await {
+        call.observer().call_failed();
+        return Err(error.into());
+    }
     let epoch = call.engine().primary_epoch();
     let result = call.run(own, body, 1).await;
-    if let Some(ticket) = &mut ticket {
-        call.report_to(ticket, result.as_ref().err());
-    }
-    drop(ticket);
+    call.end_turns(result.as_ref().err());
     if let Some(epoch) = failed_in_the_end(&call, epoch, &result) {
         // For the next call; this one's error says what happened to it.
         let _ = call.engine().rediscover(&epoch).await;
@@ -179,8 +172,10 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    let mut ticket = match call.admit(attempt).await {
-        Ok(ticket) => ticket,
+    // A retry of a call under contention management waits for its turn,
+    // ahead of first attempts, instead of sleeping.
+    let in_lane = match call.admit(attempt).await {
+        Ok(managed) => managed,
         Err(error) => {
             call.observer().call_failed();
             return Some(Err(error.into()));
@@ -188,13 +183,7 @@ where
     };
     let epoch = call.engine().primary_epoch();
     let result = call.run(own, body, attempt).await;
-    if let Some(ticket) = &mut ticket {
-        call.report_to(ticket, result.as_ref().err());
-    }
-    // A retry of a call under contention management waits for its turn,
-    // ahead of first attempts, instead of sleeping.
-    let in_lane = ticket.as_ref().is_some_and(Ticket::managed);
-    drop(ticket);
+    call.end_turns(result.as_ref().err());
     let error = match result {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,

@@ -25,6 +25,7 @@ use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use tracing::Instrument;
 
+use self::admit::Turns;
 use self::enter::{Entry, Way};
 use self::guard::CancelGuard;
 use self::plan::{Plan, PoolUse, Request, Running, RunningTransaction};
@@ -61,6 +62,8 @@ pub(crate) struct Call<E> {
     /// scope with the same or an earlier deadline enforces it already).
     enforces_deadline: bool,
     observer: Observer,
+    /// The running attempt's admission turns.
+    turns: Turns,
 }
 
 /// How a body ended.
@@ -88,6 +91,10 @@ impl<E> Call<E> {
 
     pub(crate) fn inspect(&self) -> Inspect<E> {
         self.inspect
+    }
+
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
@@ -164,6 +171,7 @@ impl<E: From<Error>> Call<E> {
             plan: planned,
             deadline,
             budget: deadline.map(|deadline| deadline.saturating_duration_since(now)),
+            turns: Turns::default(),
             enforces_deadline: deadline
                 .is_some_and(|deadline| inherited.is_none_or(|inherited| deadline < inherited)),
         })

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use super::admit::Turns;
 use super::{BodyOutcome, Call, Scope};
 use crate::context::{self, Frame, FrameKind};
 use crate::dialect::{SavepointAction, SavepointName};
@@ -97,6 +98,7 @@ async fn settle_transaction<T, E: From<Error>>(
         frame,
         manager: frame.engine.hooks(),
         observer: call.observer(),
+        turns: call.turns(),
     };
     let result = match outcome {
         BodyOutcome::TimedOut => {
@@ -147,6 +149,8 @@ struct Ending<'a> {
     frame: &'a Arc<Frame>,
     manager: &'a Arc<ManagerHooks>,
     observer: &'a Observer,
+    /// The attempt's admission turns, which its COMMIT may give on.
+    turns: &'a Turns,
 }
 
 impl Ending<'_> {
@@ -193,7 +197,10 @@ impl Ending<'_> {
                 return Ok(());
             }
         }
-        match self.session().commit().await {
+        self.turns.commit_going_out().await;
+        let committed = self.session().commit().await;
+        self.turns.commit_answered();
+        match committed {
             Ok(()) => {}
             Err(CommitError::Refused(verdict)) => {
                 let (error, cause) = refusal(verdict).unwrap_or((
