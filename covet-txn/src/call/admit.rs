@@ -5,14 +5,12 @@
 //! perhaps the very turn it waits for). The wait counts against the call's
 //! deadline. What the queues are is `admission`'s business.
 
-use std::sync::Mutex;
-
 use tokio::time::timeout_at;
 
 use super::Call;
 use super::enter::{Own, Way};
-use crate::admission::limit::{Queue, lock};
-use crate::admission::{Ask, Ticket};
+use crate::admission::Ask;
+use crate::admission::limit::Queue;
 use crate::error::Error;
 use crate::failure::FailureKind;
 
@@ -56,7 +54,7 @@ impl<E: From<Error>> Call<E> {
             self.observer.admitted_after(attempt, waited);
         }
         let managed = ticket.managed();
-        *lock(&self.turns.0) = Some(ticket);
+        self.turns.hold(ticket);
         Ok(managed)
     }
 
@@ -82,34 +80,5 @@ impl<E: From<Error>> Call<E> {
                 })
         });
         ticket.ended(conflict);
-    }
-}
-
-/// The admission turns of the attempt that is running, where settling
-/// reaches them: its COMMIT going out may give its keys on.
-#[derive(Debug, Default)]
-pub(crate) struct Turns(Mutex<Option<Ticket>>);
-
-impl Turns {
-    fn take(&self) -> Option<Ticket> {
-        lock(&self.0).take()
-    }
-
-    /// The attempt's COMMIT is about to go out.
-    pub(crate) async fn commit_going_out(&self) {
-        // Taken out across the wait: a guard must not be held over an
-        // await, and a cancelled wait drops the turns with the attempt.
-        let Some(mut ticket) = self.take() else {
-            return;
-        };
-        ticket.commit_going_out().await;
-        *lock(&self.0) = Some(ticket);
-    }
-
-    /// The attempt's COMMIT was answered.
-    pub(crate) fn commit_answered(&self) {
-        if let Some(ticket) = lock(&self.0).as_mut() {
-            ticket.commit_answered();
-        }
     }
 }

@@ -13,6 +13,7 @@ mod enter;
 mod guard;
 pub(crate) mod plan;
 pub(crate) mod settle;
+mod turns;
 
 use std::any::Any;
 use std::error::Error as StdError;
@@ -25,10 +26,10 @@ use futures_util::FutureExt;
 use futures_util::future::{Either, select};
 use tracing::Instrument;
 
-use self::admit::Turns;
 use self::enter::{Entry, Way};
 use self::guard::CancelGuard;
 use self::plan::{Plan, PoolUse, Request, Running, RunningTransaction};
+use self::turns::Turns;
 use crate::context::{self, ChildClaim, Frame};
 use crate::defaults;
 use crate::engine::EngineHandle;

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::admit::Turns;
+use super::turns::Turns;
 use super::{BodyOutcome, Call, Scope};
 use crate::context::{self, Frame, FrameKind};
 use crate::dialect::{SavepointAction, SavepointName};
