@@ -1,7 +1,9 @@
 //! Cancellation: a transaction's future dropped at any await point (while
 //! BEGIN, a statement, a savepoint or COMMIT is in flight) never leaves its
 //! connection in the pool inside a transaction, and none of its work shows
-//! unless COMMIT had already been sent.
+//! unless COMMIT had already been sent; with contention management and a
+//! declared key on, it also leaves no turn or key behind (at SERIALIZABLE,
+//! where MariaDB's keys go on as the COMMIT goes out).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,6 +99,18 @@ each_backend! {
         Ok(())
     }
 
+    /// `work`, admitted: its function's limit, a key every iteration shares,
+    /// and on SQLite the file's writer turn.
+    #[transactional(isolation = "serializable", contention = "adaptive", conflict_key = table)]
+    async fn work_managed(table: &str, id: i64, began: &AtomicBool, finished: &AtomicBool) -> Result<(), AppError> {
+        began.store(true, Ordering::SeqCst);
+        exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
+        nested_update(table, id).await?;
+        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = {id}")).await?;
+        finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Whether the connection is outside any transaction, asked the way each
     /// server can answer truthfully.
     async fn idle(conn: &mut <Db as sqlx::Database>::Connection) -> bool {
@@ -123,7 +137,16 @@ each_backend! {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_cancelled_at_any_point_leaves_a_clean_connection_and_no_work() {
-        let table = format!("cancel_{BACKEND}");
+        cancel_at_random(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_admitted_transaction_cancelled_at_any_point_leaves_no_turn_behind() {
+        cancel_at_random(true).await;
+    }
+
+    async fn cancel_at_random(managed: bool) {
+        let table = format!("cancel_{BACKEND}_{}", if managed { "managed" } else { "default" });
         let (options, opened) = covet_txn_tests::counting_connections(covet_txn_tests::pool_options(1));
         let Some(pool) = pool_from(&table, options).await else { return };
         let manager = covet_txn_tests::manager_on(pool);
@@ -135,8 +158,15 @@ each_backend! {
         for id in 0..i64::from(ITERATIONS) {
             let began = AtomicBool::new(false);
             let finished = AtomicBool::new(false);
+            let call = async {
+                if managed {
+                    work_managed(&table, id, &began, &finished).await
+                } else {
+                    work(&table, id, &began, &finished).await
+                }
+            };
             let attempt = CancelAfterPolls {
-                inner: Box::pin(manager.scope(work(&table, id, &began, &finished))),
+                inner: Box::pin(manager.scope(call)),
                 polls_left: 1 + random.below(9),
                 at_once: random.below(2) == 0,
             };
@@ -194,6 +224,17 @@ each_backend! {
         assert!(rows >= committed && rows <= committed + ambiguous.len() as i64, "{rows} rows for {tally:?}");
         let torn = pool_scalar(manager.pool(), format!("SELECT COUNT(*) FROM {table} WHERE v <> 2")).await;
         assert_eq!(torn, 0, "every committed transaction is whole");
+        if managed {
+            // Had a cancelled call kept the key, its function's turn or the
+            // writer's turn, this one would wait for ever.
+            let (began, finished) = (AtomicBool::new(false), AtomicBool::new(false));
+            let next = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                manager.scope(work_managed(&table, i64::from(ITERATIONS), &began, &finished)),
+            )
+            .await;
+            assert!(matches!(next, Ok(Ok(()))), "the call after the cancellations: {next:?}");
+        }
     }
 }
 
