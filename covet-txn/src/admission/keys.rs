@@ -10,12 +10,13 @@
 //! A slot is two locks: its turn, held while a call runs, and its settling
 //! lock, held while a call that gave its turn on as its COMMIT went out
 //! waits for the answer. A call whose every read waits for a committing
-//! transaction's locks (the dialect says when) takes only the turn, so that
-//! its BEGIN overlaps the flush of the previous COMMIT; any other call takes
-//! both, and so begins only once that COMMIT has been answered. Only the
-//! first kind gives its turn on early, and takes the settling locks to do
-//! it (waiting, if need be, for a predecessor's COMMIT, whose holder waits
-//! for nothing in the table). Different keys that share a
+//! transaction's locks (the dialect says when) needs only the turn, so that
+//! its BEGIN overlaps the flush of the previous COMMIT, and gives its own
+//! turn on the same way, taking the settling lock first. Any other call,
+//! once it has the turn, waits for the settling lock to be free: it begins
+//! only once that COMMIT has been answered. Both waits for a settling lock
+//! are short and cannot form a circle: its holder is a COMMIT in flight,
+//! which waits for nothing in the table. Different keys that share a
 //! slot take turns too (rarely: one chance in [`KEY_SLOTS`] per pair). Keys
 //! are a way to avoid conflicts, not a guarantee of isolation: the database
 //! still isolates every transaction, so a key past the [`MAX_KEYS`]th is
@@ -105,17 +106,24 @@ struct Slot {
 /// The slots a call holds, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct HeldKeys {
-    /// The turns (and, for a call that does not give its turn on early, the
-    /// settling locks).
+    /// The turns.
     guards: Vec<OwnedMutexGuard<()>>,
     /// The settling locks to take when giving the turns on: empty for a call
-    /// that holds them already.
+    /// that may not.
     to_settle: Vec<Arc<Mutex<()>>>,
     /// The settling locks taken, held until the COMMIT is answered.
     settling: Vec<OwnedMutexGuard<()>>,
 }
 
 impl HeldKeys {
+    fn new(turns: Vec<OwnedMutexGuard<()>>, to_settle: Vec<Arc<Mutex<()>>>) -> Self {
+        HeldKeys {
+            guards: turns,
+            to_settle,
+            settling: Vec::new(),
+        }
+    }
+
     /// Gives the turns on as the COMMIT goes out, keeping the slots'
     /// settling locks until it is answered; nothing for a call that may not
     /// give its turn on early.
@@ -146,28 +154,23 @@ impl KeyTable {
     /// the queue it was in.
     ///
     /// `overlaps`: the call's reads all wait for a committing transaction's
-    /// locks, so it takes only the turns, and gives them on early.
+    /// locks, so it may begin while a COMMIT given on is in flight, and give
+    /// its own turns on the same way. Any other call, once it holds the
+    /// turns, waits for such a COMMIT to be answered (holding the turns, so
+    /// that a stream of calls giving them on cannot starve it).
     pub(crate) async fn hold(&self, keys: &ConflictKeys, overlaps: bool) -> (HeldKeys, bool) {
         let table = self
             .slots
             .get_or_init(|| (0..KEY_SLOTS).map(|_| Slot::default()).collect());
-        let slots = keys.slots().iter().map(|slot| &table[usize::from(*slot)]);
-        let locks: Vec<&Arc<Mutex<()>>> = if overlaps {
-            slots.clone().map(|slot| &slot.turn).collect()
-        } else {
-            slots
-                .clone()
-                .flat_map(|slot| [&slot.turn, &slot.settling])
-                .collect()
-        };
-        let to_settle: Vec<Arc<Mutex<()>>> = if overlaps {
-            slots.map(|slot| Arc::clone(&slot.settling)).collect()
-        } else {
-            Vec::new()
-        };
+        let slots: Vec<&Slot> = keys
+            .slots()
+            .iter()
+            .map(|slot| &table[usize::from(*slot)])
+            .collect();
+        let locks: Vec<&Arc<Mutex<()>>> = slots.iter().map(|slot| &slot.turn).collect();
         let mut queued = false;
         let mut waited_for: Option<(usize, OwnedMutexGuard<()>)> = None;
-        loop {
+        let turns = loop {
             let mut held = Vec::with_capacity(locks.len());
             let mut blocked = None;
             for (index, lock) in locks.iter().enumerate() {
@@ -187,18 +190,33 @@ impl KeyTable {
             }
             let Some(index) = blocked else {
                 held.extend(waited_for.map(|(_, guard)| guard));
-                let held = HeldKeys {
-                    guards: held,
-                    to_settle,
-                    settling: Vec::new(),
-                };
-                return (held, queued);
+                break held;
             };
             drop(held);
             drop(waited_for.take());
             queued = true;
             waited_for = Some((index, Arc::clone(locks[index]).lock_owned().await));
+        };
+        if overlaps {
+            let to_settle = slots
+                .iter()
+                .map(|slot| Arc::clone(&slot.settling))
+                .collect();
+            return (HeldKeys::new(turns, to_settle), queued);
         }
+        // With the turns held no new COMMIT can start giving them on: wait
+        // for one still in flight, whose holder waits for nothing here.
+        for slot in &slots {
+            let settled = match slot.settling.try_lock() {
+                Ok(free) => free,
+                Err(_) => {
+                    queued = true;
+                    slot.settling.lock().await
+                }
+            };
+            drop(settled);
+        }
+        (HeldKeys::new(turns, Vec::new()), queued)
     }
 }
 
@@ -287,5 +305,36 @@ mod tests {
         next.settled();
         drop(next);
         assert!(snapshot_reader.await.expect("no panic"), "it waited");
+    }
+
+    #[tokio::test]
+    async fn calls_giving_their_turn_on_cannot_starve_one_that_waits_for_answers() {
+        let table = Arc::new(KeyTable::default());
+        let key = ConflictKeys::new().with(&9_i64);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams: Vec<_> = (0..2)
+            .map(|_| {
+                let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (mut held, _) = table.hold(&key, true).await;
+                        held.pass_on().await;
+                        tokio::task::yield_now().await;
+                        held.settled();
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let admitted = tokio::time::timeout(Duration::from_secs(5), table.hold(&key, false)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            admitted.is_ok(),
+            "a call reading snapshots never got the key"
+        );
+        drop(admitted);
+        for stream in streams {
+            stream.await.expect("no panic");
+        }
     }
 }
