@@ -91,18 +91,19 @@ each_backend! {
 
     #[transactional(isolation = "repeatable_read")]
     async fn work(table: &str, id: i64, began: &AtomicBool, finished: &AtomicBool) -> Result<(), AppError> {
-        began.store(true, Ordering::SeqCst);
-        exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
-        nested_update(table, id).await?;
-        exec(format!("UPDATE {table} SET v = v + 1 WHERE id = {id}")).await?;
-        finished.store(true, Ordering::SeqCst);
-        Ok(())
+        insert_and_update(table, id, began, finished).await
     }
 
     /// `work`, admitted: its function's limit, a key every iteration shares,
     /// and on SQLite the file's writer turn.
     #[transactional(isolation = "serializable", contention = "adaptive", conflict_key = table)]
     async fn work_managed(table: &str, id: i64, began: &AtomicBool, finished: &AtomicBool) -> Result<(), AppError> {
+        insert_and_update(table, id, began, finished).await
+    }
+
+    /// A row inserted, then updated twice (once in a nested scope): `v` is 2
+    /// in a transaction that committed whole.
+    async fn insert_and_update(table: &str, id: i64, began: &AtomicBool, finished: &AtomicBool) -> Result<(), AppError> {
         began.store(true, Ordering::SeqCst);
         exec(format!("INSERT INTO {table} (id, v) VALUES ({id}, 0)")).await?;
         nested_update(table, id).await?;
