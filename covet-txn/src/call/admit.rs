@@ -24,9 +24,15 @@ impl<E: From<Error>> Call<E> {
             return Ok(false);
         }
         let writes = options.read_only != Some(true);
-        let isolation = options
-            .isolation
-            .unwrap_or_else(|| self.engine.default_isolation());
+        // Only keys are given on early: a call without any asks nothing of
+        // the dialect.
+        let overlaps = writes
+            && !options.conflict_keys.is_empty()
+            && self.engine.reads_wait_for_commit(
+                options
+                    .isolation
+                    .unwrap_or_else(|| self.engine.default_isolation()),
+            );
         let ask = Ask {
             function: self.name,
             contention: options.contention,
@@ -37,7 +43,7 @@ impl<E: From<Error>> Call<E> {
             },
             keys: &options.conflict_keys,
             writes,
-            overlaps: writes && self.engine.reads_wait_for_commit(isolation),
+            overlaps,
         };
         let admission = self.engine.admission();
         if !admission.applies(&ask) {

@@ -98,7 +98,7 @@ async fn settle_transaction<T, E: From<Error>>(
         frame,
         manager: frame.engine.hooks(),
         observer: call.observer(),
-        turns: call.turns(),
+        turns: call.keyed_turns(),
     };
     let result = match outcome {
         BodyOutcome::TimedOut => {
@@ -149,8 +149,8 @@ struct Ending<'a> {
     frame: &'a Arc<Frame>,
     manager: &'a Arc<ManagerHooks>,
     observer: &'a Observer,
-    /// The attempt's admission turns, which its COMMIT may give on.
-    turns: &'a Turns,
+    /// The attempt's admission turns, when its COMMIT may give its keys on.
+    turns: Option<&'a Turns>,
 }
 
 impl Ending<'_> {
@@ -197,9 +197,13 @@ impl Ending<'_> {
                 return Ok(());
             }
         }
-        self.turns.commit_going_out().await;
+        if let Some(turns) = self.turns {
+            turns.commit_going_out().await;
+        }
         let committed = self.session().commit().await;
-        self.turns.commit_answered();
+        if let Some(turns) = self.turns {
+            turns.commit_answered();
+        }
         match committed {
             Ok(()) => {}
             Err(CommitError::Refused(verdict)) => {
