@@ -11,12 +11,14 @@
 //! lock, held while a call that gave its turn on as its COMMIT went out
 //! waits for the answer. A call whose every read waits for a committing
 //! transaction's locks (the dialect says when) needs only the turn, so that
-//! its BEGIN overlaps the flush of the previous COMMIT, and gives its own
-//! turn on the same way, taking the settling lock first. Any other call,
-//! once it has the turn, waits for the settling lock to be free: it begins
-//! only once that COMMIT has been answered. Both waits for a settling lock
-//! are short and cannot form a circle: its holder is a COMMIT in flight,
-//! which waits for nothing in the table. Different keys that share a
+//! its BEGIN overlaps the flush of the previous COMMIT; it gives its own
+//! turn on the same way if the settling locks are free as its COMMIT goes
+//! out, and otherwise keeps the turn until its COMMIT is answered: nothing
+//! waits before a COMMIT. Any other call, once it has the turn, waits for
+//! the settling lock to be free: it begins only once that COMMIT has been
+//! answered. That wait is short, counts against the call's deadline (it is
+//! part of admission) and cannot form a circle: the lock's holder is a
+//! COMMIT in flight, which waits for nothing in the table. Different keys that share a
 //! slot take turns too (rarely: one chance in [`KEY_SLOTS`] per pair). Keys
 //! are a way to avoid conflicts, not a guarantee of isolation: the database
 //! still isolates every transaction, so a key past the [`MAX_KEYS`]th is
@@ -125,16 +127,26 @@ impl HeldKeys {
     }
 
     /// Gives the turns on as the COMMIT goes out, keeping the slots'
-    /// settling locks until it is answered; nothing for a call that may not
-    /// give its turn on early.
-    pub(crate) async fn pass_on(&mut self) {
+    /// settling locks until it is answered. It never waits: if a COMMIT
+    /// given on before is still unanswered on one of the slots, the call
+    /// keeps its turns until its own COMMIT is answered, as a call that may
+    /// not give them on early does. (Waiting here, before a COMMIT, would
+    /// be unbounded by the call's deadline, and could wait on a COMMIT
+    /// whose lost answer is being resolved on a connection of the pool the
+    /// waiting calls hold.)
+    pub(crate) fn pass_on(&mut self) {
         if self.to_settle.is_empty() {
             return;
         }
-        for settling in std::mem::take(&mut self.to_settle) {
-            self.settling.push(settling.lock_owned().await);
+        let to_settle = std::mem::take(&mut self.to_settle);
+        let settling: Option<Vec<_>> = to_settle
+            .into_iter()
+            .map(|lock| lock.try_lock_owned().ok())
+            .collect();
+        if let Some(settling) = settling {
+            self.settling = settling;
+            self.guards.clear();
         }
-        self.guards.clear();
     }
 
     /// The COMMIT was answered: whoever waits for it may begin.
@@ -272,7 +284,7 @@ mod tests {
         let table = Arc::new(KeyTable::default());
         let key = ConflictKeys::new().with(&7_i64);
         let (mut committing, _) = table.hold(&key, true).await;
-        committing.pass_on().await;
+        committing.pass_on();
         let (mut next, queued) =
             tokio::time::timeout(Duration::from_millis(20), table.hold(&key, true))
                 .await
@@ -282,29 +294,44 @@ mod tests {
             let table = Arc::clone(&table);
             async move { table.hold(&key, false).await.1 }
         });
-        let next_passes_on = tokio::spawn(async move {
-            next.pass_on().await;
-            next
-        });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !snapshot_reader.is_finished(),
             "a call reading a snapshot began before the COMMIT was answered"
         );
+        next.pass_on();
+        let third = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.hold(&key, true).await.1 }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
-            !next_passes_on.is_finished(),
+            !third.is_finished(),
             "the next call gave its turn on before the COMMIT it follows was answered"
         );
         committing.settled();
-        let mut next = next_passes_on.await.expect("no panic");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
-            !snapshot_reader.is_finished(),
-            "a call reading a snapshot began during the next call's COMMIT"
+            !snapshot_reader.is_finished() && !third.is_finished(),
+            "a call began during the COMMIT of a call that kept its turn"
         );
         next.settled();
         drop(next);
         assert!(snapshot_reader.await.expect("no panic"), "it waited");
+        assert!(third.await.expect("no panic"), "it waited");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_reads_may_not_wait_keeps_its_turn_through_commit() {
+        let table = KeyTable::default();
+        let key = ConflictKeys::new().with(&8_i64);
+        let (mut committing, _) = table.hold(&key, false).await;
+        committing.pass_on();
+        let next = tokio::time::timeout(Duration::from_millis(20), table.hold(&key, true)).await;
+        assert!(
+            next.is_err(),
+            "a call began during the COMMIT of a call that may not give its turn on"
+        );
     }
 
     #[tokio::test]
@@ -318,7 +345,7 @@ mod tests {
                 tokio::spawn(async move {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let (mut held, _) = table.hold(&key, true).await;
-                        held.pass_on().await;
+                        held.pass_on();
                         tokio::task::yield_now().await;
                         held.settled();
                     }

@@ -174,9 +174,9 @@ impl Ticket {
 
     /// The attempt's COMMIT is about to go out: its keys go on to the next
     /// call now, where its admission allowed it (see `keys`).
-    pub(crate) async fn commit_going_out(&mut self) {
+    pub(crate) fn commit_going_out(&mut self) {
         if let Some(keys) = &mut self.keys {
-            keys.pass_on().await;
+            keys.pass_on();
         }
     }
 

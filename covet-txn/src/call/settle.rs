@@ -198,7 +198,7 @@ impl Ending<'_> {
             }
         }
         if let Some(turns) = self.turns {
-            turns.commit_going_out().await;
+            turns.commit_going_out();
         }
         let committed = self.session().commit().await;
         if let Some(turns) = self.turns {

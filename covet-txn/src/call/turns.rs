@@ -22,14 +22,10 @@ impl Turns {
     }
 
     /// The attempt's COMMIT is about to go out.
-    pub(crate) async fn commit_going_out(&self) {
-        // Taken out across the wait: a guard must not be held over an
-        // await, and a cancelled wait drops the turns with the attempt.
-        let Some(mut ticket) = self.take() else {
-            return;
-        };
-        ticket.commit_going_out().await;
-        self.hold(ticket);
+    pub(crate) fn commit_going_out(&self) {
+        if let Some(ticket) = lock(&self.0).as_mut() {
+            ticket.commit_going_out();
+        }
     }
 
     /// The attempt's COMMIT was answered.
