@@ -7,7 +7,11 @@
 //! door before they queue for a turn, so that a retry waits behind at most
 //! one of them. Retries count within the limit: at a limit of 1 the
 //! function's attempts never run beside one another, not even a retry
-//! beside a first attempt. The queues are tokio semaphores, which hand
+//! beside a first attempt, except that where every read of an attempt
+//! waits for the locks of a committing transaction (the dialect says when:
+//! MySQL and MariaDB at SERIALIZABLE) an attempt gives its turn on as its
+//! COMMIT goes out, so that the next one's BEGIN and first read overlap
+//! the commit's flush instead of waiting for its answer. The queues are tokio semaphores, which hand
 //! permits out first come, first served, and forget a waiter whose future
 //! is dropped.
 
@@ -186,19 +190,27 @@ impl GatePermit {
     }
 }
 
+impl GatePermit {
+    /// Gives the turn back now, as the attempt's COMMIT goes out; the
+    /// tuner learns how the attempt ended when the permit drops.
+    pub(crate) fn give_back(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let mut limit = lock(&self.gate.limit);
+            if limit.debt > 0 {
+                limit.debt -= 1;
+                limit.granted -= 1;
+                permit.forget();
+            } else {
+                drop(permit);
+            }
+        }
+    }
+}
+
 impl Drop for GatePermit {
     fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
+        self.give_back();
         let mut limit = lock(&self.gate.limit);
-        if limit.debt > 0 {
-            limit.debt -= 1;
-            limit.granted -= 1;
-            permit.forget();
-        } else {
-            drop(permit);
-        }
         let now = Instant::now();
         let ran = now.saturating_duration_since(self.admitted);
         if let Some(target) = limit.tuner.attempt_finished(self.conflict, ran, now) {
@@ -240,6 +252,27 @@ mod tests {
         assert_eq!(gate.attempts.available_permits(), 2);
         gate.follow(&mut lock(&gate.limit), 3);
         assert_eq!(gate.attempts.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_turn_given_back_at_commit_admits_the_next_attempt_once() {
+        let gate = Arc::new(FunctionGate::new(1));
+        let mut committing = gate.admit(Queue::First).await;
+        committing.ended(false);
+        committing.give_back();
+        let next = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            gate.admit(Queue::First),
+        )
+        .await
+        .expect("the turn went on as the COMMIT went out");
+        drop(committing);
+        assert!(
+            gate.would_wait(Queue::First),
+            "the turn was given back twice"
+        );
+        drop(next);
+        assert_eq!(gate.attempts.available_permits(), 1);
     }
 
     #[tokio::test]

@@ -56,7 +56,8 @@ pub(crate) struct Ask<'a> {
     pub(crate) writes: bool,
     /// Whether every read of the transaction waits for the locks of one
     /// whose COMMIT is in flight, so that it may begin during that COMMIT
-    /// and give its own keys on as its COMMIT goes out.
+    /// and give its own turns (its function's, its keys) on as its COMMIT
+    /// goes out.
     pub(crate) overlaps: bool,
 }
 
@@ -66,6 +67,8 @@ pub(crate) struct Ticket {
     gate: Option<GatePermit>,
     keys: Option<HeldKeys>,
     _writer: Option<OwnedSemaphorePermit>,
+    /// Whether its turns go on as its COMMIT goes out ([`Ask::overlaps`]).
+    overlaps: bool,
     /// How long the attempt waited, if it waited at all.
     pub(crate) waited: Option<Duration>,
 }
@@ -128,6 +131,7 @@ impl Admission {
             gate: permit,
             keys,
             _writer: writer,
+            overlaps: ask.overlaps,
             waited: waited.then(|| started.elapsed()),
         }
     }
@@ -172,9 +176,21 @@ impl Ticket {
         }
     }
 
-    /// The attempt's COMMIT is about to go out: its keys go on to the next
-    /// call now, where its admission allowed it (see `keys`).
+    /// Whether the attempt gives any of its turns on as its COMMIT goes out.
+    pub(crate) fn gives_on_at_commit(&self) -> bool {
+        self.overlaps && (self.gate.is_some() || self.keys.is_some())
+    }
+
+    /// The attempt's COMMIT is about to go out: where its admission allowed
+    /// it, its function's turn and its keys go on to the next attempts now
+    /// (see `limit` and `keys`); the tuner still learns how it ends.
     pub(crate) fn commit_going_out(&mut self) {
+        if !self.overlaps {
+            return;
+        }
+        if let Some(gate) = &mut self.gate {
+            gate.give_back();
+        }
         if let Some(keys) = &mut self.keys {
             keys.pass_on();
         }

@@ -24,16 +24,7 @@ impl<E: From<Error>> Call<E> {
             return Ok(false);
         }
         let writes = options.read_only != Some(true);
-        // Only keys are given on early: a call without any asks nothing of
-        // the dialect.
-        let overlaps = writes
-            && !options.conflict_keys.is_empty()
-            && self.engine.reads_wait_for_commit(
-                options
-                    .isolation
-                    .unwrap_or_else(|| self.engine.default_isolation()),
-            );
-        let ask = Ask {
+        let mut ask = Ask {
             function: self.name,
             contention: options.contention,
             queue: if attempt > 1 {
@@ -43,12 +34,18 @@ impl<E: From<Error>> Call<E> {
             },
             keys: &options.conflict_keys,
             writes,
-            overlaps,
+            overlaps: false,
         };
         let admission = self.engine.admission();
         if !admission.applies(&ask) {
             return Ok(false);
         }
+        ask.overlaps = writes
+            && self.engine.reads_wait_for_commit(
+                options
+                    .isolation
+                    .unwrap_or_else(|| self.engine.default_isolation()),
+            );
         let admitted = admission.admit(ask);
         let ticket = match self.deadline {
             Some(deadline) => timeout_at(deadline.into(), admitted)

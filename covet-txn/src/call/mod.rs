@@ -94,11 +94,9 @@ impl<E> Call<E> {
         self.inspect
     }
 
-    /// The running attempt's turns, for a call whose COMMIT may give its
-    /// keys on: one that declared keys. `None` for every other call, which
-    /// so takes no lock for it around COMMIT.
-    pub(crate) fn keyed_turns(&self) -> Option<&Turns> {
-        (!self.options.options.conflict_keys.is_empty()).then_some(&self.turns)
+    /// The running attempt's admission turns.
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {

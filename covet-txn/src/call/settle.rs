@@ -98,7 +98,7 @@ async fn settle_transaction<T, E: From<Error>>(
         frame,
         manager: frame.engine.hooks(),
         observer: call.observer(),
-        turns: call.keyed_turns(),
+        turns: call.turns(),
     };
     let result = match outcome {
         BodyOutcome::TimedOut => {
@@ -149,8 +149,8 @@ struct Ending<'a> {
     frame: &'a Arc<Frame>,
     manager: &'a Arc<ManagerHooks>,
     observer: &'a Observer,
-    /// The attempt's admission turns, when its COMMIT may give its keys on.
-    turns: Option<&'a Turns>,
+    /// The attempt's admission turns, some of which its COMMIT may give on.
+    turns: &'a Turns,
 }
 
 impl Ending<'_> {
@@ -197,13 +197,9 @@ impl Ending<'_> {
                 return Ok(());
             }
         }
-        if let Some(turns) = self.turns {
-            turns.commit_going_out();
-        }
+        self.turns.commit_going_out();
         let committed = self.session().commit().await;
-        if let Some(turns) = self.turns {
-            turns.commit_answered();
-        }
+        self.turns.commit_answered();
         match committed {
             Ok(()) => {}
             Err(CommitError::Refused(verdict)) => {
