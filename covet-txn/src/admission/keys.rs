@@ -261,10 +261,7 @@ mod tests {
         );
         assert_ne!(first, second);
         let (holding_first, _) = table.hold(&first, false).await;
-        let waiting = tokio::spawn({
-            let table = Arc::clone(&table);
-            async move { table.hold(&first.with(&2_i64), false).await.1 }
-        });
+        let waiting = waiting_call(&table, first.with(&2_i64), false);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !waiting.is_finished(),
@@ -279,6 +276,17 @@ mod tests {
         assert!(waiting.await.expect("no panic"), "the call waited");
     }
 
+    /// A call taking `key` in a task of its own; its result says whether
+    /// it queued.
+    fn waiting_call(
+        table: &Arc<KeyTable>,
+        key: ConflictKeys,
+        overlaps: bool,
+    ) -> tokio::task::JoinHandle<bool> {
+        let table = Arc::clone(table);
+        tokio::spawn(async move { table.hold(&key, overlaps).await.1 })
+    }
+
     #[tokio::test]
     async fn a_turn_given_on_at_commit_lets_in_only_calls_whose_reads_wait() {
         let table = Arc::new(KeyTable::default());
@@ -290,20 +298,14 @@ mod tests {
                 .await
                 .expect("a call whose reads wait begins during the COMMIT");
         assert!(!queued);
-        let snapshot_reader = tokio::spawn({
-            let table = Arc::clone(&table);
-            async move { table.hold(&key, false).await.1 }
-        });
+        let snapshot_reader = waiting_call(&table, key, false);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !snapshot_reader.is_finished(),
             "a call reading a snapshot began before the COMMIT was answered"
         );
         next.pass_on();
-        let third = tokio::spawn({
-            let table = Arc::clone(&table);
-            async move { table.hold(&key, true).await.1 }
-        });
+        let third = waiting_call(&table, key, true);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             !third.is_finished(),
