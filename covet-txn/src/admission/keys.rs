@@ -13,17 +13,17 @@
 //! transaction's locks (the dialect says when) needs only the turn, so that
 //! its BEGIN overlaps the flush of the previous COMMIT; it gives its own
 //! turn on the same way if the settling locks are free as its COMMIT goes
-//! out, and otherwise keeps the turn until its COMMIT is answered: nothing
-//! waits before a COMMIT. Any other call, once it has the turn, waits for
-//! the settling lock to be free: it begins only once that COMMIT has been
-//! answered. That wait is short, counts against the call's deadline (it is
-//! part of admission) and cannot form a circle: the lock's holder is a
-//! COMMIT in flight, which waits for nothing in the table. Different keys that share a
-//! slot take turns too (rarely: one chance in [`KEY_SLOTS`] per pair). Keys
-//! are a way to avoid conflicts, not a guarantee of isolation: the database
-//! still isolates every transaction, so a key past the [`MAX_KEYS`]th is
-//! not waited for, and a process that does not declare keys still runs
-//! correctly.
+//! out, and otherwise keeps the turn until its attempt ends, as any other
+//! call does: nothing waits before a COMMIT. Any other call, once it has
+//! the turn, waits for the settling lock to be free: it begins only once
+//! that COMMIT has been answered. That wait is short, counts against the
+//! call's deadline (it is part of admission) and cannot form a circle: the
+//! lock's holder is a COMMIT in flight, which waits for nothing in the
+//! table. Different keys that share a slot take turns too (rarely: one
+//! chance in [`KEY_SLOTS`] per pair). Keys are a way to avoid conflicts,
+//! not a guarantee of isolation: the database still isolates every
+//! transaction, so a key past the [`MAX_KEYS`]th is not waited for, and a
+//! process that does not declare keys still runs correctly.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash};
 use std::sync::{Arc, OnceLock};
@@ -129,8 +129,8 @@ impl HeldKeys {
     /// Gives the turns on as the COMMIT goes out, keeping the slots'
     /// settling locks until it is answered. It never waits: if a COMMIT
     /// given on before is still unanswered on one of the slots, the call
-    /// keeps its turns until its own COMMIT is answered, as a call that may
-    /// not give them on early does. (Waiting here, before a COMMIT, would
+    /// keeps its turns until its attempt ends, as a call that may not give
+    /// them on early does. (Waiting here, before a COMMIT, would
     /// be unbounded by the call's deadline, and could wait on a COMMIT
     /// whose lost answer is being resolved on a connection of the pool the
     /// waiting calls hold.)
@@ -167,9 +167,10 @@ impl KeyTable {
     ///
     /// `overlaps`: the call's reads all wait for a committing transaction's
     /// locks, so it may begin while a COMMIT given on is in flight, and give
-    /// its own turns on the same way. Any other call, once it holds the
-    /// turns, waits for such a COMMIT to be answered (holding the turns, so
-    /// that a stream of calls giving them on cannot starve it).
+    /// its own turns on the same way when no such COMMIT is still in flight
+    /// as its own goes out. Any other call, once it holds the turns, waits
+    /// for such a COMMIT to be answered (holding the turns, so that a stream
+    /// of calls giving them on cannot starve it).
     pub(crate) async fn hold(&self, keys: &ConflictKeys, overlaps: bool) -> (HeldKeys, bool) {
         let table = self
             .slots

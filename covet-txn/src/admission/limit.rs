@@ -7,13 +7,14 @@
 //! door before they queue for a turn, so that a retry waits behind at most
 //! one of them. Retries count within the limit: at a limit of 1 the
 //! function's attempts never run beside one another, not even a retry
-//! beside a first attempt, except that where every read of an attempt
-//! waits for the locks of a committing transaction (the dialect says when:
-//! MySQL and MariaDB at SERIALIZABLE) an attempt gives its turn on as its
-//! COMMIT goes out, so that the next one's BEGIN and first read overlap
-//! the commit's flush instead of waiting for its answer. The queues are tokio semaphores, which hand
-//! permits out first come, first served, and forget a waiter whose future
-//! is dropped.
+//! beside a first attempt, except that where every read of a read-write
+//! attempt waits for the locks of a committing transaction (the dialect
+//! says when: MySQL and MariaDB at SERIALIZABLE) such an attempt gives its
+//! turn on as its COMMIT goes out, while the limit is below the pool's
+//! size, so that the next one's BEGIN and first read overlap the commit's
+//! flush instead of waiting for its answer. The queues are tokio
+//! semaphores, which hand permits out first come, first served, and forget
+//! a waiter whose future is dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +54,18 @@ impl Limit {
     fn effective(&self) -> u32 {
         self.granted - self.debt
     }
+
+    /// A permit coming back: destroyed if the limit fell below what was
+    /// handed out, free for the next attempt otherwise.
+    fn take_back(&mut self, permit: OwnedSemaphorePermit) {
+        if self.debt > 0 {
+            self.debt -= 1;
+            self.granted -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
 }
 
 /// Which queue an attempt waits in.
@@ -64,7 +77,8 @@ pub(crate) enum Queue {
     Retry,
 }
 
-/// A turn of a [`FunctionGate`], given back when dropped.
+/// A turn of a [`FunctionGate`], given back when dropped (or as its COMMIT
+/// goes out, see [`GatePermit::give_on_at_commit`]).
 #[derive(Debug)]
 pub(crate) struct GatePermit {
     gate: Arc<FunctionGate>,
@@ -184,33 +198,32 @@ impl FunctionGate {
 impl GatePermit {
     /// The attempt ended, in a conflict with another transaction or not
     /// (a commit, or a rollback of its own); the tuner learns it when the
-    /// turn is given back.
+    /// permit drops.
     pub(crate) fn ended(&mut self, conflict: bool) {
         self.conflict = Some(conflict);
     }
-}
 
-impl GatePermit {
-    /// Gives the turn back now, as the attempt's COMMIT goes out; the
-    /// tuner learns how the attempt ended when the permit drops.
-    pub(crate) fn give_back(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            let mut limit = lock(&self.gate.limit);
-            if limit.debt > 0 {
-                limit.debt -= 1;
-                limit.granted -= 1;
-                permit.forget();
-            } else {
-                drop(permit);
-            }
+    /// Gives the turn on as the attempt's COMMIT goes out, while the limit
+    /// is below the pool's size: at the pool's size the next attempt would
+    /// only wait in the pool for the committing one's connection instead
+    /// of here, where retries go first. The tuner learns how the attempt
+    /// ended when the permit drops.
+    pub(crate) fn give_on_at_commit(&mut self) {
+        let mut limit = lock(&self.gate.limit);
+        if limit.effective() < limit.tuner.ceiling()
+            && let Some(permit) = self.permit.take()
+        {
+            limit.take_back(permit);
         }
     }
 }
 
 impl Drop for GatePermit {
     fn drop(&mut self) {
-        self.give_back();
         let mut limit = lock(&self.gate.limit);
+        if let Some(permit) = self.permit.take() {
+            limit.take_back(permit);
+        }
         let now = Instant::now();
         let ran = now.saturating_duration_since(self.admitted);
         if let Some(target) = limit.tuner.attempt_finished(self.conflict, ran, now) {
@@ -255,11 +268,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_turn_given_back_at_commit_admits_the_next_attempt_once() {
-        let gate = Arc::new(FunctionGate::new(1));
+    async fn a_turn_given_on_at_commit_admits_the_next_attempt_once() {
+        let gate = Arc::new(FunctionGate::new(2));
+        gate.follow(&mut lock(&gate.limit), 1);
         let mut committing = gate.admit(Queue::First).await;
         committing.ended(false);
-        committing.give_back();
+        committing.give_on_at_commit();
         let next = tokio::time::timeout(
             std::time::Duration::from_millis(20),
             gate.admit(Queue::First),
@@ -273,6 +287,19 @@ mod tests {
         );
         drop(next);
         assert_eq!(gate.attempts.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_the_pools_size_a_turn_is_kept_through_commit() {
+        let gate = Arc::new(FunctionGate::new(1));
+        let mut committing = gate.admit(Queue::First).await;
+        committing.give_on_at_commit();
+        assert!(
+            gate.would_wait(Queue::First),
+            "an attempt was admitted beyond the pool's size"
+        );
+        drop(committing);
+        assert!(!gate.would_wait(Queue::First));
     }
 
     #[tokio::test]

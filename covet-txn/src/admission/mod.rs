@@ -10,8 +10,10 @@
 //! - with contention management on, on SQLite, the database file's one
 //!   writer turn for a read-write transaction (`writers`).
 //!
-//! Taken in that order and given back together, so that no two attempts
-//! wait for each other in a circle. This module decides nothing about which
+//! Taken in that order, so that no two attempts wait for each other in a
+//! circle, and given back when the attempt ends, except that where the
+//! dialect allows it the function's turn and the keys go on as the COMMIT
+//! goes out (see `keys` and `limit`). This module decides nothing about which
 //! calls are admitted (the call does: only one that begins a transaction
 //! with no other of its task open) and counts nothing (the call reports the
 //! wait to its observer); it holds the queues and the limits.
@@ -189,7 +191,7 @@ impl Ticket {
             return;
         }
         if let Some(gate) = &mut self.gate {
-            gate.give_back();
+            gate.give_on_at_commit();
         }
         if let Some(keys) = &mut self.keys {
             keys.pass_on();

@@ -54,9 +54,10 @@ const CONFLICT_TIME_SHARE: f64 = 0.1;
 const MOSTLY_CONFLICTS: f64 = 0.5;
 
 /// How many times home's goodput another limit must have measured for a
-/// trial to come at once: far past a window's noise (±20 % on the
-/// benchmark), so that only a collapse at home, such as a deadlock stall,
-/// hurries a trial.
+/// trial to come at once, and how many times one limit must have measured
+/// the other's for a trial to be judged before its `TRIAL_WINDOWS`: far
+/// past a window's noise (±20 % on the benchmark), so that only a collapse
+/// (a deadlock stall) hurries either.
 const OUTDONE: f64 = 1.5;
 
 /// Windows a trial runs before it is judged, unless one limit has already
@@ -175,6 +176,11 @@ impl Tuner {
     /// The limit to admit at.
     pub(crate) fn limit(&self) -> u32 {
         self.current
+    }
+
+    /// The highest limit: the pool's size.
+    pub(crate) fn ceiling(&self) -> u32 {
+        self.ceiling
     }
 
     /// An attempt was admitted.

@@ -15,24 +15,24 @@ pub(crate) struct Turns {
     ticket: Mutex<Option<Ticket>>,
     /// Whether the ticket gives any turn on at COMMIT: the attempts of
     /// every other call take no lock around their COMMIT.
-    given_on_at_commit: AtomicBool,
+    gives_on_at_commit: AtomicBool,
 }
 
 impl Turns {
     pub(crate) fn hold(&self, ticket: Ticket) {
-        self.given_on_at_commit
+        self.gives_on_at_commit
             .store(ticket.gives_on_at_commit(), Ordering::Relaxed);
         *lock(&self.ticket) = Some(ticket);
     }
 
     pub(crate) fn take(&self) -> Option<Ticket> {
-        self.given_on_at_commit.store(false, Ordering::Relaxed);
+        self.gives_on_at_commit.store(false, Ordering::Relaxed);
         lock(&self.ticket).take()
     }
 
     /// The attempt's COMMIT is about to go out.
     pub(crate) fn commit_going_out(&self) {
-        if self.given_on_at_commit.load(Ordering::Relaxed)
+        if self.gives_on_at_commit.load(Ordering::Relaxed)
             && let Some(ticket) = lock(&self.ticket).as_mut()
         {
             ticket.commit_going_out();
@@ -41,7 +41,7 @@ impl Turns {
 
     /// The attempt's COMMIT was answered.
     pub(crate) fn commit_answered(&self) {
-        if self.given_on_at_commit.load(Ordering::Relaxed)
+        if self.gives_on_at_commit.load(Ordering::Relaxed)
             && let Some(ticket) = lock(&self.ticket).as_mut()
         {
             ticket.commit_answered();

@@ -204,9 +204,11 @@ pub trait Dialect<DB: sqlx::Database>: Send + Sync + 'static {
     /// Whether every read of a read-write transaction at `isolation` waits
     /// for the row locks of a transaction whose COMMIT is in flight, so that
     /// a transaction begun meanwhile sees what that one committed, as if it
-    /// had begun after the COMMIT's answer. Then calls with equal conflict
-    /// keys at that level take turns by the COMMIT going out rather than by
-    /// its answer: the next one's BEGIN overlaps the commit's flush. By
+    /// had begun after the COMMIT's answer. Then read-write calls at that
+    /// level that take turns in admission (equal conflict keys, a
+    /// function's contention limit) take them by the COMMIT going out
+    /// rather than by its answer: the next one's BEGIN overlaps the
+    /// commit's flush. By
     /// default no: on PostgreSQL a read does not wait for a writer, so a
     /// transaction begun before the answer may read what came before (and
     /// at REPEATABLE READ and above fail where it writes the same row).
