@@ -90,6 +90,10 @@ struct Contention {
     wall: Duration,
     /// Committed per second in each round, in order.
     round_rates: Vec<f64>,
+    /// CPU spent during the side's rounds, by this process and by the
+    /// whole machine (the servers included), when the kernel tells.
+    client_cpu: Option<u64>,
+    machine_cpu: Option<u64>,
 }
 
 impl Contention {
@@ -100,6 +104,17 @@ impl Contention {
         self.gave_up += other.gave_up;
         self.latencies.extend(other.latencies);
         self.wall += other.wall;
+        measure::add(&mut self.client_cpu, other.client_cpu);
+        measure::add(&mut self.machine_cpu, other.machine_cpu);
+    }
+
+    /// Microseconds of `cpu` per attempt (a commit, a retry or a give-up).
+    fn per_attempt_us(&self, cpu: Option<u64>) -> String {
+        let attempts = (self.committed + self.retries + self.gave_up).max(1);
+        cpu.map_or_else(
+            || "–".to_owned(),
+            |cpu| format!("{:.0}", cpu as f64 / attempts as f64 / 1000.0),
+        )
     }
 
     fn per_second(&self) -> f64 {
@@ -137,13 +152,15 @@ impl Contention {
             let low = round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
             let high = round_ratios.iter().copied().fold(0.0, f64::max);
             println!(
-                "| {backend} | {} × {} | {name} | {rate:.0} | {:.2} | {low:.2}–{high:.2} | {} | {} | {p99:.1} | {:.2} |",
+                "| {backend} | {} × {} | {name} | {rate:.0} | {:.2} | {low:.2}–{high:.2} | {} | {} | {p99:.1} | {:.2} | {} | {} |",
                 cell.rows,
                 cell.tasks,
                 rate / hand_rate,
                 side.retries,
                 side.gave_up,
                 p99 / hand_p99,
+                side.per_attempt_us(side.client_cpu),
+                side.per_attempt_us(side.machine_cpu),
             );
         }
     }
@@ -475,6 +492,7 @@ macro_rules! backend {
 
             async fn contended_round(pool: &Pool<Db>, manager: &TxManager<Db>, cell: Cell, side: usize) -> Contention {
                 let started = Instant::now();
+                let cpu_before = (measure::process_cpu_nanos(), measure::machine_busy_nanos());
                 let mut tasks = Vec::new();
                 for task in 0..cell.tasks {
                     let (pool, manager) = (pool.clone(), manager.clone());
@@ -513,6 +531,8 @@ macro_rules! backend {
                     outcome.absorb(task.await.expect("no panic"));
                 }
                 outcome.wall = started.elapsed();
+                outcome.client_cpu = measure::spent(cpu_before.0, measure::process_cpu_nanos());
+                outcome.machine_cpu = measure::spent(cpu_before.1, measure::machine_busy_nanos());
                 outcome
             }
 
@@ -886,9 +906,9 @@ async fn run_all() {
             contended_rounds()
         );
         println!(
-            "| backend | hot rows × tasks | side | committed/s | ratio | round ratios | retries | gave up | p99 ms | p99 ratio |"
+            "| backend | hot rows × tasks | side | committed/s | ratio | round ratios | retries | gave up | p99 ms | p99 ratio | client CPU µs/attempt | machine CPU µs/attempt |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let cell = |rows, tasks, keyed| Cell { rows, tasks, keyed };
         let server_cells = [
             cell(10, 8, false),

@@ -13,9 +13,12 @@
 //! ```
 //!
 //! Arguments: `postgres` or `mariadb`; `hand`, `covet` or `adaptive`
-//! (covet-txn with `contention = "adaptive"`); how many transfers. The
-//! servers are at `COVET_PG_URL` and `COVET_MYSQL_URL`, as for the
-//! benchmark.
+//! (covet-txn with `contention = "adaptive"`); how many transfers; and
+//! optionally how many tasks share them evenly (1 by default), each on rows of
+//! its own, on a pool of that many connections: run under `perf stat`
+//! rather than callgrind, this shows what a transfer costs the CPU,
+//! kernel included, when several run side by side. The servers are at
+//! `COVET_PG_URL` and `COVET_MYSQL_URL`, as for the benchmark.
 
 use covet_txn::{Error, TxManager, transactional};
 use sqlx::{Executor, Pool};
@@ -57,8 +60,8 @@ macro_rules! backend {
                 work(from, to).await
             }
 
-            pub async fn run(url: &str, side: &str, count: i64) -> Result<(), Box<dyn std::error::Error>> {
-                let pool = Pool::<$db>::connect(url).await?;
+            pub async fn run(url: &str, side: &str, count: i64, tasks: i64) -> Result<(), Box<dyn std::error::Error>> {
+                let pool = sqlx::pool::PoolOptions::<$db>::new().max_connections(tasks as u32).connect(url).await?;
                 pool.execute("DROP TABLE IF EXISTS instructions_accounts").await?;
                 pool.execute("CREATE TABLE instructions_accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)")
                     .await?;
@@ -66,20 +69,30 @@ macro_rules! backend {
                 let fill = format!("INSERT INTO instructions_accounts (id, balance) VALUES {}", rows.join(", "));
                 pool.execute(sqlx::AssertSqlSafe(fill)).await?;
                 let manager = TxManager::new(pool.clone());
-                manager
-                    .scope(async {
-                        for n in 0..count {
-                            let (from, to) = (1 + n % 500, 501 + n % 500);
-                            match side {
-                                "hand" => hand(&pool, from, to).await?,
-                                "covet" => covet(from, to).await?,
-                                "adaptive" => adaptive(from, to).await?,
-                                other => return Err(format!("unknown side {other:?}: hand, covet or adaptive").into()),
+                let per_task = count / tasks;
+                let mut running = Vec::new();
+                for task in 0..tasks {
+                    let (pool, side) = (pool.clone(), side.to_owned());
+                    running.push(tokio::spawn(manager.scope(async move {
+                        // Each task on rows of its own: no conflicts, only
+                        // the cost of running side by side.
+                        let rows = 500 / tasks;
+                        for n in 0..per_task {
+                            let (from, to) = (1 + task * rows + n % rows, 501 + task * rows + n % rows);
+                            match side.as_str() {
+                                "hand" => hand(&pool, from, to).await.map_err(|error| error.to_string())?,
+                                "covet" => covet(from, to).await.map_err(|error| error.to_string())?,
+                                "adaptive" => adaptive(from, to).await.map_err(|error| error.to_string())?,
+                                other => return Err(format!("unknown side {other:?}: hand, covet or adaptive")),
                             }
                         }
                         Ok(())
-                    })
-                    .await
+                    })));
+                }
+                for task in running {
+                    task.await??;
+                }
+                Ok(())
             }
         }
     };
@@ -105,12 +118,21 @@ backend!(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let [backend, side, count] = arguments.as_slice() else {
-        return Err(
-            "usage: instructions <postgres|mariadb> <hand|covet|adaptive> <transfers>".into(),
-        );
+    let (backend, side, count, tasks) = match arguments.as_slice() {
+        [backend, side, count] => (backend, side, count, "1"),
+        [backend, side, count, tasks] => (backend, side, count, tasks.as_str()),
+        _ => {
+            return Err(
+                "usage: instructions <postgres|mariadb> <hand|covet|adaptive> <transfers> [tasks]"
+                    .into(),
+            );
+        }
     };
     let count: i64 = count.parse()?;
+    let tasks: i64 = tasks.parse()?;
+    if !(1..=500).contains(&tasks) {
+        return Err("tasks: 1 to 500 (each task needs rows of its own)".into());
+    }
     let url = |variable: &str, default: &str| {
         std::env::var(variable).unwrap_or_else(|_| default.to_owned())
     };
@@ -120,6 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &url("COVET_PG_URL", "postgres://postgres@127.0.0.1:5432/test"),
                 side,
                 count,
+                tasks,
             )
             .await
         }
@@ -128,6 +151,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &url("COVET_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
                 side,
                 count,
+                tasks,
             )
             .await
         }

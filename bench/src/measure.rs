@@ -35,6 +35,24 @@ pub fn process_cpu_nanos() -> Option<u64> {
     Some(total)
 }
 
+/// Nanoseconds every CPU of the machine has spent busy (neither idle nor
+/// waiting for I/O), the database servers' work included: `/proc/stat`
+/// counts in ticks of 1/100 s (`USER_HZ`, fixed at 100 on Linux for this
+/// file), so only a span of many transactions reads meaningfully.
+pub fn machine_busy_nanos() -> Option<u64> {
+    const NANOS_PER_TICK: u64 = 10_000_000;
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let mut busy = 0;
+    for (index, field) in cpu.split_whitespace().enumerate() {
+        // The fourth and fifth fields are idle and iowait.
+        if index != 3 && index != 4 {
+            busy += field.parse::<u64>().ok()?;
+        }
+    }
+    Some(busy * NANOS_PER_TICK)
+}
+
 fn schedstat_nanos(path: &str) -> Option<u64> {
     std::fs::read_to_string(path)
         .ok()?
@@ -87,12 +105,18 @@ impl Comparison {
     }
 }
 
-fn add(total: &mut Option<u64>, spent: Option<u64>) {
+/// Adds what a pass `spent` to a side's `total`; unknown once any pass's is.
+pub fn add(total: &mut Option<u64>, spent: Option<u64>) {
     *total = match (*total, spent) {
         (Some(total), Some(spent)) => Some(total + spent),
         (None, Some(spent)) => Some(spent),
         _ => None,
     };
+}
+
+/// What a counter read `before` and `after` a pass says the pass spent.
+pub fn spent(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
 }
 
 /// Times `hand` and `covet` call by call, interleaved round by round, the
@@ -122,14 +146,13 @@ where
                 }
                 times.push(started.elapsed());
             }
-            let spent = |after: Option<u64>, before: Option<u64>| Some(after? - before?);
             add(
                 &mut sides[side].thread_cpu,
-                spent(thread_cpu_nanos(), thread_before),
+                spent(thread_before, thread_cpu_nanos()),
             );
             add(
                 &mut sides[side].process_cpu,
-                spent(process_cpu_nanos(), process_before),
+                spent(process_before, process_cpu_nanos()),
             );
             medians[side] = micros(percentile(&mut times, 0.5));
             sides[side].times.extend(times);

@@ -368,7 +368,10 @@ async fn the_sampler_samples_at_its_interval_and_stops_with_the_manager() {
 #[tokio::test]
 async fn a_transaction_span_carries_the_semantic_fields_and_its_outcome() {
     let spans = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = SpanLog(Arc::clone(&spans));
+    let subscriber = SpanLog {
+        spans: Arc::clone(&spans),
+        entered: Mutex::default(),
+    };
     let _guard = tracing::subscriber::set_default(subscriber);
     let Some(pool) = covet_txn_tests::sqlite("obs_spans", 1).await else {
         return;
@@ -376,6 +379,9 @@ async fn a_transaction_span_carries_the_semantic_fields_and_its_outcome() {
     let manager = TxManager::new(pool);
     manager
         .transaction(TxOptions::new().name("app::checkout"), || async {
+            tracing::info!("inside the body");
+            tokio::task::yield_now().await;
+            tracing::info!("inside the body, polled again");
             Ok::<_, Error>(())
         })
         .await
@@ -397,10 +403,24 @@ async fn a_transaction_span_carries_the_semantic_fields_and_its_outcome() {
         transaction.get("covet.outcome").map(String::as_str),
         Some("committed")
     );
+    assert_eq!(
+        transaction.get(BODY_EVENTS).map(String::as_str),
+        Some("2"),
+        "the body runs inside its transaction's span, on every poll"
+    );
 }
 
-/// Records the fields of every span, including those recorded later.
-struct SpanLog(Arc<Mutex<Vec<HashMap<String, String>>>>);
+/// The field under which `SpanLog` counts this file's own events that
+/// happened with a span entered, on the span innermost at the time.
+const BODY_EVENTS: &str = "test.events";
+
+/// Records the fields of every span, including those recorded later, and
+/// which span this file's events happen in.
+struct SpanLog {
+    spans: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    /// The spans entered and not yet left, innermost last.
+    entered: Mutex<Vec<u64>>,
+}
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
@@ -419,7 +439,7 @@ impl tracing::Subscriber for SpanLog {
     }
 
     fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut spans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         let mut fields = HashMap::new();
         span.record(&mut Fields(&mut fields));
         fields.insert("name".to_owned(), span.metadata().name().to_owned());
@@ -428,7 +448,7 @@ impl tracing::Subscriber for SpanLog {
     }
 
     fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        let mut spans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fields) = spans.get_mut(span.into_u64() as usize - 1) {
             values.record(&mut Fields(fields));
         }
@@ -436,9 +456,32 @@ impl tracing::Subscriber for SpanLog {
 
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
 
-    fn event(&self, _: &tracing::Event<'_>) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if event.metadata().target() != module_path!() {
+            return;
+        }
+        let entered = self.entered.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(innermost) = entered.last() else {
+            return;
+        };
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fields) = spans.get_mut(*innermost as usize - 1) {
+            let seen: u32 = fields
+                .get(BODY_EVENTS)
+                .map_or(0, |n| n.parse().unwrap_or(0));
+            fields.insert(BODY_EVENTS.to_owned(), (seen + 1).to_string());
+        }
+    }
 
-    fn enter(&self, _: &tracing::span::Id) {}
+    fn enter(&self, span: &tracing::span::Id) {
+        let mut entered = self.entered.lock().unwrap_or_else(|p| p.into_inner());
+        entered.push(span.into_u64());
+    }
 
-    fn exit(&self, _: &tracing::span::Id) {}
+    fn exit(&self, span: &tracing::span::Id) {
+        let mut entered = self.entered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(position) = entered.iter().rposition(|id| *id == span.into_u64()) {
+            entered.remove(position);
+        }
+    }
 }

@@ -223,17 +223,16 @@ impl<E: From<Error>> Call<E> {
         };
         // A span no subscriber wants is still entered and left on every
         // poll, and with tracing's `log` feature (which sqlx turns on) each
-        // of those asks `log` whether to print it: a call polls a disabled
-        // span as `Span::none()`, which skips both.
-        let entered = if span.is_disabled() {
-            tracing::Span::none()
+        // of those asks `log` whether to print it: a call without a wanted
+        // span polls its scope directly, which also spares moving the
+        // scope's unstarted future into the instrumenting one.
+        let result = if span.is_disabled() {
+            self.run_in_scope(way, body, attempt).await
         } else {
-            span.clone()
+            self.run_in_scope(way, body, attempt)
+                .instrument(span.clone())
+                .await
         };
-        let result = self
-            .run_in_scope(way, body, attempt)
-            .instrument(entered)
-            .await;
         if !span.is_none() {
             let outcome = match (&result, self.plan) {
                 (Ok(_), Plan::Savepoint) => "released",
