@@ -105,13 +105,13 @@ impl Comparison {
     }
 }
 
-/// Adds what a pass `spent` to a side's `total`; unknown once any pass's is.
+/// Adds what a pass `spent` to a side's `total`: `None` while no pass has
+/// been read, and a pass the kernel could not read is left out (on Linux
+/// each read succeeds or none does).
 pub fn add(total: &mut Option<u64>, spent: Option<u64>) {
-    *total = match (*total, spent) {
-        (Some(total), Some(spent)) => Some(total + spent),
-        (None, Some(spent)) => Some(spent),
-        _ => None,
-    };
+    if let Some(spent) = spent {
+        *total = Some(total.unwrap_or(0) + spent);
+    }
 }
 
 /// What a counter read `before` and `after` a pass says the pass spent.

@@ -224,8 +224,7 @@ impl<E: From<Error>> Call<E> {
         // A span no subscriber wants is still entered and left on every
         // poll, and with tracing's `log` feature (which sqlx turns on) each
         // of those asks `log` whether to print it: a call without a wanted
-        // span polls its scope directly, which also spares moving the
-        // scope's unstarted future into the instrumenting one.
+        // span polls its scope directly, with no instrumenting layer.
         let result = if span.is_disabled() {
             self.run_in_scope(way, body, attempt).await
         } else {
