@@ -6,8 +6,10 @@
 //! transaction a retryable error goes up to the outermost call.
 
 use std::future::Future;
+use std::pin::pin;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
 
 use super::Call;
@@ -59,7 +61,7 @@ where
         return Err(error.into());
     }
     let epoch = call.engine().primary_epoch();
-    let result = call.run(own, body, 1).await;
+    let result = call.run(own, pin!(body.fuse()), 1).await;
     call.end_turns(result.as_ref().err());
     if let Some(epoch) = failed_in_the_end(&call, epoch, &result) {
         // For the next call; this one's error says what happened to it.
@@ -74,7 +76,7 @@ where
     E: From<Error>,
 {
     let epoch = call.engine().primary_epoch();
-    let result = call.run(way, body, 1).await;
+    let result = call.run(way, pin!(body.fuse()), 1).await;
     if let Some(epoch) = failed_in_the_end(&call, epoch, &result) {
         let _ = call.engine().rediscover(&epoch).await;
     }
@@ -152,7 +154,10 @@ impl<E: From<Error>> Attempts<E> {
             // Inside a running transaction only the outermost call retries: a
             // retryable error goes up to it.
             Way::Within(within) => Either::Right(Either::Left(async move {
-                Some(call.run(within, Box::pin(body), attempt).await)
+                Some(
+                    call.run(within, Box::pin(body.fuse()).as_mut(), attempt)
+                        .await,
+                )
             })),
         }
     }
@@ -182,7 +187,7 @@ where
         }
     };
     let epoch = call.engine().primary_epoch();
-    let result = call.run(own, body, attempt).await;
+    let result = call.run(own, pin!(body.fuse()), attempt).await;
     call.end_turns(result.as_ref().err());
     let error = match result {
         Ok(value) => return Some(Ok(value)),

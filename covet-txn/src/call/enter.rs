@@ -193,7 +193,7 @@ where
         .filter(|_| transactional)
         .map(|deadline| deadline.saturating_duration_since(Instant::now()) + SERVER_TIMEOUT_GRACE)
         .filter(|timeout| *timeout <= SERVER_TIMEOUT_LIMIT);
-    let opening = call.engine.open(OpenRequest {
+    let request = OpenRequest {
         name: call.name,
         options: call.options.options,
         transactional,
@@ -203,11 +203,14 @@ where
         server_timeout,
         observer: transactional.then(|| call.observer.clone()),
         branch: None,
-    });
+    };
+    // Built where it is awaited: the opening future is as large as its
+    // largest state, and a future bound to a variable first is copied
+    // whole into the await.
     match call.deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), opening)
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), call.engine.open(request))
             .await
             .unwrap_or_else(|_| Err(call.timeout_error(attempt))),
-        None => opening.await,
+        None => call.engine.open(request).await,
     }
 }

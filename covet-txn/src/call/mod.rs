@@ -19,11 +19,12 @@ use std::any::Any;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use futures_util::future::{Either, select};
+use futures_util::future::{Either, Fuse, select};
 use tracing::Instrument;
 
 use self::enter::{Entry, Way};
@@ -66,6 +67,14 @@ pub(crate) struct Call<E> {
     /// The running attempt's admission turns.
     turns: Turns,
 }
+
+/// A call's body, pinned where the attempt's future keeps it, so that the
+/// layers an attempt passes it through move a pointer and not the body's
+/// unstarted future (as large as its largest state: a few hundred bytes to
+/// kilobytes, copied at every layer before). A deadline that cuts the body
+/// off empties the slot, dropping the body where it lies before its scope
+/// settles.
+pub(crate) type Body<'a, Fut> = Pin<&'a mut Fuse<Fut>>;
 
 /// How a body ended.
 pub(crate) enum BodyOutcome<T, E> {
@@ -203,7 +212,7 @@ impl<E: From<Error>> Call<E> {
     pub(crate) async fn run<W: Entry, T, Fut>(
         &self,
         way: W,
-        body: Fut,
+        body: Body<'_, Fut>,
         attempt: u32,
     ) -> Result<T, E>
     where
@@ -249,7 +258,12 @@ impl<E: From<Error>> Call<E> {
         result
     }
 
-    async fn run_in_scope<W: Entry, T, Fut>(&self, way: W, body: Fut, attempt: u32) -> Result<T, E>
+    async fn run_in_scope<W: Entry, T, Fut>(
+        &self,
+        way: W,
+        body: Body<'_, Fut>,
+        attempt: u32,
+    ) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
     {
@@ -271,22 +285,35 @@ impl<E: From<Error>> Call<E> {
 
     /// Runs the body in its frame, catching a panic, under the call's
     /// deadline if no enclosing scope already enforces it.
-    async fn run_body<T, Fut>(&self, frame: &Arc<Frame>, body: Fut) -> BodyOutcome<T, E>
+    async fn run_body<T, Fut>(
+        &self,
+        frame: &Arc<Frame>,
+        mut body: Body<'_, Fut>,
+    ) -> BodyOutcome<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        let scoped = context::enter(Arc::clone(frame), AssertUnwindSafe(body).catch_unwind());
+        let scoped = context::enter(
+            Arc::clone(frame),
+            AssertUnwindSafe(body.as_mut()).catch_unwind(),
+        );
         let finished = match self.deadline.filter(|_| self.enforces_deadline) {
             // Without a deadline of its own, the body is polled directly: no
             // timer to race it against.
-            None => scoped.await,
+            None => Some(scoped.await),
             Some(deadline) => {
                 let expiry = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
                 match select(std::pin::pin!(scoped), expiry).await {
-                    Either::Left((finished, _)) => finished,
-                    Either::Right(_) => return BodyOutcome::TimedOut,
+                    Either::Left((finished, _)) => Some(finished),
+                    Either::Right(_) => None,
                 }
             }
+        };
+        let Some(finished) = finished else {
+            // Whatever the body holds (a borrowed connection, a statement in
+            // flight) goes before the scope settles.
+            body.set(Fuse::terminated());
+            return BodyOutcome::TimedOut;
         };
         match finished {
             Ok(result) => BodyOutcome::Returned(result),
