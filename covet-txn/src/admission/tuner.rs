@@ -1,7 +1,8 @@
 //! Choosing a function's admission limit by what it yields: the limit at
 //! which the function finishes the most attempts per second without a
 //! conflict (its goodput), found by trying a neighbouring limit now and
-//! then and keeping whichever measured better.
+//! then and keeping whichever measured better (by a clear margin, to leave
+//! the pool's size: see `outyields`).
 //!
 //! Counting conflicts alone cannot find that limit, because what a conflict
 //! costs depends on the server: a serialization failure on PostgreSQL costs
