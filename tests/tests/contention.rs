@@ -9,12 +9,12 @@
 //! contended benchmark.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use covet_txn::{ConflictKeys, Contention, Error, TxManager, transactional};
+use covet_txn::{ConflictKeys, Contention, Error, Failure, TxManager, transactional};
 use covet_txn_tests::{AppError, each_backend};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, Semaphore};
 
 /// A one-row query whose answer every backend gives as a 64-bit integer.
 const PROBE: &str = "SELECT COUNT(*) FROM (SELECT 1 AS one) AS probe";
@@ -292,38 +292,140 @@ each_backend! {
         assert_eq!(waits, 4, "the calls past the limit waited for it, not for the pool");
     }
 
-    #[transactional(contention = "adaptive", retry = 3, backoff = "400ms", max_backoff = "400ms")]
-    async fn conflicting_once_in_the_lane(failing: &FailOnce) -> Result<(), AppError> {
-        Ok(failing.step().await?)
+    /// One call among others of the same function: says it is inside its
+    /// transaction, waits to be let go, and is refused once (an error
+    /// `retry_if` retries) if it was told to be.
+    #[transactional(
+        read_only = true,
+        contention = "adaptive",
+        retry = 3,
+        backoff = "400ms",
+        max_backoff = "400ms",
+        retry_if = retry_refusals
+    )]
+    async fn let_go(call: &Crowded) -> Result<(), AppError> {
+        call.inside.notify_one();
+        call.go.acquire().await.expect("never closed").forget();
+        if call.refuse_once.swap(false, Ordering::SeqCst) {
+            return Err(AppError::Refused("once"));
+        }
+        Ok(())
     }
 
-    #[transactional(retry = 3, backoff = "400ms", max_backoff = "400ms")]
-    async fn conflicting_once_with_backoff(failing: &FailOnce) -> Result<(), AppError> {
-        Ok(failing.step().await?)
+    /// The same without contention management.
+    #[transactional(read_only = true, retry = 3, backoff = "400ms", max_backoff = "400ms", retry_if = retry_refusals)]
+    async fn let_go_unmanaged(call: &Crowded) -> Result<(), AppError> {
+        let_go(call).await
     }
 
     #[tokio::test]
-    async fn a_retry_in_the_lane_sleeps_no_backoff_and_logs_none() {
-        let Some(manager) = manager("pipeline_lane_log", 4).await else { return };
-        let failing = FailOnce::arm(&manager, "pipeline_lane_log", "40001").await;
-        let started = Instant::now();
-        let (result, retries) = retries_logged(manager.scope(conflicting_once_in_the_lane(&failing))).await;
-        result.expect("the retry commits");
-        // SQLite's first attempt waits out the busy timeout of a connection
-        // before it fails; the servers fail at once.
-        if BACKEND != "sqlite" {
-            assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
-        }
+    async fn a_retry_waits_in_the_lane_when_no_turn_is_free() {
+        let Some(manager) = manager("contention_lane", 2).await else { return };
+        let (holder, refused, waiter) = (Crowded::new(false), Crowded::new(true), Crowded::new(false));
+        // Each call in a task of its own, as in a service: calls joined in
+        // one task are planned as holding the task's connections, and such
+        // a call is never admitted.
+        let spawn = |call: &Arc<Crowded>| {
+            let call = Arc::clone(call);
+            tokio::spawn(manager.clone().scope(async move { let_go(&call).await }))
+        };
+        let (results, retries) = retries_logged(async {
+            let holding = spawn(&holder);
+            held(&holder.inside).await;
+            let retrying = spawn(&refused);
+            held(&refused.inside).await;
+            let waiting = spawn(&waiter);
+            waiters(&manager, 1).await;
+            // Refused: its turn goes to the waiting first attempt, and its
+            // retry waits for the next one, which the holder gives back.
+            refused.go.add_permits(2);
+            held(&waiter.inside).await;
+            waiters(&manager, 1).await;
+            holder.go.add_permits(1);
+            waiter.go.add_permits(1);
+            let mut results = Vec::new();
+            for call in [holding, retrying, waiting] {
+                results.push(call.await.expect("no panic"));
+            }
+            results
+        })
+        .await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(retries, [Retried { wait_ms: 0.0, in_lane: true }]);
-
-        let failing = FailOnce::arm(&manager, "pipeline_lane_log", "40001").await;
-        let (result, retries) = retries_logged(manager.scope(conflicting_once_with_backoff(&failing))).await;
-        result.expect("the retry commits");
-        let [Retried { wait_ms, in_lane: false }] = retries.as_slice() else { panic!("{retries:?}") };
-        // The backoff is drawn from half to one and a half times 400 ms,
-        // capped at 400 ms.
-        assert!((200.0..=400.0).contains(wait_ms), "{wait_ms}");
     }
+
+    #[tokio::test]
+    async fn a_retry_with_a_turn_free_sleeps_its_backoff() {
+        let Some(manager) = manager("contention_lane_alone", 2).await else { return };
+        // Alone, a turn is free at once: skipping the backoff would only
+        // make the retry compete again at once, so it sleeps it, as it
+        // would without contention management.
+        let call = Crowded::new(true);
+        call.go.add_permits(2);
+        assert_slept_its_backoff(retries_logged(manager.scope(let_go(&call))).await);
+        let call = Crowded::new(true);
+        call.go.add_permits(2);
+        assert_slept_its_backoff(retries_logged(manager.scope(let_go_unmanaged(&call))).await);
+    }
+}
+
+/// A call of `let_go`.
+struct Crowded {
+    inside: Notify,
+    go: Semaphore,
+    refuse_once: AtomicBool,
+}
+
+impl Crowded {
+    fn new(refuse_once: bool) -> Arc<Crowded> {
+        Arc::new(Crowded {
+            inside: Notify::new(),
+            go: Semaphore::new(0),
+            refuse_once: AtomicBool::new(refuse_once),
+        })
+    }
+}
+
+fn retry_refusals(failure: &Failure<'_>) -> bool {
+    failure.error().to_string().contains("refused")
+}
+
+/// Waits until `count` attempts of the manager's one admitted function wait
+/// for a turn, failing instead of hanging if they never do.
+async fn waiters<DB: covet_txn::Backend>(manager: &TxManager<DB>, count: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: u32 = manager
+            .metrics()
+            .admission
+            .iter()
+            .map(|status| status.waiting)
+            .sum();
+        if waiting == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} attempts wait for a turn, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The call committed after one retry that slept its backoff: drawn from
+/// half to one and a half times 400 ms, capped at 400 ms.
+fn assert_slept_its_backoff((result, retries): (Result<(), AppError>, Vec<Retried>)) {
+    result.expect("the retry commits");
+    let [
+        Retried {
+            wait_ms,
+            in_lane: false,
+        },
+    ] = retries.as_slice()
+    else {
+        panic!("{retries:?}")
+    };
+    assert!((200.0..=400.0).contains(wait_ms), "{wait_ms}");
 }
 
 /// What a `retrying the transaction` event said.

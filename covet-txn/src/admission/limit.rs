@@ -2,10 +2,15 @@
 //! once, the limit being the one at which the function has measured the
 //! most useful attempts per second (`tuner`), between 1 and the pool's size.
 //!
-//! A retry does not sleep its backoff and compete again: it waits for the
-//! next turn ahead of first attempts, which pass one at a time through a
-//! door before they queue for a turn, so that a retry waits behind at most
-//! one of them. Retries count within the limit: at a limit of 1 the
+//! A retry whose attempt ends with no turn free (others run, and first
+//! attempts wait) does not sleep its backoff and compete again: it waits
+//! for the next turn ahead of first attempts, which pass one at a time
+//! through a door before they queue for a turn, so that a retry waits
+//! behind at most one of them. With a turn free at once there is no queue
+//! to go ahead of, and a retry that skipped its backoff would only compete
+//! again at once (at the pool's size, the function's attempts all run as
+//! they would unmanaged): it sleeps its backoff first, and then takes the
+//! retries' queue. Retries count within the limit: at a limit of 1 the
 //! function's attempts never run beside one another, not even a retry
 //! beside a first attempt, except that where every read of a read-write
 //! attempt waits for the locks of a committing transaction (the dialect
@@ -201,6 +206,11 @@ impl GatePermit {
     /// permit drops.
     pub(crate) fn ended(&mut self, conflict: bool) {
         self.conflict = Some(conflict);
+    }
+
+    /// The gate the turn belongs to.
+    pub(crate) fn gate(&self) -> Arc<FunctionGate> {
+        Arc::clone(&self.gate)
     }
 
     /// Gives the turn on as the attempt's COMMIT goes out, while the limit

@@ -165,17 +165,19 @@ impl Admission {
 }
 
 impl Ticket {
-    /// Whether the attempt went through its function's gate (contention
-    /// management is on for it).
-    pub(crate) fn managed(&self) -> bool {
-        self.gate.is_some()
-    }
     /// The attempt ended, in a conflict with another transaction or not:
-    /// its function's limit learns from it.
-    pub(crate) fn ended(&mut self, conflict: bool) {
-        if let Some(gate) = &mut self.gate {
-            gate.ended(conflict);
-        }
+    /// its function's limit learns from it, and its turns are given back.
+    /// Says whether a retry would now wait for its function's next turn
+    /// (see [`limit`]'s lane): false when a turn is free at once, or when
+    /// the attempt did not go through its function's limit.
+    pub(crate) fn end(mut self, conflict: bool) -> bool {
+        let Some(mut permit) = self.gate.take() else {
+            return false;
+        };
+        permit.ended(conflict);
+        let gate = permit.gate();
+        drop(permit);
+        gate.would_wait(Queue::Retry)
     }
 
     /// Whether the attempt gives any of its turns on as its COMMIT goes out.

@@ -16,12 +16,11 @@ use crate::failure::FailureKind;
 
 impl<E: From<Error>> Call<E> {
     /// Waits for the attempt's turns, if it has any to wait for, and holds
-    /// them for it until [`Call::end_turns`]. `Ok(true)`: its function's
-    /// limit admitted it (contention management is on for it).
-    pub(crate) async fn admit(&self, attempt: u32) -> Result<bool, Error> {
+    /// them for it until [`Call::end_turns`].
+    pub(crate) async fn admit(&self, attempt: u32) -> Result<(), Error> {
         let options = &self.options.options;
         if options.test || !matches!(self.way(), Way::Own(Own::Begin { holding: 0 })) {
-            return Ok(false);
+            return Ok(());
         }
         let writes = options.read_only != Some(true);
         let mut ask = Ask {
@@ -38,7 +37,7 @@ impl<E: From<Error>> Call<E> {
         };
         let admission = self.engine.admission();
         if !admission.applies(&ask) {
-            return Ok(false);
+            return Ok(());
         }
         ask.overlaps = writes
             && self.engine.reads_wait_for_commit(
@@ -56,17 +55,18 @@ impl<E: From<Error>> Call<E> {
         if let Some(waited) = ticket.waited {
             self.observer.admitted_after(attempt, waited);
         }
-        let managed = ticket.managed();
         self.turns.hold(ticket);
-        Ok(managed)
+        Ok(())
     }
 
     /// Gives back the attempt's turns, telling its function how it ended:
     /// in a conflict with another transaction, or not (a commit, or a
-    /// rollback of its own).
-    pub(crate) fn end_turns(&self, error: Option<&E>) {
-        let Some(mut ticket) = self.turns.take() else {
-            return;
+    /// rollback of its own). Says whether a retry would wait in its
+    /// function's lane (its limit admitted the attempt, and no turn is free
+    /// now).
+    pub(crate) fn end_turns(&self, error: Option<&E>) -> bool {
+        let Some(ticket) = self.turns.take() else {
+            return false;
         };
         let conflict = error.is_some_and(|error| {
             (self.inspect)(error)
@@ -82,6 +82,6 @@ impl<E: From<Error>> Call<E> {
                     )
                 })
         });
-        ticket.ended(conflict);
+        ticket.end(conflict)
     }
 }

@@ -177,18 +177,17 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<Error>,
 {
-    // A retry of a call under contention management waits for its turn,
-    // ahead of first attempts, instead of sleeping.
-    let in_lane = match call.admit(attempt).await {
-        Ok(managed) => managed,
-        Err(error) => {
-            call.observer().call_failed();
-            return Some(Err(error.into()));
-        }
-    };
+    if let Err(error) = call.admit(attempt).await {
+        call.observer().call_failed();
+        return Some(Err(error.into()));
+    }
     let epoch = call.engine().primary_epoch();
     let result = call.run(own, pin!(body.fuse()), attempt).await;
-    call.end_turns(result.as_ref().err());
+    // A retry that would wait for its function's next turn waits for it,
+    // ahead of first attempts, instead of sleeping; with a turn free at
+    // once there is no queue to go ahead of, and skipping the backoff would
+    // only make it compete again at once.
+    let in_lane = call.end_turns(result.as_ref().err());
     let error = match result {
         Ok(value) => return Some(Ok(value)),
         Err(error) => error,
