@@ -4,7 +4,8 @@
 //! served; a wait counts against the call's deadline and leaves nothing
 //! behind when its future is dropped; only the outermost call waits; a
 //! retry waits for one of its function's turns instead of running beside
-//! them; on SQLite, writers take turns per file. How the limit is tuned is
+//! them, skipping its backoff only when no turn is free (the lane); on
+//! SQLite, writers take turns per file. How the limit is tuned is
 //! unit-tested in the runtime (`admission::tuner`) and measured in the
 //! contended benchmark.
 
