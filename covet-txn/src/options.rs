@@ -252,10 +252,11 @@ mod tests {
 
 /// Whether a manager, or one function, manages contention: runs at most a
 /// limit of each function's attempts at once, the limit tuned to what the
-/// function yields, gives a retry the function's next turn instead of
-/// sleeping its backoff, and on
-/// SQLite admits one write transaction per database file at a time (see the
-/// README's "Contention" section).
+/// function yields; gives a retry whose attempt ends with no turn free the
+/// function's next turn, ahead of first attempts, instead of its backoff
+/// (with a turn free it sleeps its backoff, then queues ahead of first
+/// attempts); and on SQLite admits one write transaction per database file
+/// at a time (see the README's "Contention" section).
 ///
 /// ```
 /// use covet_txn::{Contention, TxOptions};

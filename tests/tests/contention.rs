@@ -192,13 +192,7 @@ each_backend! {
             let order = Arc::clone(&order);
             waiters.push(tokio::spawn(manager.scope(async move { record_arrival(9, &order, caller).await })));
             // Each waiter joins the queue before the next one is started.
-            let queued = caller + 1;
-            let waiting = || {
-                manager.metrics().admission.iter().find(|status| status.function.ends_with("record_arrival")).map_or(0, |status| status.waiting)
-            };
-            while waiting() < queued {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until_waiting(&manager, caller + 1).await;
         }
         release.notify_one();
         holder.await.expect("no panic").expect("the holder commits");
@@ -293,9 +287,7 @@ each_backend! {
         assert_eq!(waits, 4, "the calls past the limit waited for it, not for the pool");
     }
 
-    /// One call among others of the same function: says it is inside its
-    /// transaction, waits to be let go, and is refused once (an error
-    /// `retry_if` retries) if it was told to be.
+    /// One call among others of the same function (see `LetGo`).
     #[transactional(
         read_only = true,
         contention = "adaptive",
@@ -304,29 +296,24 @@ each_backend! {
         max_backoff = "400ms",
         retry_if = retry_refusals
     )]
-    async fn let_go(call: &Crowded) -> Result<(), AppError> {
-        call.inside.notify_one();
-        call.go.acquire().await.expect("never closed").forget();
-        if call.refuse_once.swap(false, Ordering::SeqCst) {
-            return Err(AppError::Refused("once"));
-        }
-        Ok(())
+    async fn let_go(call: &LetGo) -> Result<(), AppError> {
+        call.run().await
     }
 
     /// The same without contention management.
     #[transactional(read_only = true, retry = 3, backoff = "400ms", max_backoff = "400ms", retry_if = retry_refusals)]
-    async fn let_go_unmanaged(call: &Crowded) -> Result<(), AppError> {
-        let_go(call).await
+    async fn let_go_unmanaged(call: &LetGo) -> Result<(), AppError> {
+        call.run().await
     }
 
     #[tokio::test]
     async fn a_retry_waits_in_the_lane_when_no_turn_is_free() {
         let Some(manager) = manager("contention_lane", 2).await else { return };
-        let (holder, refused, waiter) = (Crowded::new(false), Crowded::new(true), Crowded::new(false));
+        let (holder, refused, waiter) = (LetGo::new(false), LetGo::new(true), LetGo::new(false));
         // Each call in a task of its own, as in a service: calls joined in
         // one task are planned as holding the task's connections, and such
         // a call is never admitted.
-        let spawn = |call: &Arc<Crowded>| {
+        let spawn = |call: &Arc<LetGo>| {
             let call = Arc::clone(call);
             tokio::spawn(manager.clone().scope(async move { let_go(&call).await }))
         };
@@ -336,12 +323,12 @@ each_backend! {
             let retrying = spawn(&refused);
             held(&refused.inside).await;
             let waiting = spawn(&waiter);
-            waiters(&manager, 1).await;
+            until_waiting(&manager, 1).await;
             // Refused: its turn goes to the waiting first attempt, and its
             // retry waits for the next one, which the holder gives back.
             refused.go.add_permits(2);
             held(&waiter.inside).await;
-            waiters(&manager, 1).await;
+            until_waiting(&manager, 1).await;
             holder.go.add_permits(1);
             waiter.go.add_permits(1);
             let mut results = Vec::new();
@@ -361,29 +348,41 @@ each_backend! {
         // Alone, a turn is free at once: skipping the backoff would only
         // make the retry compete again at once, so it sleeps it, as it
         // would without contention management.
-        let call = Crowded::new(true);
+        let call = LetGo::new(true);
         call.go.add_permits(2);
         assert_slept_its_backoff(retries_logged(manager.scope(let_go(&call))).await);
-        let call = Crowded::new(true);
+        let call = LetGo::new(true);
         call.go.add_permits(2);
         assert_slept_its_backoff(retries_logged(manager.scope(let_go_unmanaged(&call))).await);
     }
 }
 
-/// A call of `let_go`.
-struct Crowded {
+/// One call's part: it says it is inside its transaction, waits to be let
+/// go, and is refused once (an error `retry_if` retries) if it was told to
+/// be.
+struct LetGo {
     inside: Notify,
     go: Semaphore,
     refuse_once: AtomicBool,
 }
 
-impl Crowded {
-    fn new(refuse_once: bool) -> Arc<Crowded> {
-        Arc::new(Crowded {
+impl LetGo {
+    fn new(refuse_once: bool) -> Arc<LetGo> {
+        Arc::new(LetGo {
             inside: Notify::new(),
             go: Semaphore::new(0),
             refuse_once: AtomicBool::new(refuse_once),
         })
+    }
+
+    /// The body of one attempt.
+    async fn run(&self) -> Result<(), AppError> {
+        self.inside.notify_one();
+        self.go.acquire().await.expect("never closed").forget();
+        if self.refuse_once.swap(false, Ordering::SeqCst) {
+            return Err(AppError::Refused("once"));
+        }
+        Ok(())
     }
 }
 
@@ -391,9 +390,9 @@ fn retry_refusals(failure: &Failure<'_>) -> bool {
     failure.error().to_string().contains("refused")
 }
 
-/// Waits until `count` attempts of the manager's one admitted function wait
-/// for a turn, failing instead of hanging if they never do.
-async fn waiters<DB: covet_txn::Backend>(manager: &TxManager<DB>, count: u32) {
+/// Waits until `count` attempts of the manager's functions wait for a turn,
+/// failing instead of hanging if they never do.
+async fn until_waiting<DB: covet_txn::Backend>(manager: &TxManager<DB>, count: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let waiting: u32 = manager

@@ -2,15 +2,16 @@
 //! once, the limit being the one at which the function has measured the
 //! most useful attempts per second (`tuner`), between 1 and the pool's size.
 //!
-//! A retry whose attempt ends with no turn free (others run, and first
-//! attempts wait) does not sleep its backoff and compete again: it waits
-//! for the next turn ahead of first attempts, which pass one at a time
-//! through a door before they queue for a turn, so that a retry waits
-//! behind at most one of them. With a turn free at once there is no queue
-//! to go ahead of, and a retry that skipped its backoff would only compete
-//! again at once (at the pool's size, the function's attempts all run as
-//! they would unmanaged): it sleeps its backoff first, and then takes the
-//! retries' queue. Retries count within the limit: at a limit of 1 the
+//! A retry whose attempt ends with no turn free (the others taken, and the
+//! one it gave back taken by a waiting attempt or by a lowered limit) does
+//! not sleep its backoff and compete again: it waits in the lane, for the
+//! next turn ahead of first attempts, which pass one at a time through a
+//! door before they queue for a turn, so that a retry waits behind at most
+//! one of them. With a turn free at once there is no queue to go ahead of,
+//! and a retry that skipped its backoff would only compete again at once
+//! (at the pool's size, the function's attempts all run as they would
+//! unmanaged): it sleeps its backoff first, and then takes the retries'
+//! queue ([`GatePermit::end`] says which). Retries count within the limit: at a limit of 1 the
 //! function's attempts never run beside one another, not even a retry
 //! beside a first attempt, except that where every read of a read-write
 //! attempt waits for the locks of a committing transaction (the dialect
@@ -201,16 +202,16 @@ impl FunctionGate {
 }
 
 impl GatePermit {
-    /// The attempt ended, in a conflict with another transaction or not
-    /// (a commit, or a rollback of its own); the tuner learns it when the
-    /// permit drops.
-    pub(crate) fn ended(&mut self, conflict: bool) {
+    /// The attempt ended, in a conflict with another transaction or not (a
+    /// commit, or a rollback of its own): gives the turn back (if it was
+    /// not given on at COMMIT), lets the tuner learn how the attempt ended,
+    /// and says whether a retry would now wait in the lane: no turn is
+    /// free.
+    pub(crate) fn end(mut self, conflict: bool) -> bool {
         self.conflict = Some(conflict);
-    }
-
-    /// The gate the turn belongs to.
-    pub(crate) fn gate(&self) -> Arc<FunctionGate> {
-        Arc::clone(&self.gate)
+        let gate = Arc::clone(&self.gate);
+        drop(self);
+        gate.would_wait(Queue::Retry)
     }
 
     /// Gives the turn on as the attempt's COMMIT goes out, while the limit
@@ -282,7 +283,6 @@ mod tests {
         let gate = Arc::new(FunctionGate::new(2));
         gate.follow(&mut lock(&gate.limit), 1);
         let mut committing = gate.admit(Queue::First).await;
-        committing.ended(false);
         committing.give_on_at_commit();
         let next = tokio::time::timeout(
             std::time::Duration::from_millis(20),
@@ -290,10 +290,9 @@ mod tests {
         )
         .await
         .expect("the turn went on as the COMMIT went out");
-        drop(committing);
         assert!(
-            gate.would_wait(Queue::First),
-            "the turn was given back twice"
+            committing.end(false),
+            "the turn was given back twice: a retry would find it free"
         );
         drop(next);
         assert_eq!(gate.attempts.available_permits(), 1);
@@ -322,5 +321,38 @@ mod tests {
         assert_eq!(gate.waiting(), 0);
         drop(held);
         assert!(!gate.would_wait(Queue::Retry));
+    }
+
+    #[tokio::test]
+    async fn a_retry_takes_the_lane_only_when_no_turn_is_free() {
+        let gate = Arc::new(FunctionGate::new(2));
+        let alone = gate.admit(Queue::First).await;
+        assert!(
+            !alone.end(true),
+            "a turn was free, yet the retry would wait"
+        );
+
+        let (first, second) = (
+            gate.admit(Queue::First).await,
+            gate.admit(Queue::First).await,
+        );
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move {
+                let _waiting = gate.waiting_guard();
+                drop(gate.admit(Queue::First).await);
+            }
+        });
+        // The waiter counts itself and parks in the same poll.
+        while gate.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            first.end(true),
+            "the turn went to the waiter, yet the retry would not wait"
+        );
+        drop(second);
+        waiter.await.expect("no panic");
+        assert_eq!(gate.attempts.available_permits(), 2);
     }
 }

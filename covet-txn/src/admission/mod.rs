@@ -167,17 +167,11 @@ impl Admission {
 impl Ticket {
     /// The attempt ended, in a conflict with another transaction or not:
     /// its function's limit learns from it, and its turns are given back.
-    /// Says whether a retry would now wait for its function's next turn
-    /// (see [`limit`]'s lane): false when a turn is free at once, or when
-    /// the attempt did not go through its function's limit.
+    /// Says whether a retry would now wait in its function's lane (see
+    /// `limit`): false when a turn is free at once, or when the attempt did
+    /// not go through its function's limit.
     pub(crate) fn end(mut self, conflict: bool) -> bool {
-        let Some(mut permit) = self.gate.take() else {
-            return false;
-        };
-        permit.ended(conflict);
-        let gate = permit.gate();
-        drop(permit);
-        gate.would_wait(Queue::Retry)
+        self.gate.take().is_some_and(|permit| permit.end(conflict))
     }
 
     /// Whether the attempt gives any of its turns on as its COMMIT goes out.
